@@ -1,0 +1,450 @@
+"""Capture files: the writer `icetools record` uses and the reader everything else uses.
+
+The format is specified in docs/capture-format.md. In short: a magic, a format version and a
+JSON header, then records of ``kind u8 | body length u32 | time u64 (µs) | body``. The writer
+appends each batch of records with one ``write(2)`` on an unbuffered descriptor, so a killed
+recorder loses nothing that was complete; the reader keeps everything before a torn tail and
+reports what it ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import mmap
+import os
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CaptureError, NewerFormatError
+from .messages import MAX_MSG_SIZE, MIN_PROTOCOL_VERSION
+from .protocol import MAX_SANE_PROTOCOL
+
+MAGIC = b"\x89ICECAP\n"
+FORMAT_VERSION = 1
+FILE_SUFFIX = ".icecap"
+
+KIND_FRAME = 0x01
+KIND_CONNECT = 0x02
+KIND_DISCONNECT = 0x03
+KIND_END = 0x04
+#: Kinds from here on may be skipped by readers that do not know them.
+FIRST_OPTIONAL_KIND = 0x80
+
+_PREAMBLE = struct.Struct(">8sHI")  # magic, format version, header length
+_RECORD = struct.Struct(">BIQ")  # kind, body length, time in microseconds
+RECORD_HEADER_SIZE = _RECORD.size
+MAX_FRAME_BODY = MAX_MSG_SIZE + 4
+MAX_JSON_BODY = 65536
+MAX_HEADER = 65536
+_BE32 = struct.Struct(">I")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CaptureHeader:
+    protocol: int
+    peer_version: int
+    offered: int
+    scheduler: str
+    start: float
+    icetools: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dict(self.extra)
+        data.update(
+            protocol=self.protocol,
+            peer_version=self.peer_version,
+            offered=self.offered,
+            scheduler=self.scheduler,
+            start=self.start,
+            icetools=self.icetools,
+        )
+        return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """A frame as received; ``protocol`` is the layout in force on its connection."""
+
+    t: float
+    data: bytes
+    protocol: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectRecord:
+    t: float
+    protocol: int
+    peer_version: int
+    offered: int
+    scheduler: str
+    reconnect: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DisconnectRecord:
+    t: float
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EndRecord:
+    t: float
+    frames: int
+    reason: str
+
+
+Record = FrameRecord | ConnectRecord | DisconnectRecord | EndRecord
+
+
+# ------------------------------------------------------------------------------------------
+# Writing
+
+
+class CaptureWriter:
+    """Append records to a new capture file, each batch with a single unbuffered write.
+
+    The file is created at once (so a bad path fails before any connection is made); the header
+    goes in with the first :meth:`connected`, when the negotiated protocol is known.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        flags |= os.O_TRUNC if overwrite else os.O_EXCL
+        try:
+            self._fd: int | None = os.open(self.path, flags, 0o644)
+        except FileExistsError:
+            raise CaptureError(f"{self.path} already exists (use --overwrite to replace it)") from None
+        except OSError as e:
+            raise CaptureError(f"cannot create {self.path}: {e.strerror}") from None
+        self._t0 = time.monotonic()
+        self.start = time.time()
+        self.header: CaptureHeader | None = None
+        self.frames_written = 0
+        self.bytes_written = 0
+        self._last_us = 0
+
+    def _now_us(self) -> int:
+        # Monotonic and never behind the previous record, as the format requires.
+        us = max(int((time.monotonic() - self._t0) * 1_000_000), self._last_us)
+        self._last_us = us
+        return us
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise CaptureError(f"{self.path} is already closed")
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            raise CaptureError(f"cannot write {self.path}: {e.strerror}") from None
+        self.bytes_written += len(data)
+
+    @staticmethod
+    def _json_record(kind: int, us: int, body: dict[str, Any]) -> bytes:
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        return _RECORD.pack(kind, len(raw), us) + raw
+
+    def connected(self, protocol: int, peer_version: int, offered: int, scheduler: str) -> None:
+        """A (re)connection was negotiated: the header first time, a connect record always."""
+        us = self._now_us()
+        out = b""
+        reconnect = self.header is not None
+        if self.header is None:
+            self.header = CaptureHeader(
+                protocol, peer_version, offered, scheduler, self.start, __version__
+            )
+            raw = json.dumps(self.header.to_json(), separators=(",", ":")).encode()
+            out += _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(raw)) + raw
+        out += self._json_record(
+            KIND_CONNECT,
+            us,
+            {
+                "protocol": protocol,
+                "peer_version": peer_version,
+                "offered": offered,
+                "scheduler": scheduler,
+                "reconnect": reconnect,
+            },
+        )
+        self._write(out)
+
+    def frames(self, frames: list[bytes]) -> None:
+        """Append frames that arrived together, stamped now, in one write."""
+        if not frames:
+            return
+        if self.header is None:
+            raise CaptureError("frames cannot be written before the first connection")
+        us = self._now_us()
+        pack = _RECORD.pack
+        self._write(b"".join(pack(KIND_FRAME, len(f), us) + f for f in frames))
+        self.frames_written += len(frames)
+
+    def disconnected(self, reason: str) -> None:
+        if self.header is not None:
+            self._write(self._json_record(KIND_DISCONNECT, self._now_us(), {"reason": reason}))
+
+    def close(self, reason: str) -> None:
+        """Write the end record (if anything was recorded) and close the file."""
+        if self._fd is None:
+            return
+        try:
+            if self.header is not None:
+                self._write(
+                    self._json_record(
+                        KIND_END, self._now_us(), {"frames": self.frames_written, "reason": reason}
+                    )
+                )
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> CaptureWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close("closed")
+
+
+# ------------------------------------------------------------------------------------------
+# Reading
+
+
+class CaptureReader:
+    """Read a capture: ``header``, then iterate records.
+
+    After iteration, ``frames`` counts frame records, ``torn_bytes`` says how many trailing
+    bytes of an incomplete last record were ignored, and ``ended`` whether an end record was
+    seen. :meth:`warning` phrases a torn tail for people. Corruption raises
+    :class:`CaptureError` at the point it is met, after every record before it was yielded.
+
+    With ``follow=True`` an incomplete tail means "not written yet": iteration waits for the
+    file to grow (polling every ``poll`` seconds) until an end record arrives.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, follow: bool = False, poll: float = 0.2
+    ) -> None:
+        self.path = Path(path)
+        self.follow = follow
+        self.poll = poll
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
+        except FileNotFoundError:
+            raise CaptureError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CaptureError(f"{self.path} is a directory, not a capture") from None
+        except OSError as e:
+            raise CaptureError(f"cannot open {self.path}: {e.strerror}") from None
+        self.frames = 0
+        self.torn_bytes = 0
+        self.ended = False
+        self.size = 0
+        self.header = self._read_header()
+        self._data_start = self._file.tell()
+
+    def _read_exact_waiting(self, n: int) -> bytes:
+        data = self._file.read(n)
+        while self.follow and len(data) < n:
+            time.sleep(self.poll)
+            data += self._file.read(n - len(data))
+        return data
+
+    def _read_header(self) -> CaptureHeader:
+        pre = self._read_exact_waiting(_PREAMBLE.size)
+        if len(pre) < len(MAGIC) and MAGIC.startswith(pre):
+            if not pre:
+                raise CaptureError(
+                    f"{self.path} is empty (the recorder never reached a scheduler?)"
+                )
+            raise CaptureError(f"{self.path} ends after {len(pre)} bytes, inside the magic")
+        if not pre.startswith(MAGIC):
+            raise CaptureError(f"{self.path} is not an icetools capture (bad magic)")
+        if len(pre) < _PREAMBLE.size:
+            raise CaptureError(f"{self.path} ends after {len(pre)} bytes, inside its header")
+        _, version, length = _PREAMBLE.unpack(pre)
+        if version > FORMAT_VERSION:
+            raise NewerFormatError(
+                f"{self.path} was written by a newer icetools (capture format {version}, "
+                f"this one reads up to {FORMAT_VERSION}), please upgrade"
+            )
+        if version < 1:
+            raise CaptureError(f"{self.path}: capture format {version} does not exist")
+        if length > MAX_HEADER:
+            raise CaptureError(f"{self.path}: header length {length} is implausible (corrupt?)")
+        raw = self._read_exact_waiting(length)
+        if len(raw) < length:
+            raise CaptureError(
+                f"{self.path} ends after {_PREAMBLE.size + len(raw)} bytes, inside its "
+                f"{length}-byte header"
+            )
+        try:
+            data = json.loads(raw)
+            header = CaptureHeader(
+                protocol=int(data.pop("protocol")),
+                peer_version=int(data.pop("peer_version")),
+                offered=int(data.pop("offered")),
+                scheduler=str(data.pop("scheduler")),
+                start=float(data.pop("start")),
+                icetools=str(data.pop("icetools")),
+                extra=data,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CaptureError(f"{self.path}: header is not valid ({e.__class__.__name__})") from None
+        _check_protocol(self.path, header.protocol, "header")
+        return header
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def warning(self) -> str | None:
+        """One line for people when a torn tail was ignored, else None."""
+        if not self.torn_bytes:
+            return None
+        return (
+            f"{self.path}: kept {self.frames} frames, ignored {self.torn_bytes} trailing bytes "
+            "of an incomplete record (the recorder was stopped while writing)"
+        )
+
+    def __iter__(self) -> Iterator[Record]:
+        protocol = self.header.protocol
+        for kind, us, body in self.raw_records():
+            t = us / 1_000_000
+            if kind == KIND_FRAME:
+                yield FrameRecord(t, body, protocol)
+                continue
+            try:
+                if kind == KIND_CONNECT:
+                    rec: Record = ConnectRecord(
+                        t,
+                        int(body["protocol"]),
+                        int(body["peer_version"]),
+                        int(body.get("offered", 0)),
+                        str(body.get("scheduler", "")),
+                        bool(body.get("reconnect", False)),
+                    )
+                elif kind == KIND_DISCONNECT:
+                    rec = DisconnectRecord(t, str(body.get("reason", "")))
+                else:
+                    rec = EndRecord(t, int(body.get("frames", 0)), str(body.get("reason", "")))
+            except (KeyError, ValueError, TypeError):
+                raise CaptureError(
+                    f"corrupt capture {self.path}: event record at {t:.6f} s lacks its fields "
+                    f"(kept {self.frames} frames before it)"
+                ) from None
+            if isinstance(rec, ConnectRecord):
+                _check_protocol(self.path, rec.protocol, f"connect record at {t:.6f} s")
+                protocol = rec.protocol
+            yield rec
+
+    def raw_records(self) -> Iterator[tuple[int, int, Any]]:
+        """(kind, microseconds, body) for each known record; JSON bodies already parsed.
+
+        This is the fast path under every reader: it walks an mmap of the file (or, when
+        following, re-reads as the file grows) checking only the fixed record headers.
+        """
+        if self.follow:
+            yield from self._follow_records()
+            return
+        self._file.seek(0, os.SEEK_END)
+        self.size = self._file.tell()
+        if self.size == self._data_start:
+            return
+        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos, _ = yield from self._scan(mm, self._data_start, self.size, 0)
+            self.torn_bytes = self.size - pos
+
+    def _follow_records(self) -> Iterator[tuple[int, int, Any]]:
+        buf = b""
+        base = self._data_start
+        last_us = 0
+        self._file.seek(base)
+        while not self.ended:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                time.sleep(self.poll)
+                continue
+            buf += chunk
+            pos, last_us = yield from self._scan(buf, 0, len(buf), last_us, offset=base)
+            base += pos
+            buf = buf[pos:]
+        self.size = base + len(buf)
+
+    def _scan(
+        self, data: Any, pos: int, end: int, last_us: int, offset: int = 0
+    ) -> Iterator[tuple[int, int, Any]]:
+        """Yield whole records of ``data[pos:end]``; return (position of the first incomplete
+        record, time of the last record). ``offset`` turns positions into file offsets."""
+        unpack_record = _RECORD.unpack_from
+        header_size = RECORD_HEADER_SIZE
+        be32 = _BE32.unpack_from
+        while pos + header_size <= end:
+            kind, length, us = unpack_record(data, pos)
+            body_start = pos + header_size
+            if kind == KIND_FRAME:
+                if not 8 <= length <= MAX_FRAME_BODY:
+                    self._corrupt(offset + pos, f"frame record of {length} bytes")
+            elif kind < FIRST_OPTIONAL_KIND:
+                if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+                    self._corrupt(offset + pos, f"unknown record kind 0x{kind:02x}")
+                if length > MAX_JSON_BODY:
+                    self._corrupt(offset + pos, f"event record of {length} bytes")
+            if us < last_us:
+                self._corrupt(offset + pos, "record time goes backwards")
+            if body_start + length > end:
+                break
+            body_end = body_start + length
+            if kind == KIND_FRAME:
+                body = data[body_start:body_end]
+                if be32(body, 0)[0] + 4 != length:
+                    self._corrupt(offset + pos, "frame length prefix disagrees with its record")
+                self.frames += 1
+            elif kind < FIRST_OPTIONAL_KIND:
+                try:
+                    body = json.loads(data[body_start:body_end])
+                    if not isinstance(body, dict):
+                        raise ValueError
+                except ValueError:
+                    self._corrupt(offset + pos, "event record is not a JSON object")
+                if kind == KIND_END:
+                    self.ended = True
+            else:
+                pos = body_end
+                last_us = us
+                continue  # an optional record we do not know
+            pos = body_end
+            last_us = us
+            yield kind, us, body
+        return pos, last_us
+
+    def _corrupt(self, pos: int, what: str) -> None:
+        raise CaptureError(
+            f"corrupt capture {self.path} at byte {pos}: {what} "
+            f"(kept {self.frames} frames before it)"
+        )
+
+
+def _check_protocol(path: Path, protocol: int, where: str) -> None:
+    if not MIN_PROTOCOL_VERSION <= protocol <= MAX_SANE_PROTOCOL:
+        raise CaptureError(f"{path}: {where} names protocol {protocol}, which icecream never spoke")
+
+
+def read_all(path: str | os.PathLike[str]) -> tuple[CaptureHeader, list[Record], CaptureReader]:
+    """Convenience for tests and small files: the header, every record, and the reader."""
+    with CaptureReader(path) as reader:
+        return reader.header, list(reader), reader

@@ -1,0 +1,245 @@
+"""The ``icetools`` command line.
+
+Errors the user can cause are :class:`~icetools.errors.IcetoolsError`; :func:`main` turns them
+into one line on stderr and exit status 1. Nothing else should ever reach the user as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter, EndRecord
+from .discovery import locate_scheduler
+from .errors import IcetoolsError
+from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from .record import Recorder, run_recorder
+from .render import TYPE_NAMES, decode_records, json_line, text_line
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def warn(message: str) -> None:
+    click.echo(f"icetools: warning: {message}", err=True)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="icetools")
+def cli() -> None:
+    """Record, decode, replay and watch icecream (icecc) build clusters.
+
+    icetools logs in to an icecream scheduler as a monitor (like icemon or icecream-sundae),
+    keeps what it says in capture files, and turns them into text, JSON and statistics.
+
+    \b
+    Examples:
+      icetools record -s buildhost -o build.icecap --duration 600
+      icetools dump build.icecap --type MON_JOB_DONE
+    """
+
+
+# ---------------------------------------------------------------------------------- record
+
+
+def _scheduler_options(f):  # type: ignore[no-untyped-def]
+    f = click.option(
+        "-n",
+        "--netname",
+        metavar="NETNAME",
+        help="Network name to discover the scheduler for by UDP broadcast (default ICECREAM).",
+    )(f)
+    f = click.option(
+        "-s",
+        "--scheduler",
+        metavar="HOST[:PORT]",
+        help="Scheduler to connect to (default: $ICECC_SCHEDULER, $USE_SCHEDULER, "
+        "else broadcast discovery); port 8765 unless given.",
+    )(f)
+    return f
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@_scheduler_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
+)
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N frames.")
+@click.option(
+    "--protocol",
+    type=click.IntRange(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    default=PROTOCOL_VERSION,
+    show_default=True,
+    metavar="V",
+    help="Protocol version to offer; the scheduler answers with the lower of its own and V.",
+)
+@click.option(
+    "--no-reconnect",
+    is_flag=True,
+    help="End the recording (exit 0) when the scheduler closes the connection, "
+    "instead of reconnecting with backoff.",
+)
+def record(
+    scheduler: str | None,
+    netname: str | None,
+    output: Path | None,
+    overwrite: bool,
+    duration: float | None,
+    count: int | None,
+    protocol: int,
+    no_reconnect: bool,
+) -> None:
+    """Log in to a scheduler as a monitor and record every frame it sends.
+
+    The capture is append-only and written as frames arrive: stopping with Ctrl-C or SIGTERM
+    writes an end record, and even a recorder killed outright keeps every complete frame.
+    When the scheduler goes away, record reconnects with backoff and the recording goes on
+    (one file can span scheduler restarts).
+
+    \b
+    Examples:
+      icetools record -s scheduler.example:8765 -o build.icecap
+      icetools record --duration 3600 --protocol 38    # as a protocol-38 monitor sees it
+      ICECC_SCHEDULER=buildhost icetools record --count 10000
+    """
+    if output is None:
+        output = Path(time.strftime("icecream-%Y%m%d-%H%M%S") + FILE_SUFFIX)
+    # Resolve the first address before creating the file, so a bad address leaves nothing behind.
+    first = locate_scheduler(scheduler, netname)
+    addresses = iter([first])
+
+    def locate() -> tuple[str, int]:
+        return next(addresses, None) or locate_scheduler(scheduler, netname)
+
+    writer = CaptureWriter(output, overwrite=overwrite)
+    interactive = sys.stderr.isatty()
+    recorder = Recorder(
+        writer,
+        locate,
+        offer=protocol,
+        duration=duration,
+        count=count,
+        reconnect=not no_reconnect,
+        status_stream=sys.stderr if interactive else None,
+    )
+    reason = "error"
+    try:
+        reason = run_recorder(recorder)
+    except IcetoolsError:
+        if writer.header is None:
+            writer.close(reason)
+            output.unlink(missing_ok=True)  # nothing was recorded: leave no empty file
+        raise
+    finally:
+        writer.close(reason)
+    if not interactive:
+        click.echo(
+            f"icetools: recorded {writer.frames_written} frames ({writer.bytes_written} bytes) "
+            f"to {output}, stopped by {reason}",
+            err=True,
+        )
+
+
+# ------------------------------------------------------------------------------------ dump
+
+
+def _type_filter(types: tuple[str, ...]) -> set[str] | None:
+    if not types:
+        return None
+    wanted: set[str] = set()
+    by_upper = {name.upper(): name for name in TYPE_NAMES}
+    for item in types:
+        for name in filter(None, (n.strip() for n in item.split(","))):
+            canonical = by_upper.get(name.upper())
+            if canonical is None:
+                raise click.BadParameter(
+                    f"unknown type {name!r}; known: {', '.join(TYPE_NAMES)}", param_hint="--type"
+                )
+            wanted.add(canonical)
+    return wanted
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per message.")
+@click.option(
+    "--follow", "-f", is_flag=True, help="Keep reading as the file grows (until the recording ends)."
+)
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="NAME",
+    help="Only these message types (e.g. MON_JOB_DONE, MON_STATS, connect); repeat or "
+    "separate with commas.",
+)
+def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> None:
+    """Decode a capture: one line per message, for people or (--json) for machines.
+
+    Each JSON line has "t" (seconds since the recording started), "type" (icecream's name of
+    the message) and the message's fields under icecream's names. Connection events have
+    lines of their own. A frame that cannot be decoded is shown as UNDECODABLE with its bytes,
+    counted, and dump goes on.
+
+    \b
+    Examples:
+      icetools dump build.icecap
+      icetools dump build.icecap --json --type MON_JOB_DONE | jq .exitcode
+      icetools dump --follow live.icecap     # while icetools record writes it
+    """
+    wanted = _type_filter(types)
+    render = json_line if as_json else text_line
+    undecodable = 0
+    with CaptureReader(file, follow=follow) as reader:
+        out = sys.stdout
+        for item in decode_records(reader):
+            if item.error is not None:
+                undecodable += 1
+            if wanted is None or item.name in wanted:
+                out.write(render(item) + "\n")
+            if follow:
+                out.flush()
+            if follow and isinstance(item.record, EndRecord):
+                break
+        out.flush()
+        if (warning := reader.warning()) is not None:
+            warn(warning)
+    if undecodable:
+        warn(f"{undecodable} frames of {reader.frames} could not be decoded (shown as UNDECODABLE)")
+
+
+def main() -> None:
+    """Console entry point: run the CLI, turning icetools' errors into one line and exit 1."""
+    try:
+        # standalone_mode=False: click returns (or raises) instead of exiting, so that our own
+        # errors can be shown as one line here.
+        code = cli.main(standalone_mode=False)
+    except IcetoolsError as e:
+        click.echo(f"icetools: error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("icetools: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # `icetools dump x | head`: the reader went away; that is not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,224 @@
+"""Finding the scheduler the way icecream's own tools do.
+
+Order: an explicit ``HOST[:PORT]``, else ``ICECC_SCHEDULER``, else ``USE_SCHEDULER``, else a UDP
+broadcast for the network name (``ICECREAM`` by default) on port 8765. The discovery datagrams are
+those of icecream's ``DiscoverSched`` (request: one byte, our protocol version; replies in the
+16-, 32- and 268-byte forms of every scheduler since protocol 21).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Mapping
+
+from .errors import SchedulerNotFound
+from .messages import PROTOCOL_VERSION
+
+DEFAULT_PORT = 8765
+DEFAULT_NETNAME = "ICECREAM"
+#: How long icecream's DiscoverSched collects replies by default.
+DISCOVERY_WINDOW = 2.0
+REPLY_SIZE = 268
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address -> (host, port)."""
+    text = text.strip()
+    if not text:
+        raise SchedulerNotFound("empty scheduler address")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise SchedulerNotFound(f"bad scheduler address {text!r}: missing ']'")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise SchedulerNotFound(f"bad scheduler address {text!r}")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SchedulerNotFound(f"bad port {port_text!r} in scheduler address {text!r}") from None
+    if not 0 < port < 65536:
+        raise SchedulerNotFound(f"port {port} in scheduler address {text!r} is out of range")
+    return host, port
+
+
+def scheduler_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """``ICECC_SCHEDULER``, else ``USE_SCHEDULER`` (icecream's order), else None."""
+    env = os.environ if environ is None else environ
+    for name in ("ICECC_SCHEDULER", "USE_SCHEDULER"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DiscoveryReply:
+    """A scheduler that answered: its address, protocol version, start time and netname."""
+
+    host: str
+    port: int
+    version: int
+    start_time: int
+    netname: str
+
+
+def build_request(version: int = PROTOCOL_VERSION) -> bytes:
+    if not 0 < version < 128:
+        raise ValueError("discovery requests carry the version in one signed byte")
+    return bytes([version])
+
+
+def parse_reply(data: bytes, own_version: int, source: tuple[str, int]) -> DiscoveryReply | None:
+    """Decode a reply to our request in any of its historical forms; None if it is not one."""
+
+    def name_at(offset: int) -> str:
+        return data[offset:].split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    size = len(data)
+    if size == 16 and data[0] == own_version + 1:
+        return DiscoveryReply(source[0], source[1], 32, 0, name_at(1))
+    if size in (32, REPLY_SIZE) and data[0] == own_version + 2:
+        # Schedulers 33-37 wrote these fields in their own CPU order; little-endian (x86) assumed.
+        version, start = struct.unpack_from("<Iq", data, 1)
+        return DiscoveryReply(source[0], source[1], version, start, name_at(13))
+    if size == REPLY_SIZE and data[0] == own_version + 3:
+        version, hi, lo = struct.unpack_from(">III", data, 1)
+        return DiscoveryReply(source[0], source[1], version, (hi << 32) | lo, name_at(13))
+    return None
+
+
+def build_reply(request: bytes, version: int, start_time: int, netname: str) -> bytes | None:
+    """What a current scheduler answers to ``request`` (used by ``replay --as-scheduler``)."""
+    if len(request) != 1:
+        return None
+    v = struct.unpack("b", request)[0]
+    if v < 21:
+        return None
+    name = netname.encode()
+    if v < 33:
+        return bytes([v + 1]) + name[:14].ljust(15, b"\0")
+    if v < 38:
+        # 33-37: the fields in the scheduler's own (here: little-endian) byte order.
+        size, name_max = (32, 18) if v < 36 else (REPLY_SIZE, 254)
+        body = bytes([v + 2]) + struct.pack("<Iq", version, start_time) + name[:name_max]
+        return body.ljust(size, b"\0")
+    body = struct.pack(">III", version, start_time >> 32, start_time & 0xFFFFFFFF) + name[:254]
+    return (bytes([v + 3]) + body).ljust(REPLY_SIZE, b"\0")
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFBRDADDR = 0x8919
+_IFF_UP, _IFF_BROADCAST, _IFF_LOOPBACK, _IFF_POINTOPOINT = 0x1, 0x2, 0x8, 0x10
+
+
+def broadcast_addresses() -> list[str]:
+    """Broadcast address of every IPv4 interface that is up and has one, as icecream uses.
+
+    Loopback and point-to-point interfaces are skipped, as icecream skips them.
+    """
+    result: list[str] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            ifreq = struct.pack("16s16s", name.encode()[:15], b"")
+            try:
+                flags = struct.unpack_from("H", fcntl.ioctl(s, _SIOCGIFFLAGS, ifreq), 16)[0]
+                if not flags & _IFF_UP or not flags & _IFF_BROADCAST:
+                    continue
+                if flags & (_IFF_LOOPBACK | _IFF_POINTOPOINT):
+                    continue
+                reply = fcntl.ioctl(s, _SIOCGIFBRDADDR, ifreq)
+            except OSError:
+                continue  # no IPv4 address on this interface
+            address = socket.inet_ntoa(reply[20:24])
+            if address not in result and address != "0.0.0.0":
+                result.append(address)
+    return result
+
+
+def discover(
+    netname: str = DEFAULT_NETNAME,
+    *,
+    port: int = DEFAULT_PORT,
+    window: float = DISCOVERY_WINDOW,
+    version: int = PROTOCOL_VERSION,
+    addresses: list[str] | None = None,
+) -> list[DiscoveryReply]:
+    """Broadcast a discovery request and collect every matching reply for ``window`` seconds,
+    best first (highest version, then the earliest started), as icecream chooses."""
+    targets = broadcast_addresses() if addresses is None else addresses
+    if not targets:
+        raise SchedulerNotFound(
+            "no network interface to broadcast on; give the scheduler with -s HOST[:PORT]"
+        )
+    request = build_request(version)
+    replies: list[DiscoveryReply] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        for address in targets:
+            try:
+                s.sendto(request, (address, port))
+            except OSError:
+                continue
+        deadline = time.monotonic() + window
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([s], [], [], left)
+            if not ready:
+                break
+            data, source = s.recvfrom(REPLY_SIZE + 1)
+            reply = parse_reply(data, version, source)
+            if reply is None or not 1 <= reply.version < 128:
+                continue
+            if reply.netname.lower() != netname.lower():
+                continue
+            replies.append(reply)
+    replies.sort(key=lambda r: (-r.version, r.start_time))
+    return replies
+
+
+def locate_scheduler(
+    scheduler: str | None = None,
+    netname: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    window: float = DISCOVERY_WINDOW,
+) -> tuple[str, int]:
+    """Where to connect, by icecream's rules: -s, the environment, then discovery."""
+    explicit = scheduler or scheduler_from_environment(environ)
+    if explicit:
+        return parse_hostport(explicit)
+    name = netname or DEFAULT_NETNAME
+    replies = discover(name, window=window)
+    if not replies:
+        raise SchedulerNotFound(
+            f"no scheduler for network {name!r} answered a broadcast within {window:g} s "
+            "(give one with -s HOST[:PORT] or ICECC_SCHEDULER)"
+        )
+    return replies[0].host, replies[0].port
+
+
+__all__ = [
+    "DEFAULT_NETNAME",
+    "DEFAULT_PORT",
+    "DiscoveryReply",
+    "broadcast_addresses",
+    "build_reply",
+    "build_request",
+    "discover",
+    "locate_scheduler",
+    "parse_hostport",
+    "parse_reply",
+    "scheduler_from_environment",
+]
