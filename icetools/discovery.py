@@ -121,6 +121,8 @@ def build_reply(request: bytes, version: int, start_time: int, netname: str) -> 
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCGIFBRDADDR = 0x8919
+_SIOCGIFADDR = 0x8915
+_SIOCGIFNETMASK = 0x891B
 _IFF_UP, _IFF_BROADCAST, _IFF_LOOPBACK, _IFF_POINTOPOINT = 0x1, 0x2, 0x8, 0x10
 
 
@@ -139,10 +141,15 @@ def broadcast_addresses() -> list[str]:
                     continue
                 if flags & (_IFF_LOOPBACK | _IFF_POINTOPOINT):
                     continue
-                reply = fcntl.ioctl(s, _SIOCGIFBRDADDR, ifreq)
+                broadcast = fcntl.ioctl(s, _SIOCGIFBRDADDR, ifreq)[20:24]
+                if broadcast == b"\0\0\0\0":
+                    # Configured without "brd" (common with `ip addr add`): derive it.
+                    addr = fcntl.ioctl(s, _SIOCGIFADDR, ifreq)[20:24]
+                    mask = fcntl.ioctl(s, _SIOCGIFNETMASK, ifreq)[20:24]
+                    broadcast = bytes(a | (~m & 0xFF) for a, m in zip(addr, mask))
             except OSError:
                 continue  # no IPv4 address on this interface
-            address = socket.inet_ntoa(reply[20:24])
+            address = socket.inet_ntoa(broadcast)
             if address not in result and address != "0.0.0.0":
                 result.append(address)
     return result
