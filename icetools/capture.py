@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
 import os
 import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from . import __version__
 from .errors import CaptureError, NewerFormatError
@@ -41,6 +40,7 @@ RECORD_HEADER_SIZE = _RECORD.size
 MAX_FRAME_BODY = MAX_MSG_SIZE + 4
 MAX_JSON_BODY = 65536
 MAX_HEADER = 65536
+READ_BLOCK = 1 << 20
 _BE32 = struct.Struct(">I")
 
 
@@ -67,8 +67,11 @@ class CaptureHeader:
         return data
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FrameRecord:
+# Records are named tuples rather than dataclasses: a reader hands out millions of them, and a
+# tuple is built in one C call.
+
+
+class FrameRecord(NamedTuple):
     """A frame as received; ``protocol`` is the layout in force on its connection."""
 
     t: float
@@ -76,8 +79,7 @@ class FrameRecord:
     protocol: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ConnectRecord:
+class ConnectRecord(NamedTuple):
     t: float
     protocol: int
     peer_version: int
@@ -86,14 +88,12 @@ class ConnectRecord:
     reconnect: bool
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class DisconnectRecord:
+class DisconnectRecord(NamedTuple):
     t: float
     reason: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class EndRecord:
+class EndRecord(NamedTuple):
     t: float
     frames: int
     reason: str
@@ -177,13 +177,17 @@ class CaptureWriter:
         )
         self._write(out)
 
-    def frames(self, frames: list[bytes]) -> None:
-        """Append frames that arrived together, stamped now, in one write."""
+    def frames(self, frames: list[bytes], t: float | None = None) -> None:
+        """Append frames that arrived together, in one write, stamped now or at ``t`` seconds
+        since the start (for tools that rewrite recordings)."""
         if not frames:
             return
         if self.header is None:
             raise CaptureError("frames cannot be written before the first connection")
-        us = self._now_us()
+        if t is None:
+            us = self._now_us()
+        else:
+            us = self._last_us = max(int(t * 1_000_000), self._last_us)
         pack = _RECORD.pack
         self._write(b"".join(pack(KIND_FRAME, len(f), us) + f for f in frames))
         self.frames_written += len(frames)
@@ -246,6 +250,8 @@ class CaptureReader:
         except OSError as e:
             raise CaptureError(f"cannot open {self.path}: {e.strerror}") from None
         self.frames = 0
+        #: File offset just past the last record handed out (for progress bars).
+        self.position = 0
         self.torn_bytes = 0
         self.ended = False
         self.size = 0
@@ -322,117 +328,111 @@ class CaptureReader:
         )
 
     def __iter__(self) -> Iterator[Record]:
-        protocol = self.header.protocol
-        for kind, us, body in self.raw_records():
-            t = us / 1_000_000
-            if kind == KIND_FRAME:
-                yield FrameRecord(t, body, protocol)
-                continue
-            try:
-                if kind == KIND_CONNECT:
-                    rec: Record = ConnectRecord(
-                        t,
-                        int(body["protocol"]),
-                        int(body["peer_version"]),
-                        int(body.get("offered", 0)),
-                        str(body.get("scheduler", "")),
-                        bool(body.get("reconnect", False)),
-                    )
-                elif kind == KIND_DISCONNECT:
-                    rec = DisconnectRecord(t, str(body.get("reason", "")))
-                else:
-                    rec = EndRecord(t, int(body.get("frames", 0)), str(body.get("reason", "")))
-            except (KeyError, ValueError, TypeError):
-                raise CaptureError(
-                    f"corrupt capture {self.path}: event record at {t:.6f} s lacks its fields "
-                    f"(kept {self.frames} frames before it)"
-                ) from None
-            if isinstance(rec, ConnectRecord):
-                _check_protocol(self.path, rec.protocol, f"connect record at {t:.6f} s")
-                protocol = rec.protocol
-            yield rec
-
-    def raw_records(self) -> Iterator[tuple[int, int, Any]]:
-        """(kind, microseconds, body) for each known record; JSON bodies already parsed.
-
-        This is the fast path under every reader: it walks an mmap of the file (or, when
-        following, re-reads as the file grows) checking only the fixed record headers.
-        """
-        if self.follow:
-            yield from self._follow_records()
-            return
-        self._file.seek(0, os.SEEK_END)
-        self.size = self._file.tell()
-        if self.size == self._data_start:
-            return
-        with mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos, _ = yield from self._scan(mm, self._data_start, self.size, 0)
-            self.torn_bytes = self.size - pos
-
-    def _follow_records(self) -> Iterator[tuple[int, int, Any]]:
-        buf = b""
-        base = self._data_start
+        """Every record in order. This is the hot path under dump, replay and stats: it reads
+        the file in blocks (so memory stays flat however large the file), checks the fixed record
+        headers and builds each frame record in one call. When following, an incomplete tail is
+        waited for instead of reported."""
+        self._protocol = self.header.protocol
+        tail = b""  # the start of a record whose end has not been read yet
+        base = self._data_start  # file offset of tail[0]
         last_us = 0
         self._file.seek(base)
         while not self.ended:
-            chunk = self._file.read(1 << 20)
+            chunk = self._file.read(READ_BLOCK)
             if not chunk:
+                if not self.follow:
+                    break
                 time.sleep(self.poll)
                 continue
-            buf += chunk
-            pos, last_us = yield from self._scan(buf, 0, len(buf), last_us, offset=base)
+            data = tail + chunk if tail else chunk
+            pos, last_us = yield from self._scan(data, 0, len(data), last_us, offset=base)
+            tail = data[pos:]
             base += pos
-            buf = buf[pos:]
-        self.size = base + len(buf)
+        self.size = base + len(tail)
+        self.torn_bytes = 0 if self.ended else len(tail)
 
     def _scan(
         self, data: Any, pos: int, end: int, last_us: int, offset: int = 0
-    ) -> Iterator[tuple[int, int, Any]]:
-        """Yield whole records of ``data[pos:end]``; return (position of the first incomplete
-        record, time of the last record). ``offset`` turns positions into file offsets."""
+    ) -> Iterator[Record]:
+        """Yield the whole records of ``data[pos:end]``; return (position of the first
+        incomplete record, time of the last record). ``offset`` turns positions into file
+        offsets for messages."""
         unpack_record = _RECORD.unpack_from
         header_size = RECORD_HEADER_SIZE
         be32 = _BE32.unpack_from
+        new = tuple.__new__
         while pos + header_size <= end:
             kind, length, us = unpack_record(data, pos)
             body_start = pos + header_size
+            body_end = body_start + length
             if kind == KIND_FRAME:
                 if not 8 <= length <= MAX_FRAME_BODY:
                     self._corrupt(offset + pos, f"frame record of {length} bytes")
-            elif kind < FIRST_OPTIONAL_KIND:
+                if us < last_us:
+                    self._corrupt(offset + pos, "record time goes backwards")
+                if body_end > end:
+                    break
+                body = data[body_start:body_end]
+                if be32(body, 0)[0] + 4 != length:
+                    self._corrupt(offset + pos, "frame length prefix disagrees with its record")
+                self.frames += 1
+                pos = body_end
+                last_us = us
+                self.position = offset + pos
+                yield new(FrameRecord, (us / 1_000_000, body, self._protocol))
+                continue
+            if kind < FIRST_OPTIONAL_KIND:
                 if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
                     self._corrupt(offset + pos, f"unknown record kind 0x{kind:02x}")
                 if length > MAX_JSON_BODY:
                     self._corrupt(offset + pos, f"event record of {length} bytes")
             if us < last_us:
                 self._corrupt(offset + pos, "record time goes backwards")
-            if body_start + length > end:
+            if body_end > end:
                 break
-            body_end = body_start + length
-            if kind == KIND_FRAME:
-                body = data[body_start:body_end]
-                if be32(body, 0)[0] + 4 != length:
-                    self._corrupt(offset + pos, "frame length prefix disagrees with its record")
-                self.frames += 1
-            elif kind < FIRST_OPTIONAL_KIND:
-                try:
-                    body = json.loads(data[body_start:body_end])
-                    if not isinstance(body, dict):
-                        raise ValueError
-                except ValueError:
-                    self._corrupt(offset + pos, "event record is not a JSON object")
-                if kind == KIND_END:
-                    self.ended = True
+            if kind < FIRST_OPTIONAL_KIND:
+                record = self._event(kind, us, data[body_start:body_end], offset + pos)
             else:
-                pos = body_end
-                last_us = us
-                continue  # an optional record we do not know
+                record = None  # an optional record we do not know: skipped
             pos = body_end
             last_us = us
-            yield kind, us, body
+            self.position = offset + pos
+            if record is not None:
+                yield record
         return pos, last_us
 
-    def _corrupt(self, pos: int, what: str) -> None:
+    def _event(self, kind: int, us: int, raw: bytes, where: int) -> Record:
+        """A connect, disconnect or end record from its JSON body."""
+        t = us / 1_000_000
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            self._corrupt(where, "event record is not a JSON object")
+        try:
+            if kind == KIND_CONNECT:
+                record: Record = ConnectRecord(
+                    t,
+                    int(body["protocol"]),
+                    int(body["peer_version"]),
+                    int(body.get("offered", 0)),
+                    str(body.get("scheduler", "")),
+                    bool(body.get("reconnect", False)),
+                )
+            elif kind == KIND_DISCONNECT:
+                record = DisconnectRecord(t, str(body.get("reason", "")))
+            else:
+                record = EndRecord(t, int(body.get("frames", 0)), str(body.get("reason", "")))
+                self.ended = True
+        except (KeyError, ValueError, TypeError):
+            self._corrupt(where, "event record lacks its fields")
+        if kind == KIND_CONNECT:
+            _check_protocol(self.path, record.protocol, f"connect record at {t:.6f} s")
+            self._protocol = record.protocol
+        return record
+
+    def _corrupt(self, pos: int, what: str) -> NoReturn:
         raise CaptureError(
             f"corrupt capture {self.path} at byte {pos}: {what} "
             f"(kept {self.frames} frames before it)"

@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -15,12 +16,17 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter, EndRecord
+from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
 from .discovery import locate_scheduler
 from .errors import IcetoolsError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from .monitor import DEFAULT_MAX_FINISHED, Monitor
 from .record import Recorder, run_recorder
-from .render import TYPE_NAMES, decode_records, json_line, text_line
+from .progress import Progress
+from .render import TYPE_NAMES, Dumper
+from .replay import paced, render_state, replay_file
+from .replay import replay as replay_records
+from .stats import StatsCollector, render_report
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -199,25 +205,150 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> Non
       icetools dump build.icecap --json --type MON_JOB_DONE | jq .exitcode
       icetools dump --follow live.icecap     # while icetools record writes it
     """
-    wanted = _type_filter(types)
-    render = json_line if as_json else text_line
-    undecodable = 0
+    dumper = Dumper(as_json=as_json, wanted=_type_filter(types))
     with CaptureReader(file, follow=follow) as reader:
         out = sys.stdout
-        for item in decode_records(reader):
-            if item.error is not None:
-                undecodable += 1
-            if wanted is None or item.name in wanted:
-                out.write(render(item) + "\n")
+        with Progress(reader, sys.stderr) as progress:
+            records = reader if follow else progress.wrap(reader)
             if follow:
-                out.flush()
-            if follow and isinstance(item.record, EndRecord):
-                break
+                for line in dumper.lines(records):
+                    out.write(line + "\n")
+                    out.flush()
+            else:
+                # Lines go out in batches (much faster than a write per line); whatever was
+                # decoded before a corrupt record is still printed.
+                batch: list[str] = []
+                try:
+                    for line in dumper.lines(records):
+                        batch.append(line)
+                        if len(batch) >= 1024:
+                            batch.append("")
+                            out.write("\n".join(batch))
+                            batch = []
+                finally:
+                    if batch:
+                        batch.append("")
+                        out.write("\n".join(batch))
         out.flush()
-        if (warning := reader.warning()) is not None:
-            warn(warning)
+    _finish_reading(reader, dumper.undecodable, "shown as UNDECODABLE")
+
+
+# ------------------------------------------------------------------------------ replay, stats
+
+DEMO = Path(__file__).resolve().parent / "data" / "demo.icecap"
+
+
+def _open_capture(file: Path | None) -> CaptureReader:
+    return CaptureReader(DEMO if file is None else file)
+
+
+def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skipped") -> None:
+    if (warning := reader.warning()) is not None:
+        warn(warning)
     if undecodable:
-        warn(f"{undecodable} frames of {reader.frames} could not be decoded (shown as UNDECODABLE)")
+        warn(f"{undecodable} frames of {reader.frames} could not be decoded ({what})")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    metavar="X",
+    help="Play X times faster than recorded.",
+)
+@click.option("--fast", is_flag=True, help="As fast as possible (no pacing).")
+@click.option(
+    "--until", type=click.FloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON document.")
+@click.option(
+    "--max-finished",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_FINISHED,
+    show_default=True,
+    metavar="N",
+    help="Finished jobs to keep in the model (aggregates count them all).",
+)
+def replay(
+    file: Path | None, speed: float, fast: bool, until: float | None, as_json: bool, max_finished: int
+) -> None:
+    """Drive the cluster model from a recording and print the cluster at the end (or at --until).
+
+    Without FILE it plays the demo recording shipped with icetools: a few minutes of a busy
+    6-host cluster. In recorded time on a terminal, the state is redrawn as it changes.
+
+    \b
+    Examples:
+      icetools replay --fast                       # the demo, the state at its end
+      icetools replay build.icecap --until 120     # the cluster two minutes in
+      icetools replay build.icecap --speed 10      # ten times faster than it happened
+      icetools replay day.icecap --fast --json | jq .totals
+    """
+    monitor = Monitor(max_finished=max_finished)
+    live = not fast and not as_json and sys.stdout.isatty()
+    with _open_capture(file) as reader:
+        if live:
+            result = _replay_live(monitor, reader, speed, until)
+        else:
+            result = replay_file(
+                monitor,
+                reader,
+                speed=None if fast else speed,
+                until=until,
+                progress_stream=sys.stderr,
+            )
+        if as_json:
+            click.echo(json.dumps(monitor.snapshot(), indent=1))
+        else:
+            click.echo(render_state(monitor))
+        _finish_reading(reader, result.undecodable)
+
+
+def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: float | None):  # type: ignore[no-untyped-def]
+    """Replay in recorded time, redrawing the terminal at most four times a second."""
+    next_draw = 0.0
+
+    def draw(_record: object) -> None:
+        nonlocal next_draw
+        now = time.monotonic()
+        if now >= next_draw:
+            next_draw = now + 0.25
+            click.echo("\x1b[H\x1b[2J" + render_state(monitor), nl=False)
+
+    result = replay_records(monitor, paced(reader, speed), until=until, on_record=draw)
+    click.echo("\x1b[H\x1b[2J", nl=False)
+    return result
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+def stats(file: Path, as_json: bool) -> None:
+    """What happened in a recording: per host and for the whole cluster.
+
+    Per host: jobs compiled for others, jobs submitted, local jobs, failures (jobs compiled
+    there that failed, including those lost when the host went away), mean and 95th-percentile
+    compile time, bytes in and out. For the cluster: remote, local and failed jobs, the peak of
+    jobs finished in one second, the busiest hosts and the slowest files.
+
+    \b
+    Examples:
+      icetools stats build.icecap
+      icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
+    """
+    collector = StatsCollector()
+    monitor = Monitor(publishers=[collector])
+    with _open_capture(file) as reader:
+        result = replay_file(monitor, reader, progress_stream=sys.stderr)
+        report = collector.report(monitor)
+        if as_json:
+            click.echo(json.dumps(report, indent=1))
+        else:
+            click.echo(render_report(report))
+        _finish_reading(reader, result.undecodable)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -101,6 +102,7 @@ class Kind(enum.Enum):
     STRING = "string"
     STRLIST = "strlist"
     ENVLIST = "envlist"
+    BYTES = "bytes"  # FILE_CHUNK data only
 
 
 _DEFAULTS: dict[Kind, Any] = {
@@ -110,38 +112,46 @@ _DEFAULTS: dict[Kind, Any] = {
     Kind.STRING: "",
     Kind.STRLIST: (),
     Kind.ENVLIST: (),
+    Kind.BYTES: b"",
 }
 
 
-def _wire(kind: Kind, since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    """Declare a wire field: its layout and the protocol versions ``[since, until)`` that carry it."""
-    return dataclasses.field(
-        default=_DEFAULTS[kind], metadata={"kind": kind, "since": since, "until": until}
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Spec:
+    """What a field declaration (``u32()``, ``string(since=22)``, ...) stands for."""
+
+    kind: Kind
+    since: int
+    until: int | None
 
 
 def u32(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.U32, since, until)
+    return _Spec(Kind.U32, since, until)
 
 
 def i32(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.INT, since, until)
+    return _Spec(Kind.INT, since, until)
 
 
 def boolean(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.BOOL, since, until)
+    return _Spec(Kind.BOOL, since, until)
 
 
 def string(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.STRING, since, until)
+    return _Spec(Kind.STRING, since, until)
 
 
 def strlist(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.STRLIST, since, until)
+    return _Spec(Kind.STRLIST, since, until)
 
 
 def envlist(since: int = MIN_PROTOCOL_VERSION, until: int | None = None) -> Any:
-    return _wire(Kind.ENVLIST, since, until)
+    return _Spec(Kind.ENVLIST, since, until)
+
+
+def raw_bytes() -> Any:
+    """FILE_CHUNK's data: its length is a field of its own, so it has a codec of its own."""
+    return _Spec(Kind.BYTES, MIN_PROTOCOL_VERSION, None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,14 +164,26 @@ class WireField:
     def present(self, protocol: int) -> bool:
         return self.since <= protocol and (self.until is None or protocol < self.until)
 
+    @property
+    def default(self) -> Any:
+        return _DEFAULTS[self.kind]
 
-class Message:
-    """Base of all messages. Subclasses are frozen, slotted dataclasses made by :func:`message`."""
+
+class Message(tuple):
+    """Base of all messages: immutable tuples of their field values, in declaration order.
+
+    Messages are tuples (like ``typing.NamedTuple``) rather than dataclasses because decoding
+    then builds each one with a single C call; that is most of what makes icetools decode a
+    million frames a second. They behave as frozen records: fields by name, keyword
+    construction with defaults, ``replace()``, equality by message type and values.
+    """
 
     __slots__ = ()
     TYPE: ClassVar[MsgType]
+    #: The type word this class is sent with (differs from TYPE only for HEAD's misnumbering).
+    TYPE_WORD: ClassVar[int]
     #: Wire fields in wire order (fields of every version; filter with ``present``).
-    FIELDS: ClassVar[tuple[WireField, ...]]
+    FIELDS: ClassVar[tuple[WireField, ...]] = ()
 
     @property
     def type(self) -> MsgType:
@@ -171,6 +193,10 @@ class Message:
     def type_name(self) -> str:
         return self.TYPE.name
 
+    @property
+    def type_word(self) -> int:
+        return self.TYPE_WORD
+
     def pack(self, protocol: int) -> bytes:
         """The whole frame (length prefix included) for a channel at ``protocol``."""
         return encode(self, protocol)
@@ -178,26 +204,76 @@ class Message:
     def fields(self, protocol: int | None = None) -> dict[str, Any]:
         """Field values by icecream's names, only those on the wire at ``protocol`` if given."""
         return {
-            f.name: getattr(self, f.name)
-            for f in self.FIELDS
+            f.name: value
+            for f, value in zip(self.FIELDS, self)
             if protocol is None or f.present(protocol)
         }
+
+    def replace(self, **changes: Any) -> Message:
+        """A copy with some fields changed."""
+        values = self.fields()
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field {sorted(unknown)[0]!r}")
+        values.update(changes)
+        return tuple.__new__(type(self), tuple(values.values()))
+
+    def __eq__(self, other: object) -> bool:
+        # Not NotImplemented for plain tuples: tuple's own reflected == would then say equal.
+        if not isinstance(other, Message):
+            return False
+        return self.TYPE is other.TYPE and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash((self.TYPE, tuple(self)))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{f.name}={value!r}" for f, value in zip(self.FIELDS, self))
+        return f"{type(self).__name__}({inner})"
+
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
 
 
 MESSAGE_CLASSES: dict[int, type[Message]] = {}
 
 
 def message(type_: MsgType) -> Callable[[type], type[Message]]:
-    """Class decorator: make a frozen slotted dataclass message of ``type_`` and register it."""
+    """Class decorator: turn a declaration into a message class of ``type_`` and register it.
 
-    def wrap(cls: type) -> type[Message]:
-        cls = dataclasses.dataclass(frozen=True, slots=True, repr=True)(cls)
-        cls.TYPE = type_
-        cls.FIELDS = tuple(
-            WireField(f.name, f.metadata["kind"], f.metadata["since"], f.metadata["until"])
-            for f in dataclasses.fields(cls)
-            if "kind" in f.metadata
+    The declaration lists fields as annotated class attributes whose values say the wire type
+    and versions (``job_id: int = u32()``); methods and properties are kept.
+    """
+
+    def wrap(decl: type) -> type[Message]:
+        annotations = decl.__dict__.get("__annotations__", {})
+        fields = tuple(
+            WireField(name, spec.kind, spec.since, spec.until)
+            for name in annotations
+            if isinstance(spec := decl.__dict__.get(name), _Spec)
         )
+        namespace: dict[str, Any] = {
+            key: value
+            for key, value in decl.__dict__.items()
+            if key not in annotations and key not in ("__dict__", "__weakref__", "__annotations__")
+        }
+        namespace.update(__slots__=(), TYPE=type_, TYPE_WORD=int(type_), FIELDS=fields)
+        for i, f in enumerate(fields):
+            namespace[f.name] = property(operator.itemgetter(i), doc=f"{f.kind.value} field")
+        # __new__ with keyword arguments and defaults, generated so that it is one plain call.
+        params = ", ".join(f"{f.name}=_d{i}" for i, f in enumerate(fields))
+        values = "".join(f"{f.name}, " for f in fields)
+        source = f"def __new__(cls, {params}):\n    return _new(cls, ({values}))\n"
+        scope: dict[str, Any] = {"_new": tuple.__new__}
+        scope.update({f"_d{i}": f.default for i, f in enumerate(fields)})
+        exec(source, scope)  # noqa: S102 - source built only from our declarations
+        namespace["__new__"] = scope["__new__"]
+        cls = type(decl.__name__, (Message,), namespace)
+        cls.__module__ = decl.__module__
+        cls.__qualname__ = decl.__qualname__
         MESSAGE_CLASSES[type_] = cls
         return cls
 
@@ -290,7 +366,7 @@ class FileChunk(Message):
 
     uncompressed_len: int = u32()
     compression: int = u32(since=40)  # 0 LZO, 1 ZSTD; LZO implied below 40
-    data: bytes = b""
+    data: bytes = raw_bytes()
 
 
 @message(MsgType.COMPILE_RESULT)
@@ -382,8 +458,6 @@ class MonGetCS(Message):
     preferred_host: str = string(since=22, until=29)
     job_id: int = u32()
     client_id: int = u32()
-    #: The type word the frame carried: 0x53, or 0x47 from a HEAD scheduler (see decode()).
-    type_word: int = dataclasses.field(default=MsgType.MON_GET_CS, compare=False, repr=False)
 
 
 @message(MsgType.MON_JOB_BEGIN)
@@ -409,8 +483,6 @@ class MonJobDone(Message):
     out_uncompressed: int = u32()
     flags: int = u32()
     client_count: int = u32(since=39)
-    #: The type word the frame carried: 0x55, or 0x4D from a HEAD scheduler (see decode()).
-    type_word: int = dataclasses.field(default=MsgType.MON_JOB_DONE, compare=False, repr=False)
 
 
 @message(MsgType.MON_LOCAL_JOB_BEGIN)
@@ -491,6 +563,20 @@ class NoCS(Message):
     client_id: int = u32()
 
 
+class MonGetCSHead(MonGetCS):
+    """MON_GET_CS as a scheduler built from icecream HEAD sends it: with GET_CS's type word."""
+
+    __slots__ = ()
+    TYPE_WORD = MsgType.GET_CS
+
+
+class MonJobDoneHead(MonJobDone):
+    """MON_JOB_DONE as a scheduler built from icecream HEAD sends it: with JOB_DONE's type word."""
+
+    __slots__ = ()
+    TYPE_WORD = MsgType.JOB_DONE
+
+
 # Seed (pyicemon) name for the monitor login.
 LoginMessage = MonLogin
 
@@ -500,13 +586,7 @@ LoginMessage = MonLogin
 
 def parse_statmsg(text: str) -> dict[str, str]:
     """Parse ``Key:Value\\n`` lines. Unknown keys are kept; a value may itself contain ':'."""
-    result: dict[str, str] = {}
-    for line in text.split("\n"):
-        if not line:
-            continue
-        key, _, value = line.partition(":")
-        result[key] = value
-    return result
+    return {key: value for key, _, value in (line.partition(":") for line in text.split("\n") if line)}
 
 
 def format_statmsg(stats: Mapping[str, object]) -> str:
@@ -633,9 +713,9 @@ def _runs(fields: list[WireField]) -> Iterator[tuple[str, list[WireField]]]:
 def _build_decoder(cls: type[Message], protocol: int) -> Decoder:
     """Generate ``decode(frame) -> message`` for one message class at one protocol version.
 
-    The generated code unpacks runs of integers with one precompiled struct each and assigns
-    slots directly (bypassing the frozen dataclass ``__init__``), which is what makes decoding a
-    million frames a second possible in pure Python.
+    The generated code unpacks runs of integers with one precompiled struct each and builds the
+    message tuple in one call. Fields the version lacks get their defaults. It returns an int
+    (the position where the fields ended) when the frame has trailing bytes.
     """
     fields = [f for f in cls.FIELDS if f.present(protocol)]
     namespace: dict[str, Any] = {
@@ -643,45 +723,59 @@ def _build_decoder(cls: type[Message], protocol: int) -> Decoder:
         "_dec_strlist": _dec_strlist,
         "_dec_envlist": _dec_envlist,
         "_Short": _Short,
-        "_new": object.__new__,
+        "_new": tuple.__new__,
         "_cls": cls,
-        "_struct_error": struct.error,
     }
-    lines = ["def decode(frame):", "    pos = 8", "    end = len(frame)"]
-    for i, (what, run) in enumerate(_runs(fields)):
-        if what == "fixed":
-            st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in run))
-            namespace[f"_st{i}"] = st
-            names = ", ".join(f"v_{f.name}" for f in run)
-            lines += [
-                f"    if pos + {st.size} > end: raise _Short(pos, {st.size})",
-                f"    {names}, = _st{i}.unpack_from(frame, pos)",
-                f"    pos += {st.size}",
-            ]
-            lines += [f"    v_{f.name} = v_{f.name} != 0" for f in run if f.kind is Kind.BOOL]
-        else:
-            f = run[0]
-            lines.append(f"    v_{f.name}, pos = {_VAR_DECODER[f.kind]}(frame, pos)")
-    lines.append("    if pos != end: return pos")
-    lines.append("    msg = _new(_cls)")
-    # Every dataclass field gets a value: the wire's, or the declared default for fields the
-    # protocol version lacks (and for non-wire fields such as type_word).
-    wire_names = {f.name for f in fields}
-    for i, dfield in enumerate(dataclasses.fields(cls)):
-        setter = f"_set{i}"
-        namespace[setter] = getattr(cls, dfield.name).__set__
-        if dfield.name in wire_names:
-            lines.append(f"    {setter}(msg, v_{dfield.name})")
-        else:
-            namespace[f"_default{i}"] = dfield.default
-            lines.append(f"    {setter}(msg, _default{i})")
-    lines.append("    return msg")
+    runs = list(_runs(fields))
+    lines = ["def decode(frame):"]
+    if (
+        len(runs) == 1
+        and runs[0][0] == "fixed"
+        and len(fields) == len(cls.FIELDS)
+        and not any(f.kind is Kind.BOOL for f in fields)
+    ):
+        # The common monitor case (MON_JOB_BEGIN, MON_JOB_DONE, JOB_LOCAL_DONE): one struct.
+        st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in fields))
+        namespace["_unpack"] = st.unpack_from
+        lines += [
+            f"    if len(frame) != {8 + st.size}:",
+            f"        if len(frame) < {8 + st.size}: raise _Short(8, {st.size})",
+            f"        return {8 + st.size}",
+            "    return _new(_cls, _unpack(frame, 8))",
+        ]
+    else:
+        lines += ["    pos = 8", "    end = len(frame)"]
+        for i, (what, run) in enumerate(runs):
+            if what == "fixed":
+                st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in run))
+                namespace[f"_st{i}"] = st.unpack_from
+                names = ", ".join(f"v_{f.name}" for f in run)
+                lines += [
+                    f"    if pos + {st.size} > end: raise _Short(pos, {st.size})",
+                    f"    {names}, = _st{i}(frame, pos)",
+                    f"    pos += {st.size}",
+                ]
+                lines += [f"    v_{f.name} = v_{f.name} != 0" for f in run if f.kind is Kind.BOOL]
+            else:
+                f = run[0]
+                lines.append(f"    v_{f.name}, pos = {_VAR_DECODER[f.kind]}(frame, pos)")
+        lines.append("    if pos != end: return pos")
+        wire_names = {f.name for f in fields}
+        values = []
+        for i, f in enumerate(cls.FIELDS):
+            if f.name in wire_names:
+                values.append(f"v_{f.name}")
+            else:
+                namespace[f"_d{i}"] = f.default
+                values.append(f"_d{i}")
+        lines.append(f"    return _new(_cls, ({''.join(v + ', ' for v in values)}))")
     exec("\n".join(lines), namespace)  # noqa: S102 - source built only from our declarations
     return namespace["decode"]
 
 
 def _build_encoder(cls: type[Message], protocol: int) -> Encoder:
     fields = [f for f in cls.FIELDS if f.present(protocol)]
+    index = {f.name: i for i, f in enumerate(cls.FIELDS)}
     namespace: dict[str, Any] = {
         "_enc_string": _enc_string,
         "_enc_strlist": _enc_strlist,
@@ -693,12 +787,13 @@ def _build_encoder(cls: type[Message], protocol: int) -> Encoder:
             st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in run))
             namespace[f"_st{i}"] = st
             args = ", ".join(
-                f"int(msg.{f.name})" if f.kind is Kind.BOOL else f"msg.{f.name}" for f in run
+                f"int(msg[{index[f.name]}])" if f.kind is Kind.BOOL else f"msg[{index[f.name]}]"
+                for f in run
             )
             parts.append(f"_st{i}.pack({args})")
         else:
             f = run[0]
-            parts.append(f"{_VAR_ENCODER[f.kind]}(msg.{f.name})")
+            parts.append(f"{_VAR_ENCODER[f.kind]}(msg[{index[f.name]}])")
     body = " + ".join(parts) if parts else "b''"
     exec(f"def encode(msg):\n    return {body}\n", namespace)  # noqa: S102
     return namespace["encode"]
@@ -760,7 +855,10 @@ def encoder_for(cls: type[Message], protocol: int) -> Encoder:
 #: GET_CS and JOB_DONE type words on MON_GET_CS and MON_JOB_DONE frames (a constructor
 #: refactoring bug). A scheduler never sends a monitor real GET_CS or JOB_DONE messages, so on a
 #: monitor connection these type words are read as the monitor messages they really are.
-MONITOR_TYPE_ALIASES: dict[int, type[Message]] = {MsgType.GET_CS: MonGetCS, MsgType.JOB_DONE: MonJobDone}
+MONITOR_TYPE_ALIASES: dict[int, type[Message]] = {
+    MsgType.GET_CS: MonGetCSHead,
+    MsgType.JOB_DONE: MonJobDoneHead,
+}
 
 
 def _check_protocol(protocol: int) -> None:
@@ -786,36 +884,58 @@ def decode(frame: bytes, protocol: int, *, monitor: bool = True) -> Message:
     size = len(frame)
     if size < 8:
         raise DecodeError(f"frame of {size} bytes is shorter than the 8-byte frame header")
-    length, type_word = _HEADER.unpack_from(frame, 0)
-    if length > MAX_MSG_SIZE:
-        raise FrameTooLarge(f"frame length {length} exceeds icecream's maximum {MAX_MSG_SIZE}")
+    length, type_word = _unpack_header(frame, 0)
     if length != size - 4:
+        if length > MAX_MSG_SIZE:
+            raise FrameTooLarge(f"frame length {length} exceeds icecream's maximum {MAX_MSG_SIZE}")
         raise DecodeError(f"frame length prefix says {length} bytes but {size - 4} follow it")
-    cls = MONITOR_TYPE_ALIASES.get(type_word) if monitor else None
-    if cls is None:
-        cls = MESSAGE_CLASSES.get(type_word)
-        if cls is None:
-            raise DecodeError(f"unknown message type 0x{type_word:02X} in a frame of {size} bytes")
-    if cls is Text:
-        raise DecodeError("TEXT (0x59) belongs to the text port and cannot appear in a binary frame")
+    decoder = _frame_decoders.get((type_word, protocol, monitor))
+    if decoder is None:
+        decoder = _frame_decoder(type_word, protocol, monitor, size)
     try:
-        result = decoder_for(cls, protocol)(frame)
+        result = decoder(frame)
     except _Short as e:
         raise DecodeError(
-            f"{cls.TYPE.name} (protocol {protocol}) ends at byte {size}, "
+            f"{_name(type_word, monitor)} (protocol {protocol}) ends at byte {size}, "
             f"field at byte {e.pos} needs {e.need}"
         ) from None
     except _Bad as e:
-        raise DecodeError(f"{cls.TYPE.name} (protocol {protocol}): {e.what} at byte {e.pos}") from None
-    if isinstance(result, int):
         raise DecodeError(
-            f"{cls.TYPE.name} (protocol {protocol}) has {size - result} trailing bytes "
-            f"after its last field at byte {result}"
+            f"{_name(type_word, monitor)} (protocol {protocol}): {e.what} at byte {e.pos}"
+        ) from None
+    if result.__class__ is int:
+        raise DecodeError(
+            f"{_name(type_word, monitor)} (protocol {protocol}) has {size - result} trailing "
+            f"bytes after its last field at byte {result}"
         )
-    if type_word != cls.TYPE:
-        # Keep the odd type word so that re-encoding gives back the very same frame.
-        object.__setattr__(result, "type_word", type_word)
     return result
+
+
+_unpack_header = _HEADER.unpack_from
+#: (type word, protocol, monitor?) -> decoder: one dict look-up per frame on the hot path.
+_frame_decoders: dict[tuple[int, int, bool], Decoder] = {}
+
+
+def _message_class(type_word: int, monitor: bool) -> type[Message] | None:
+    cls = MONITOR_TYPE_ALIASES.get(type_word) if monitor else None
+    return cls if cls is not None else MESSAGE_CLASSES.get(type_word)
+
+
+def _name(type_word: int, monitor: bool) -> str:
+    cls = _message_class(type_word, monitor)
+    return cls.TYPE.name if cls is not None else f"0x{type_word:02X}"
+
+
+def _frame_decoder(type_word: int, protocol: int, monitor: bool, size: int) -> Decoder:
+    cls = _message_class(type_word, monitor)
+    if cls is None:
+        raise DecodeError(f"unknown message type 0x{type_word:02X} in a frame of {size} bytes")
+    if cls is Text:
+        raise DecodeError("TEXT (0x59) belongs to the text port and cannot appear in a binary frame")
+    if protocol < MIN_PROTOCOL_VERSION:
+        raise LocalProtocolError(f"protocol {protocol} is below icecream's minimum {MIN_PROTOCOL_VERSION}")
+    decoder = _frame_decoders[(type_word, protocol, monitor)] = decoder_for(cls, protocol)
+    return decoder
 
 
 def encode(msg: Message, protocol: int) -> bytes:
@@ -829,8 +949,7 @@ def encode(msg: Message, protocol: int) -> bytes:
         raise LocalProtocolError(
             f"{msg.TYPE.name} would be {length} bytes, over icecream's maximum {MAX_MSG_SIZE}"
         )
-    type_word = getattr(msg, "type_word", msg.TYPE)
-    return _HEADER.pack(length, type_word) + payload
+    return _HEADER.pack(length, msg.TYPE_WORD) + payload
 
 
 def text_line(msg: Text) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 
 import pytest
@@ -34,9 +33,8 @@ def sample(cls: type[m.Message]) -> m.Message:
             m.Kind.STRING: f"{f.name}/é{i}",
             m.Kind.STRLIST: (f"-a{i}", "", "x y"),
             m.Kind.ENVLIST: (("x86_64", f"env{i}"), ("aarch64", "")),
+            m.Kind.BYTES: b"\x00\x01zstd-or-lzo\xff",
         }[f.kind]
-    if cls is m.FileChunk:
-        values["data"] = b"\x00\x01zstd-or-lzo\xff"
     return cls(**values)
 
 
@@ -121,7 +119,8 @@ def test_head_type_words_on_a_monitor_connection() -> None:
     head_get_cs = get_cs[:4] + struct.pack(">I", 0x47) + get_cs[8:]
     msg = m.decode(head_get_cs, 44, monitor=True)
     assert isinstance(msg, m.MonGetCS) and msg.job_id == 4 and msg.client_id == 2
-    assert msg.type_word == 0x47
+    assert msg.type_word == 0x47 and msg.TYPE is m.MsgType.MON_GET_CS
+    assert msg == m.MonGetCS(filename="a.c", job_id=4, client_id=2)
     assert m.encode(msg, 44) == head_get_cs
     done = m.encode(m.MonJobDone(job_id=4, exitcode=1, client_count=2), 44)
     head_done = done[:4] + struct.pack(">I", 0x4D) + done[8:]
@@ -215,8 +214,20 @@ def test_encoding_text_on_a_binary_channel_is_a_local_error() -> None:
 
 def test_messages_are_frozen() -> None:
     msg = m.MonJobBegin(1, 2, 3)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         msg.job_id = 5  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        msg.extra = 1  # type: ignore[attr-defined]
+    assert msg.replace(job_id=5) == m.MonJobBegin(5, 2, 3) and msg.job_id == 1
+
+
+def test_equality_is_by_message_type_and_values() -> None:
+    assert m.MonJobBegin(1, 2, 3) != (1, 2, 3)
+    assert m.NoCS(1, 2) != m.VerifyEnv("a", "b")
+    assert m.MonJobBegin(1, 2, 3) != m.JobBegin(1, 2, 3)  # same shape, other message
+    assert len({m.MonJobBegin(1, 2, 3), m.MonJobBegin(1, 2, 3)}) == 1
+    assert repr(m.MonJobBegin(1, 2, 3)) == "MonJobBegin(job_id=1, stime=2, host_id=3)"
+    assert m.GetCS(count=2).count == 2  # a field may shadow a tuple method
 
 
 def test_seed_api_names() -> None:

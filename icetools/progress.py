@@ -1,0 +1,68 @@
+"""A progress bar on stderr for long reads of a capture: only on a terminal, only after a second."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
+
+from .capture import CaptureReader
+
+T = TypeVar("T")
+#: Nothing is shown for reads that finish sooner than this.
+SHOW_AFTER = 1.0
+REFRESH = 0.1
+WIDTH = 30
+
+
+class Progress:
+    """Wraps an iteration over a capture and shows how far into the file it is.
+
+    The position comes from the reader's file (records are read by mmap, so this is the share of
+    the file's records handed out so far, estimated by time and frames).
+    """
+
+    def __init__(self, reader: CaptureReader, stream: TextIO) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+        try:
+            self.total = os.path.getsize(reader.path)
+        except OSError:
+            self.total = 0
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+    def wrap(self, items: Iterable[T]) -> Iterator[T]:
+        if not self.enabled or not self.total:
+            yield from items
+            return
+        clock = time.monotonic
+        next_check = self.started + SHOW_AFTER
+        n = 0
+        for item in items:
+            yield item
+            n += 1
+            if n & 1023 == 0 and clock() >= next_check:
+                next_check = clock() + REFRESH
+                self._draw(n)
+
+    def _draw(self, records: int) -> None:
+        done = min(self.reader.position / self.total, 1.0) if self.total else 0.0
+        filled = int(done * WIDTH)
+        elapsed = time.monotonic() - self.started
+        self.stream.write(
+            f"\r\x1b[2K[{'#' * filled}{'.' * (WIDTH - filled)}] {done * 100:5.1f}%  "
+            f"{records} records, {elapsed:.0f} s"
+        )
+        self.stream.flush()
+        self.shown = True

@@ -1,0 +1,147 @@
+"""Driving the Monitor from a recording, as fast as possible or in recorded time.
+
+Timing is a small pure generator (asciinema's way): :func:`paced` yields records no earlier than
+their recorded time divided by the speed, given a clock and a sleep function, so it is tested
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO
+
+from . import messages
+from .capture import CaptureReader, ConnectRecord, DisconnectRecord, FrameRecord, Record
+from .errors import ProtocolError
+from .monitor import JobState, Monitor
+from .progress import Progress
+
+
+@dataclasses.dataclass(slots=True)
+class ReplayResult:
+    records: int = 0
+    frames: int = 0
+    undecodable: int = 0
+    reached_until: bool = False
+
+
+def paced(
+    records: Iterable[Record],
+    speed: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Record]:
+    """Yield each record once ``record.t / speed`` seconds have passed since the first one."""
+    start: float | None = None
+    for record in records:
+        if start is None:
+            start = clock() - record.t / speed
+        delay = start + record.t / speed - clock()
+        if delay > 0:
+            sleep(delay)
+        yield record
+
+
+def replay(
+    monitor: Monitor,
+    records: Iterable[Record],
+    *,
+    until: float | None = None,
+    on_record: Callable[[Record], None] | None = None,
+) -> ReplayResult:
+    """Apply records to ``monitor`` up to time ``until`` (seconds since the recording began)."""
+    result = ReplayResult()
+    decode = messages.decode
+    feed = monitor.feed
+    for record in records:
+        if until is not None and record.t > until:
+            result.reached_until = True
+            monitor.now = until
+            break
+        result.records += 1
+        if on_record is not None:
+            on_record(record)
+        if type(record) is FrameRecord:
+            result.frames += 1
+            try:
+                msg = decode(record.data, record.protocol, monitor=True)
+            except ProtocolError:
+                result.undecodable += 1
+                continue
+            feed(msg, record.t)
+        elif type(record) is ConnectRecord:
+            monitor.connected(record.protocol, record.t)
+        elif type(record) is DisconnectRecord:
+            monitor.disconnected(record.t)
+        else:
+            monitor.now = record.t
+    return result
+
+
+def replay_file(
+    monitor: Monitor,
+    reader: CaptureReader,
+    *,
+    speed: float | None = None,
+    until: float | None = None,
+    progress_stream: TextIO | None = None,
+) -> ReplayResult:
+    """Replay a capture file; ``speed=None`` means as fast as possible (with a progress bar on
+    ``progress_stream`` if that takes more than a second)."""
+    records: Iterable[Record] = reader
+    if speed is not None:
+        records = paced(records, speed)
+    if progress_stream is not None and speed is None:
+        with Progress(reader, progress_stream) as progress:
+            return replay(monitor, progress.wrap(records), until=until)
+    return replay(monitor, records, until=until)
+
+
+# ---- the state, for people ---------------------------------------------------------------
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
+
+def render_state(monitor: Monitor) -> str:
+    """Hosts with their counters, running jobs and totals, as a terminal would show them."""
+    lines: list[str] = []
+    state = "connected" if monitor.is_connected else "disconnected"
+    lines.append(f"cluster at {monitor.now:.1f} s ({state}, protocol {monitor.protocol or '-'})")
+    lines.append("")
+    header = f"{'id':>4}  {'host':<16} {'ip':<15} {'state':<7} {'jobs':>7} {'load':>5} {'speed':>8}  {'compiled':>8} {'submitted':>9} {'local':>6} {'failed':>6}"
+    lines.append(header)
+    for host in sorted(monitor.hosts.values(), key=lambda h: h.id):
+        c = host.counters
+        jobs = f"{len(host.jobs_as_server)}/{host.max_jobs}"
+        lines.append(
+            f"{host.id:>4}  {host.name[:16]:<16} {host.ip[:15]:<15} "
+            f"{'online' if host.online else 'offline':<7} {jobs:>7} {host.load:>5} {host.speed:>8.1f}  "
+            f"{c.compiled:>8} {c.submitted:>9} {c.local:>6} {c.failed:>6}"
+        )
+    running = [j for j in monitor.jobs.values() if j.state is not JobState.WAITING]
+    waiting = len(monitor.jobs) - len(running)
+    lines.append("")
+    lines.append(f"running jobs: {len(running)}, waiting: {waiting}")
+    names = {h.id: h.name or f"#{h.id}" for h in monitor.hosts.values()}
+    for job in sorted(running, key=lambda j: j.id)[:20]:
+        since = monitor.now - (job.started or monitor.now)
+        kind = "local" if job.local else f"{names.get(job.client_id, '?')} -> {names.get(job.server_id, '?')}"
+        lines.append(f"  {job.id:>6}  {kind:<24} {since:6.1f} s  {job.file}")
+    if len(running) > 20:
+        lines.append(f"  ... and {len(running) - 20} more")
+    t = monitor.totals
+    lines.append("")
+    lines.append(
+        f"totals: {t.remote_done} remote jobs done ({t.remote_failed} failed, {t.lost} lost with "
+        f"their host), {t.local_done} local jobs, {t.reruns} failed jobs re-run locally"
+    )
+    lines.append(
+        f"        {_mib(t.in_bytes)} in, {_mib(t.out_bytes)} out, {t.frames} frames"
+        + (f", {t.resets} reconnects (state restarted)" if t.resets else "")
+    )
+    return "\n".join(lines)
