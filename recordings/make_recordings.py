@@ -2,8 +2,9 @@
 
 Runs Debian's icecc scheduler and daemons inside network namespaces (tests/realcluster.py), puts
 work through them with icecc, and records with ``icetools record`` from inside the cluster. Needs
-root, icecc and iproute2. Then writes the golden ``dump --json`` beside each recording
-(``make_recordings.py --golden-only`` rewrites only those).
+root, icecc and iproute2. Then writes the goldens beside each recording: its ``dump --json``,
+``replay --json`` and ``stats --json`` (``make_recordings.py --golden-only`` rewrites only
+those), and copies the demo into the package, where ``icetools replay`` finds it.
 
     sudo python recordings/make_recordings.py              # all of them
     sudo python recordings/make_recordings.py build demo   # some
@@ -26,7 +27,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from icetools.capture import CaptureReader, FrameRecord  # noqa: E402
-from tests.golden import golden_lines  # noqa: E402
+from tests.golden import golden_lines, write_goldens  # noqa: E402
 from tests.realcluster import Cluster  # noqa: E402
 
 #: Protocol versions whose monitor layout differs (MON_GET_CS before 29, client_count from 39),
@@ -148,12 +149,6 @@ def make_demo(work: Path) -> None:
         print(f"demo: {done}+ jobs done")
 
 
-def write_golden(path: Path) -> None:
-    with CaptureReader(path) as reader:
-        lines = list(golden_lines(reader))
-    path.with_suffix(".golden.jsonl").write_text("".join(line + "\n" for line in lines))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="*", help="build failures-local daemon-dies protocols demo")
@@ -181,8 +176,9 @@ def main() -> None:
                 make_demo(work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    shutil.copyfile(HERE / "demo.icecap", ROOT / "icetools" / "data" / "demo.icecap")
     for path in sorted(HERE.glob("*.icecap")):
-        write_golden(path)
+        write_goldens(path)
         print(f"{path.name}: {path.stat().st_size} bytes")
 
 

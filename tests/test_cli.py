@@ -365,3 +365,58 @@ def test_environment_variable_names_the_scheduler(tmp_path: Path) -> None:
 
 def struct_le(value: int) -> bytes:
     return value.to_bytes(4, "little")
+
+
+# ---- replay and stats ------------------------------------------------------------------------
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+
+
+def test_replay_without_a_file_plays_the_shipped_demo() -> None:
+    result = icetools("replay", "--fast", "--json")
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    expected = json.loads((RECORDINGS / "demo.replay.json").read_text())
+    assert state == expected
+    assert result.stderr == ""  # no progress bar when not on a terminal
+
+
+def test_replay_text_shows_hosts_and_totals() -> None:
+    result = icetools("replay", "--fast", str(RECORDINGS / "daemon-dies.icecap"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("cluster at ")
+    node3 = next(line for line in lines if " node3 " in line)
+    assert " offline " in node3
+    assert "2 lost with their host" in result.stdout
+
+
+def test_replay_until_in_recorded_time_with_speed(tmp_path: Path) -> None:
+    # Recorded time scaled by --speed: the first 20 s of the demo at 200x take 0.1 s.
+    result = icetools("replay", str(RECORDINGS / "demo.icecap"), "--speed", "200", "--until", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout)
+    assert state["t"] == 20.0
+    assert 0 < state["totals"]["remote_done"] < 442
+
+
+def test_stats_json_document() -> None:
+    result = icetools("stats", "--json", str(RECORDINGS / "failures-local.icecap"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["jobs"]["remote"] == 7 and report["jobs"]["failed"] == 3 and report["jobs"]["local"] == 5
+    assert all(isinstance(report["jobs"][k], int) for k in ("remote", "local", "failed"))
+    by_name = {h["name"]: h for h in report["hosts"]}
+    assert set(by_name) == {"node1", "node2", "node3"}
+    assert by_name["node1"]["submitted"] == 7 and by_name["node1"]["local"] == 5
+    assert by_name["node2"]["compiled"] + by_name["node3"]["compiled"] == 7
+    assert all({"id", "name", "compiled", "submitted", "local", "failed"} <= set(h) for h in report["hosts"])
+    text = icetools("stats", str(RECORDINGS / "failures-local.icecap"))
+    assert "7 remote jobs (3 failed" in text.stdout and "slowest compiles:" in text.stdout
+
+
+def test_replay_and_stats_report_bad_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.icecap"
+    junk.write_bytes(b"\x00" * 100)
+    for command in ("replay", "stats"):
+        assert_one_line_error(icetools(command, str(junk)), "not an icetools capture")

@@ -10,7 +10,7 @@ import pytest
 
 from icetools.capture import CaptureReader
 
-from .golden import golden_lines
+from .golden import golden_lines, replay_state, stats_report
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 CAPTURES = sorted(RECORDINGS.glob("*.icecap"))
@@ -43,3 +43,23 @@ def test_layout_recordings_use_their_protocol() -> None:
         with CaptureReader(RECORDINGS / f"protocol-{version}.icecap") as reader:
             assert reader.header.protocol == version
             assert reader.header.offered == version
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
+def test_replay_state_and_stats_match_their_goldens(path: Path) -> None:
+    expected_state = json.loads(path.with_suffix(".replay.json").read_text())
+    expected_stats = json.loads(path.with_suffix(".stats.json").read_text())
+    assert replay_state(path) == expected_state
+    assert stats_report(path) == expected_stats
+
+
+def test_the_packaged_demo_is_the_recording() -> None:
+    packaged = Path(__file__).resolve().parent.parent / "icetools" / "data" / "demo.icecap"
+    assert packaged.read_bytes() == (RECORDINGS / "demo.icecap").read_bytes()
+
+
+def test_demo_is_a_busy_cluster() -> None:
+    stats = json.loads((RECORDINGS / "demo.stats.json").read_text())
+    assert len(stats["hosts"]) >= 5
+    assert stats["jobs"]["remote"] >= 300 and stats["jobs"]["failed"] > 0 and stats["jobs"]["local"] > 0
+    assert stats["duration"] >= 120
