@@ -257,6 +257,20 @@ class CaptureReader:
         self.size = 0
         self.header = self._read_header()
         self._data_start = self._file.tell()
+        self._start = (self._data_start, self.header.protocol, 0)
+        self._protocol = self.header.protocol
+
+    @property
+    def protocol(self) -> int:
+        """The protocol in force for the frames that follow the last record handed out."""
+        return self._protocol
+
+    def seek(self, offset: int, protocol: int, frames: int) -> None:
+        """Start the next iteration at ``offset`` (a record boundary from an index), where
+        ``protocol`` is in force and ``frames`` frame records came before."""
+        if not self._data_start <= offset:
+            raise CaptureError(f"{self.path}: cannot seek to byte {offset}, inside the header")
+        self._start = (offset, protocol, frames)
 
     def _read_exact_waiting(self, n: int) -> bytes:
         data = self._file.read(n)
@@ -332,9 +346,8 @@ class CaptureReader:
         the file in blocks (so memory stays flat however large the file), checks the fixed record
         headers and builds each frame record in one call. When following, an incomplete tail is
         waited for instead of reported."""
-        self._protocol = self.header.protocol
+        base, self._protocol, self.frames = self._start  # base: file offset of tail[0]
         tail = b""  # the start of a record whose end has not been read yet
-        base = self._data_start  # file offset of tail[0]
         last_us = 0
         self._file.seek(base)
         while not self.ended:

@@ -20,6 +20,7 @@ from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
 from .discovery import locate_scheduler
 from .errors import IcetoolsError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from .index import state_at
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
 from .record import Recorder, run_recorder
 from .progress import Progress
@@ -289,6 +290,11 @@ def replay(
     """
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
+    if until is not None and (fast or not live) and max_finished == DEFAULT_MAX_FINISHED:
+        # A moment of the recording: from the seek index (built on the first such call).
+        monitor = state_at(DEMO if file is None else file, until)
+        click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
+        return
     with _open_capture(file) as reader:
         if live:
             result = _replay_live(monitor, reader, speed, until)

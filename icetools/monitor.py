@@ -522,6 +522,21 @@ class Monitor:
         if self.publishers:
             self._emit(EventKind.JOB_FINISHED, t, job=job)
 
+    # -- checkpoints (icetools.index) -----------------------------------------------------
+
+    _STATE = (
+        "hosts", "jobs", "finished", "totals", "host_counters", "protocol", "connected_since",
+        "is_connected", "now", "_failed_for_rerun",
+    )
+
+    def export_state(self) -> tuple[Any, ...]:
+        """Everything but the publishers, for a checkpoint (pickle it; it shares live objects)."""
+        return tuple(getattr(self, name) for name in self._STATE)
+
+    def import_state(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self._STATE, state, strict=True):
+            setattr(self, name, value)
+
     # -- reading the state ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:

@@ -62,22 +62,23 @@ def replay(
             monitor.now = until
             break
         result.records += 1
-        if on_record is not None:
-            on_record(record)
         if type(record) is FrameRecord:
             result.frames += 1
             try:
                 msg = decode(record.data, record.protocol, monitor=True)
             except ProtocolError:
                 result.undecodable += 1
-                continue
-            feed(msg, record.t)
+                msg = None
+            if msg is not None:
+                feed(msg, record.t)
         elif type(record) is ConnectRecord:
             monitor.connected(record.protocol, record.t)
         elif type(record) is DisconnectRecord:
             monitor.disconnected(record.t)
         else:
             monitor.now = record.t
+        if on_record is not None:
+            on_record(record)  # after the record was applied
     return result
 
 

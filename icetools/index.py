@@ -1,0 +1,123 @@
+"""A seek index for captures: the cluster state at any moment without replaying from the start.
+
+The first full replay of a capture takes a checkpoint every :data:`CHECKPOINT_EVERY` frames: the
+Monitor's whole state (pickled, compressed), the file offset of the next record, the protocol in
+force and the frame count. Later, the state at time T is the last checkpoint before T plus at
+most that many frames replayed: a few tens of milliseconds for any point of a day-long capture.
+
+The index lives in icetools' cache folder (``$XDG_CACHE_HOME/icetools``, else
+``~/.cache/icetools``), never beside the capture: it holds pickles, and icetools only unpickles
+what it wrote itself. Its name is a hash of the capture's real path, size and modification time,
+so a capture that changes (a recording still growing, say) simply gets a new index. See
+docs/capture-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+from . import __version__
+from .capture import CaptureReader, Record
+from .monitor import Monitor
+from .replay import replay
+
+#: Frames between checkpoints: at most this many frames are replayed to reach any moment.
+CHECKPOINT_EVERY = 32768
+INDEX_MAGIC = b"ICETIDX1"
+
+
+class Checkpoint(NamedTuple):
+    t: float  # time of the last record applied
+    offset: int  # file offset of the next record
+    protocol: int  # protocol in force for the records that follow
+    frames: int  # frame records read before ``offset``
+    state: bytes  # zlib(pickle(Monitor.export_state()))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "icetools"
+
+
+def index_path(capture: Path) -> Path:
+    stat = capture.stat()
+    key = f"{os.path.realpath(capture)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{__version__}"
+    return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".idx")
+
+
+def load(capture: Path) -> list[Checkpoint] | None:
+    """The checkpoints of ``capture``'s index, or None when there is none (or it is unusable)."""
+    try:
+        data = index_path(capture).read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(INDEX_MAGIC):
+        return None
+    try:
+        checkpoints = pickle.loads(zlib.decompress(data[len(INDEX_MAGIC) :]))
+    except Exception:  # noqa: BLE001 - a damaged cache entry is simply rebuilt
+        return None
+    return [Checkpoint(*c) for c in checkpoints]
+
+
+def _save(capture: Path, checkpoints: list[Checkpoint]) -> None:
+    """Write the index atomically (a reader never sees half of one); failing is harmless."""
+    path = index_path(capture)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = INDEX_MAGIC + zlib.compress(pickle.dumps([tuple(c) for c in checkpoints], 5), 1)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".idx-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _checkpoint(monitor: Monitor, reader: CaptureReader) -> Checkpoint:
+    state = zlib.compress(pickle.dumps(monitor.export_state(), 5), 1)
+    return Checkpoint(monitor.now, reader.position, reader.protocol, reader.frames, state)
+
+
+def build(capture: Path, every: int = CHECKPOINT_EVERY) -> list[Checkpoint]:
+    """Replay the whole capture once, taking a checkpoint every ``every`` records, and store
+    the index."""
+    monitor = Monitor()
+    checkpoints: list[Checkpoint] = []
+    with CaptureReader(capture) as reader:
+        applied = 0
+
+        def on_record(_record: Record) -> None:  # called once the record has been applied
+            nonlocal applied
+            applied += 1
+            if applied % every == 0:
+                checkpoints.append(_checkpoint(monitor, reader))
+
+        replay(monitor, reader, on_record=on_record)
+    _save(capture, checkpoints)
+    return checkpoints
+
+
+def state_at(capture: Path, t: float | None, *, build_missing: bool = True) -> Monitor:
+    """The Monitor as it stood at ``t`` seconds into ``capture`` (its end if ``t`` is None)."""
+    monitor = Monitor()
+    with CaptureReader(capture) as reader:  # first: a missing or bad file is the error to show
+        checkpoints = load(capture)
+        if checkpoints is None and build_missing:
+            checkpoints = build(capture)
+        usable = [c for c in checkpoints or () if t is None or c.t <= t]
+        if usable:
+            last = usable[-1]
+            monitor.import_state(pickle.loads(zlib.decompress(last.state)))
+            reader.seek(last.offset, last.protocol, last.frames)
+        replay(monitor, reader, until=t)
+    return monitor
+
+
+__all__ = ["CHECKPOINT_EVERY", "Checkpoint", "build", "cache_dir", "index_path", "load", "state_at"]
