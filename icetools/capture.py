@@ -265,6 +265,10 @@ class CaptureReader:
         """The protocol in force for the frames that follow the last record handed out."""
         return self._protocol
 
+    def rewind(self) -> None:
+        """Start the next iteration at the first record again."""
+        self._start = (self._data_start, self.header.protocol, 0)
+
     def seek(self, offset: int, protocol: int, frames: int) -> None:
         """Start the next iteration at ``offset`` (a record boundary from an index), where
         ``protocol`` is in force and ``frames`` frame records came before."""
@@ -347,6 +351,7 @@ class CaptureReader:
         headers and builds each frame record in one call. When following, an incomplete tail is
         waited for instead of reported."""
         base, self._protocol, self.frames = self._start  # base: file offset of tail[0]
+        self.ended = False
         tail = b""  # the start of a record whose end has not been read yet
         last_us = 0
         self._file.seek(base)

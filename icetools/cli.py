@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ import click
 
 from . import __version__
 from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
-from .discovery import locate_scheduler
+from .discovery import locate_scheduler, parse_hostport
 from .errors import IcetoolsError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .index import state_at
@@ -27,6 +28,7 @@ from .progress import Progress
 from .render import TYPE_NAMES, Dumper
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
+from .server import DEFAULT_LISTEN, DEFAULT_PORT, ClusterServer, LiveDriver, ReplayDriver, Status, run_until_stopped
 from .stats import StatsCollector, render_report
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -266,6 +268,18 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON document.")
 @click.option(
+    "--serve",
+    is_flag=True,
+    help="Show the replay in a browser (with play, pause, speed and seek) instead of printing it.",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="Where --serve listens (0.0.0.0:PORT shares it with your network).",
+)
+@click.option(
     "--max-finished",
     type=click.IntRange(min=0),
     default=DEFAULT_MAX_FINISHED,
@@ -274,7 +288,14 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
     help="Finished jobs to keep in the model (aggregates count them all).",
 )
 def replay(
-    file: Path | None, speed: float, fast: bool, until: float | None, as_json: bool, max_finished: int
+    file: Path | None,
+    speed: float,
+    fast: bool,
+    until: float | None,
+    as_json: bool,
+    serve: bool,
+    listen: str,
+    max_finished: int,
 ) -> None:
     """Drive the cluster model from a recording and print the cluster at the end (or at --until).
 
@@ -287,7 +308,11 @@ def replay(
       icetools replay build.icecap --until 120     # the cluster two minutes in
       icetools replay build.icecap --speed 10      # ten times faster than it happened
       icetools replay day.icecap --fast --json | jq .totals
+      icetools replay --serve                      # the demo in your browser
     """
+    if serve:
+        _serve_replay(DEMO if file is None else file, speed, listen)
+        return
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
     if until is not None and (fast or not live) and max_finished == DEFAULT_MAX_FINISHED:
@@ -311,6 +336,33 @@ def replay(
         else:
             click.echo(render_state(monitor))
         _finish_reading(reader, result.undecodable)
+
+
+def _listen_address(listen: str) -> tuple[str, int]:
+    host, port = parse_hostport(listen, default_port=DEFAULT_PORT)
+    return host, port
+
+
+def _announce(host: str, port: int, what: str) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    click.echo(f"icetools: {what} at http://{shown}:{port}/  (Ctrl-C to stop)", err=True)
+
+
+def _serve_replay(file: Path, speed: float, listen: str) -> None:
+    host, port = _listen_address(listen)
+    monitor = Monitor()
+    status = Status(mode="replay")
+
+    async def main() -> None:
+        server = ClusterServer(monitor, status)
+        driver = ReplayDriver(file, status, server.hub, speed=speed)
+        server.commands = driver.command
+        await run_until_stopped(
+            server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {file.name}")
+        )
+
+    asyncio.run(main())
 
 
 def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: float | None):  # type: ignore[no-untyped-def]
@@ -355,6 +407,68 @@ def stats(file: Path, as_json: bool) -> None:
         else:
             click.echo(render_report(report))
         _finish_reading(reader, result.undecodable)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@_scheduler_options
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="Where to listen (0.0.0.0:PORT shares the page with your network).",
+)
+@click.option(
+    "--record",
+    "record_to",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also record everything the scheduler sends to FILE.",
+)
+@click.option(
+    "--protocol",
+    type=click.IntRange(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    default=PROTOCOL_VERSION,
+    show_default=True,
+    metavar="V",
+    help="Protocol version to offer the scheduler.",
+)
+def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
+    """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
+
+    It logs in to the scheduler as a monitor and reconnects when the scheduler restarts (the
+    page says so meanwhile). With --record it keeps a capture at the same time.
+
+    \b
+    Examples:
+      icetools serve -s buildhost                     # then open http://127.0.0.1:8770/
+      icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
+    """
+    host, port = _listen_address(listen)
+    first = locate_scheduler(scheduler, netname)
+    addresses = iter([first])
+
+    def locate() -> tuple[str, int]:
+        return next(addresses, None) or locate_scheduler(scheduler, netname)
+
+    writer = CaptureWriter(record_to) if record_to is not None else None
+    monitor = Monitor()
+    status = Status(mode="live")
+
+    async def main() -> None:
+        server = ClusterServer(monitor, status)
+        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer)
+        await run_until_stopped(
+            server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
+        )
+
+    try:
+        asyncio.run(main())
+    finally:
+        if writer is not None:
+            writer.close("signal")
+            if writer.header is None and record_to is not None:
+                record_to.unlink(missing_ok=True)
 
 
 def main() -> None:

@@ -15,10 +15,12 @@ docs/capture-format.md.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import pickle
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,18 +108,31 @@ def build(capture: Path, every: int = CHECKPOINT_EVERY) -> list[Checkpoint]:
 
 def state_at(capture: Path, t: float | None, *, build_missing: bool = True) -> Monitor:
     """The Monitor as it stood at ``t`` seconds into ``capture`` (its end if ``t`` is None)."""
-    monitor = Monitor()
     with CaptureReader(capture) as reader:  # first: a missing or bad file is the error to show
-        checkpoints = load(capture)
-        if checkpoints is None and build_missing:
-            checkpoints = build(capture)
-        usable = [c for c in checkpoints or () if t is None or c.t <= t]
-        if usable:
-            last = usable[-1]
-            monitor.import_state(pickle.loads(zlib.decompress(last.state)))
-            reader.seek(last.offset, last.protocol, last.frames)
-        replay(monitor, reader, until=t)
+        monitor, _ = open_at(reader, t, build_missing=build_missing)
     return monitor
+
+
+def open_at(
+    reader: CaptureReader, t: float | None, *, build_missing: bool = True
+) -> tuple[Monitor, Iterator[Record]]:
+    """The Monitor at ``t`` and an iterator over the records after ``t`` (to play on from)."""
+    capture = reader.path
+    monitor = Monitor()
+    checkpoints = load(capture)
+    if checkpoints is None and build_missing:
+        checkpoints = build(capture)
+    usable = [c for c in checkpoints or () if t is None or c.t <= t]
+    if usable:
+        last = usable[-1]
+        monitor.import_state(pickle.loads(zlib.decompress(last.state)))
+        reader.seek(last.offset, last.protocol, last.frames)
+    else:
+        reader.rewind()
+    records = iter(reader)
+    result = replay(monitor, records, until=t)
+    rest = records if result.pending is None else itertools.chain([result.pending], records)
+    return monitor, rest
 
 
 __all__ = ["CHECKPOINT_EVERY", "Checkpoint", "build", "cache_dir", "index_path", "load", "state_at"]

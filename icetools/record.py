@@ -33,6 +33,7 @@ class RecordStatus:
     bytes: int = 0
     protocol: int | None = None
     state: str = "connecting"
+    message: str = ""
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -41,9 +42,8 @@ class RecordStatus:
         m, s = divmod(rest, 60)
         proto = f"protocol {self.protocol}" if self.protocol else "protocol -"
         size = self.bytes / 1024
-        return (
-            f"{self.frames} frames, {size:.1f} KiB, {h:d}:{m:02d}:{s:02d}, {proto}, {self.state}"
-        )
+        state = self.message if self.state == "retrying" else self.state
+        return f"{self.frames} frames, {size:.1f} KiB, {h:d}:{m:02d}:{s:02d}, {proto}, {state}"
 
 
 class Recorder:
@@ -108,42 +108,11 @@ class Recorder:
         return reason
 
     async def _record(self) -> str:
-        backoff = BACKOFF_START
-        connected_once = False
-        while True:
-            try:
-                host, port = self.locate()
-                conn = await AsyncConnection.open(host, port, protocol=self.offer)
-            except (SchedulerNotFound, HandshakeError, ConnectionClosed) as e:
-                if not connected_once or not self.reconnect:
-                    raise
-                self.status.state = f"retrying in {backoff:.1f} s ({e})"
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * BACKOFF_FACTOR, BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_START
-            self.writer.connected(
-                conn.protocol, conn.peer_version, self.offer, f"{host}:{port}"
-            )
-            connected_once = True
+        def on_connect(conn: AsyncConnection, address: str) -> None:
+            self.writer.connected(conn.protocol, conn.peer_version, self.offer, address)
             self.status.protocol = conn.protocol
-            self.status.state = "connected"
-            try:
-                reason = await self._pump(conn)
-                if reason is not None:
-                    return reason
-            except (ConnectionClosed, RemoteProtocolError) as e:
-                # A peer that breaks the framing is treated like one that went away.
-                self.writer.disconnected(str(e))
-                if not self.reconnect:
-                    return "closed"
-                self.status.state = "disconnected, retrying"
-            finally:
-                await conn.close()
 
-    async def _pump(self, conn: AsyncConnection) -> str | None:
-        while True:
-            frames = await conn.read_frames()
+        def on_frames(frames: list[bytes]) -> str | None:
             if self.count is not None:
                 frames = frames[: self.count - self.writer.frames_written]
             self.writer.frames(frames)
@@ -151,6 +120,17 @@ class Recorder:
             self.status.bytes = self.writer.bytes_written
             if self.count is not None and self.writer.frames_written >= self.count:
                 return "count"
+            return None
+
+        return await follow_scheduler(
+            self.locate,
+            offer=self.offer,
+            reconnect=self.reconnect,
+            on_connect=on_connect,
+            on_frames=on_frames,
+            on_disconnect=self.writer.disconnected,
+            status=self.status,
+        )
 
     async def _show_status(self) -> None:
         while True:
@@ -162,6 +142,55 @@ class Recorder:
         line = f"\r\x1b[2Krecording {self.writer.path}: {self.status.line()}"
         self.status_stream.write(line + ("\n" if final else ""))
         self.status_stream.flush()
+
+
+async def follow_scheduler(
+    locate: Callable[[], tuple[str, int]],
+    *,
+    offer: int,
+    reconnect: bool,
+    on_connect: Callable[[AsyncConnection, str], None],
+    on_frames: Callable[[list[bytes]], str | None],
+    on_disconnect: Callable[[str], None],
+    status: RecordStatus,
+) -> str:
+    """Stay logged in to a scheduler as a monitor, handing every batch of frames to
+    ``on_frames`` (which may return a reason to stop). When the scheduler goes away, reconnect
+    with backoff (unless ``reconnect`` is false: then return "closed"). The first connection
+    must succeed: its failure is raised, since it is most likely a wrong address."""
+    backoff = BACKOFF_START
+    connected_once = False
+    while True:
+        try:
+            host, port = locate()
+            conn = await AsyncConnection.open(host, port, protocol=offer)
+        except (SchedulerNotFound, HandshakeError, ConnectionClosed) as e:
+            if not connected_once or not reconnect:
+                raise
+            status.state = "retrying"
+            status.message = f"scheduler gone, retrying in {backoff:.1f} s ({e})"
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * BACKOFF_FACTOR, BACKOFF_MAX)
+            continue
+        backoff = BACKOFF_START
+        on_connect(conn, f"{host}:{port}")
+        connected_once = True
+        status.state = "connected"
+        status.message = f"connected to {host}:{port}, protocol {conn.protocol}"
+        try:
+            while True:
+                reason = on_frames(await conn.read_frames())
+                if reason is not None:
+                    return reason
+        except (ConnectionClosed, RemoteProtocolError) as e:
+            # A peer that breaks the framing is treated like one that went away.
+            on_disconnect(str(e))
+            if not reconnect:
+                return "closed"
+            status.state = "retrying"
+            status.message = f"scheduler gone ({e}), reconnecting"
+        finally:
+            await conn.close()
 
 
 def run_recorder(recorder: Recorder) -> str:

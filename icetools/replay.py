@@ -25,6 +25,8 @@ class ReplayResult:
     frames: int = 0
     undecodable: int = 0
     reached_until: bool = False
+    #: The first record past ``until``, read but not applied (to resume from).
+    pending: Record | None = None
 
 
 def paced(
@@ -59,6 +61,7 @@ def replay(
     for record in records:
         if until is not None and record.t > until:
             result.reached_until = True
+            result.pending = record
             monitor.now = until
             break
         result.records += 1
