@@ -29,6 +29,8 @@ from .render import TYPE_NAMES, Dumper
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
 from .server import DEFAULT_LISTEN, DEFAULT_PORT, ClusterServer, LiveDriver, ReplayDriver, Status, run_until_stopped
+from .standin import DEFAULT_LISTEN as STANDIN_LISTEN
+from .standin import StandIn
 from .stats import StatsCollector, render_report
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -273,11 +275,29 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
     help="Show the replay in a browser (with play, pause, speed and seek) instead of printing it.",
 )
 @click.option(
+    "--as-scheduler",
+    is_flag=True,
+    help="Stand in for the scheduler: play the recording to monitors that connect "
+    "(icemon, icecream-sundae, icetools record).",
+)
+@click.option(
     "--listen",
     metavar="HOST:PORT",
-    default=DEFAULT_LISTEN,
-    show_default=True,
-    help="Where --serve listens (0.0.0.0:PORT shares it with your network).",
+    help=f"Where --serve (default {DEFAULT_LISTEN}) or --as-scheduler (default "
+    f"{STANDIN_LISTEN}) listens; 0.0.0.0:PORT shares it with your network.",
+)
+@click.option(
+    "--start",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="T",
+    help="With --as-scheduler: begin at T seconds (monitors first get the hosts as they were).",
+)
+@click.option("--loop", is_flag=True, help="With --as-scheduler: start over at the end.")
+@click.option(
+    "--netname",
+    metavar="NAME",
+    help="With --as-scheduler: also answer UDP discovery for this network name.",
 )
 @click.option(
     "--max-finished",
@@ -294,7 +314,11 @@ def replay(
     until: float | None,
     as_json: bool,
     serve: bool,
-    listen: str,
+    as_scheduler: bool,
+    listen: str | None,
+    start: float,
+    loop: bool,
+    netname: str | None,
     max_finished: int,
 ) -> None:
     """Drive the cluster model from a recording and print the cluster at the end (or at --until).
@@ -309,9 +333,15 @@ def replay(
       icetools replay build.icecap --speed 10      # ten times faster than it happened
       icetools replay day.icecap --fast --json | jq .totals
       icetools replay --serve                      # the demo in your browser
+      icetools replay build.icecap --as-scheduler  # then: icemon -s 127.0.0.1
     """
+    if serve and as_scheduler:
+        raise click.UsageError("choose one of --serve and --as-scheduler")
     if serve:
-        _serve_replay(DEMO if file is None else file, speed, listen)
+        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN)
+        return
+    if as_scheduler:
+        _stand_in(DEMO if file is None else file, speed, listen or STANDIN_LISTEN, start, loop, netname)
         return
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
@@ -361,6 +391,34 @@ def _serve_replay(file: Path, speed: float, listen: str) -> None:
         await run_until_stopped(
             server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {file.name}")
         )
+
+    asyncio.run(main())
+
+
+def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None) -> None:
+    host, port = parse_hostport(listen)
+    standin = StandIn(
+        file, speed=speed, start=start, loop=loop, netname=netname,
+        on_event=lambda line: click.echo(f"icetools: {line}", err=True),
+    )
+
+    async def main() -> None:
+        import signal
+
+        bound = await standin.start(host, port)
+        click.echo(
+            f"icetools: standing in for the scheduler of {file.name} on {host}:{bound} "
+            f"(protocol {standin.version}{', netname ' + netname if netname else ''}); Ctrl-C to stop",
+            err=True,
+        )
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await standin.close()
 
     asyncio.run(main())
 

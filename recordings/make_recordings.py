@@ -119,6 +119,19 @@ def make_protocol(cluster: Cluster, work: Path, version: int) -> None:
     rec.stop_when(jobs_done(3), "3 MON_JOB_DONE")
 
 
+def make_layouts(cluster: Cluster, work: Path) -> None:
+    """One build recorded at once by monitors offering each layout version: the same jobs as
+    each version's monitor saw them, to check re-encoding against the real scheduler."""
+    recordings = [Recording(cluster, HERE / f"layouts-{v}.icecap", protocol=v) for v in (43, *LAYOUT_VERSIONS[:-1])]
+    # Every login makes the scheduler send all hosts to every monitor: let them settle first.
+    results = cluster.compile_files(4, work / "layouts", tag="lay")
+    assert all(r.ok for r in results)
+    ok = cluster.compile_files(1, work / "layouts", tag="main", with_main=True)
+    cluster.link([r.output for r in ok], work / "layouts" / "prog")
+    for rec in recordings:
+        rec.stop_when(lambda p: count_type(p, 0x55) >= 5 and count_type(p, 0x4F) >= 1, "jobs at every version")
+
+
 DEMO_COMPONENTS = ("parser", "lexer", "net", "http", "json", "render", "sched", "store", "crypto", "ui")
 
 
@@ -151,17 +164,17 @@ def make_demo(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", help="build failures-local daemon-dies protocols demo")
+    parser.add_argument("which", nargs="*", help="build failures-local daemon-dies protocols layouts demo")
     parser.add_argument("--golden-only", action="store_true")
     args = parser.parse_args()
-    which = set(args.which or ["build", "failures-local", "daemon-dies", "protocols", "demo"])
+    which = set(args.which or ["build", "failures-local", "daemon-dies", "protocols", "layouts", "demo"])
     if not args.golden_only:
         # A fixed work folder, so that file names in the recordings read the same every time.
         work = Path("/tmp/icetools-recordings")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         try:
-            if which & {"build", "failures-local", "daemon-dies", "protocols"}:
+            if which & {"build", "failures-local", "daemon-dies", "protocols", "layouts"}:
                 with Cluster(daemons=3, tmpdir=work / "cluster") as cluster:
                     if "build" in which:
                         make_build(cluster, work)
@@ -170,6 +183,8 @@ def main() -> None:
                     if "protocols" in which:
                         for version in LAYOUT_VERSIONS:
                             make_protocol(cluster, work, version)
+                    if "layouts" in which:
+                        make_layouts(cluster, work)
                     if "daemon-dies" in which:
                         make_daemon_dies(cluster, work)
             if "demo" in which:

@@ -1,0 +1,254 @@
+"""``icetools replay --as-scheduler``: play a recording to real monitors, as their scheduler.
+
+A monitor that connects gets what a real scheduler gives it: the version handshake (offering the
+recorded scheduler's version and settling on the lower of the two), then, once it sent
+MON_LOGIN, the recording from its start at the recorded pace, on its own clock. A monitor that
+offered an older protocol than the recording gets every frame re-encoded to its layout, as the
+real scheduler would have built it (MON_GET_CS as a whole GET_CS below 29, MON_JOB_DONE without
+client_count below 39). Like the real scheduler it never reads from a monitor after MON_LOGIN,
+sends without blocking, and drops a monitor whose socket stops draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from . import messages as m
+from .capture import CaptureReader, ConnectRecord, FrameRecord, Record
+from .discovery import build_reply
+from .errors import HandshakeError, IcetoolsError, ProtocolError
+from .index import open_at
+from .monitor import Monitor
+from .protocol import NEED_DATA, Channel, Frame, Negotiated
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+#: Like the scheduler's SO_SNDBUF of 65536 for monitors: a monitor that lets this much pile up
+#: unsent is dropped ("monitor is blocking... removing").
+MAX_PENDING = 256 * 1024
+LOGIN_TIMEOUT = 30.0
+
+
+@dataclasses.dataclass
+class MonitorLog:
+    """What happened to one monitor connection (for the console and for tests)."""
+
+    peer: str
+    protocol: int | None = None
+    peer_version: int | None = None
+    frames: int = 0
+    ended: str = ""
+
+
+class Transcoder:
+    """Re-encodes recorded frames for a monitor at another protocol version."""
+
+    def __init__(self, source: int, target: int) -> None:
+        self.source, self.target = source, target
+        self.platforms: dict[int, str] = {}  # host id -> Platform, for old MON_GET_CS targets
+
+    def __call__(self, frame: bytes, protocol: int) -> bytes:
+        if protocol == self.target:
+            return frame
+        msg = m.decode(frame, protocol)
+        if isinstance(msg, m.MonStats):
+            platform = msg.stats.get("Platform")
+            if platform:
+                self.platforms[msg.host_id] = platform
+        elif isinstance(msg, m.MonGetCS) and self.target < 29 <= protocol:
+            # What the real scheduler puts in the whole GET_CS it sends to old monitors.
+            msg = msg.replace(count=1, target=self.platforms.get(msg.client_id, "x86_64"))
+        return m.encode(msg, self.target)
+
+
+def login_stats(monitor: Monitor) -> list[m.MonStats]:
+    """The MON_STATS a scheduler sends a monitor on login: one per online host, as last reported."""
+    return [
+        m.MonStats(host.id, host.statmsg or m.format_statmsg(host.stats))
+        for host in sorted(monitor.hosts.values(), key=lambda h: h.id)
+        if host.online
+    ]
+
+
+class StandIn:
+    """Serves one recording to any number of monitors, each on its own clock."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        speed: float = 1.0,
+        start: float = 0.0,
+        loop: bool = False,
+        netname: str | None = None,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.speed = speed
+        self.start_at = start
+        self.loop = loop
+        self.netname = netname
+        self.on_event = on_event or (lambda line: None)
+        with CaptureReader(path) as reader:
+            self.header = reader.header
+        # Offer what the recorded scheduler offered (its maximum), as it would have.
+        self.version = max(self.header.peer_version, self.header.protocol)
+        self.started_at = time.time()
+        self.logs: list[MonitorLog] = []
+        self._server: asyncio.Server | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+
+    # -- listening ---------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        try:
+            self._server = await asyncio.start_server(self._serve, host, port)
+        except OSError as e:
+            raise IcetoolsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        port = self._server.sockets[0].getsockname()[1]
+        if self.netname:
+            loop = asyncio.get_running_loop()
+            try:
+                self._udp, _ = await loop.create_datagram_endpoint(
+                    lambda: _Discovery(self), local_addr=(host, port), allow_broadcast=True
+                )
+            except OSError as e:
+                raise IcetoolsError(f"cannot answer discovery on UDP {host}:{port}: {e.strerror or e}") from None
+        return port
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    # -- one monitor -------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        log = MonitorLog(f"{peer[0]}:{peer[1]}" if peer else "?")
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # as the scheduler does
+        self.logs.append(log)
+        try:
+            channel = await self._handshake(reader, writer, log)
+            log.protocol, log.peer_version = channel.protocol, channel.peer_version
+            self.on_event(f"monitor {log.peer} logged in (protocol {log.protocol})")
+            await self._play(writer, channel, log)
+        except (IcetoolsError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
+            log.ended = log.ended or str(e) or e.__class__.__name__
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self.on_event(f"monitor {log.peer} gone: {log.ended or 'closed'}")
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log: MonitorLog) -> Channel:
+        channel = Channel(self.version, monitor=False)
+        writer.write(channel.data_to_send())
+
+        async def until_login() -> None:
+            while True:
+                event = channel.next_event()
+                out = channel.data_to_send()
+                if out:
+                    writer.write(out)
+                if isinstance(event, Frame):
+                    if event.type_word != m.MsgType.MON_LOGIN:
+                        # The real scheduler: "invalid first message", connection closed.
+                        raise HandshakeError(f"first message was type 0x{event.type_word:02X}, not MON_LOGIN")
+                    return
+                if event is NEED_DATA or isinstance(event, Negotiated):
+                    if event is NEED_DATA:
+                        channel.receive_data(await reader.read(4096))
+                    continue
+
+        await asyncio.wait_for(until_login(), LOGIN_TIMEOUT)
+        return channel
+
+    async def _play(self, writer: asyncio.StreamWriter, channel: Channel, log: MonitorLog) -> None:
+        assert channel.protocol is not None
+        transport = writer.transport
+        transcode = Transcoder(self.header.protocol, channel.protocol)
+        first = True
+        while True:
+            frames = self._frames(self.start_at if first else 0.0, first)
+            first = False
+            clock = time.monotonic
+            began: float | None = None
+            base_t = self.start_at
+            for t, frame, protocol in frames:
+                if began is None:
+                    began = clock()
+                    base_t = t
+                delay = began + (t - base_t) / self.speed - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if transport.is_closing():
+                    log.ended = "monitor closed the connection"
+                    return
+                try:
+                    writer.write(transcode(frame, protocol))
+                except ProtocolError as e:
+                    self.on_event(f"frame at {t:.3f} s not sent to {log.peer}: {e}")
+                    continue
+                log.frames += 1
+                if transport.get_write_buffer_size() > MAX_PENDING:
+                    log.ended = "monitor is blocking (not reading), dropped as the scheduler would"
+                    transport.abort()
+                    return
+            if not self.loop:
+                break
+        # The end of the recording: stay open and quiet, like an idle scheduler.
+        while not transport.is_closing():
+            await asyncio.sleep(0.5)
+        log.ended = "monitor closed the connection"
+
+    def _frames(self, start: float, with_login: bool) -> Iterator[tuple[float, bytes, int]]:
+        """(time, frame, its protocol) from ``start`` on; from a later start, the hosts as they
+        stood then come first, as the real scheduler sends them on login."""
+        reader = CaptureReader(self.path)
+        try:
+            if start > 0:
+                state, records = open_at(reader, start)
+                for stats in login_stats(state):
+                    yield start, m.encode(stats, reader.protocol), reader.protocol
+            else:
+                records = iter(reader)
+            yield from _frame_records(records)
+        finally:
+            reader.close()
+
+
+def _frame_records(records: Iterable[Record]) -> Iterator[tuple[float, bytes, int]]:
+    for record in records:
+        if type(record) is FrameRecord:
+            yield record.t, record.data, record.protocol
+        elif type(record) is ConnectRecord:
+            continue  # the recorded scheduler restarted: its login MON_STATS follow as frames
+
+
+class _Discovery(asyncio.DatagramProtocol):
+    """Answers UDP discovery for the netname like the real scheduler."""
+
+    def __init__(self, standin: StandIn) -> None:
+        self.standin = standin
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        standin = self.standin
+        assert standin.netname is not None
+        reply = build_reply(data, standin.version, int(standin.started_at), standin.netname)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
