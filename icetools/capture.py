@@ -130,9 +130,12 @@ class CaptureWriter:
         self.bytes_written = 0
         self._last_us = 0
 
-    def _now_us(self) -> int:
-        # Monotonic and never behind the previous record, as the format requires.
-        us = max(int((time.monotonic() - self._t0) * 1_000_000), self._last_us)
+    def _now_us(self, t: float | None = None) -> int:
+        """Microseconds for a record made now (or at ``t`` seconds since the start, for tools
+        that rewrite recordings); never behind the previous record, as the format requires."""
+        if t is None:
+            t = time.monotonic() - self._t0
+        us = max(int(round(t * 1_000_000)), self._last_us)
         self._last_us = us
         return us
 
@@ -153,9 +156,11 @@ class CaptureWriter:
         raw = json.dumps(body, separators=(",", ":")).encode()
         return _RECORD.pack(kind, len(raw), us) + raw
 
-    def connected(self, protocol: int, peer_version: int, offered: int, scheduler: str) -> None:
+    def connected(
+        self, protocol: int, peer_version: int, offered: int, scheduler: str, t: float | None = None
+    ) -> None:
         """A (re)connection was negotiated: the header first time, a connect record always."""
-        us = self._now_us()
+        us = self._now_us(t)
         out = b""
         reconnect = self.header is not None
         if self.header is None:
@@ -184,27 +189,24 @@ class CaptureWriter:
             return
         if self.header is None:
             raise CaptureError("frames cannot be written before the first connection")
-        if t is None:
-            us = self._now_us()
-        else:
-            us = self._last_us = max(int(t * 1_000_000), self._last_us)
+        us = self._now_us(t)
         pack = _RECORD.pack
         self._write(b"".join(pack(KIND_FRAME, len(f), us) + f for f in frames))
         self.frames_written += len(frames)
 
-    def disconnected(self, reason: str) -> None:
+    def disconnected(self, reason: str, t: float | None = None) -> None:
         if self.header is not None:
-            self._write(self._json_record(KIND_DISCONNECT, self._now_us(), {"reason": reason}))
+            self._write(self._json_record(KIND_DISCONNECT, self._now_us(t), {"reason": reason}))
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, t: float | None = None, *, end_record: bool = True) -> None:
         """Write the end record (if anything was recorded) and close the file."""
         if self._fd is None:
             return
         try:
-            if self.header is not None:
+            if self.header is not None and end_record:
                 self._write(
                     self._json_record(
-                        KIND_END, self._now_us(), {"frames": self.frames_written, "reason": reason}
+                        KIND_END, self._now_us(t), {"frames": self.frames_written, "reason": reason}
                     )
                 )
             os.fsync(self._fd)

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .anonymize import anonymize as run_anonymize
 from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
 from .discovery import locate_scheduler, parse_hostport
 from .errors import IcetoolsError
@@ -527,6 +528,29 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
             writer.close("signal")
             if writer.header is None and record_to is not None:
                 record_to.unlink(missing_ok=True)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace TARGET if it exists.")
+def anonymize(source: Path, target: Path, overwrite: bool) -> None:
+    """Rewrite host names, addresses and file paths so a recording can go into a bug report.
+
+    The same host keeps the same pseudonym everywhere and paths keep their shape and
+    extension (src/net/http.c becomes dir1/dir2/file1.c); times, job ids, exit codes,
+    counters and loads are unchanged, so the copy replays to the same story.
+
+    \b
+    Example:
+      icetools anonymize build.icecap build-anon.icecap && icetools dump build-anon.icecap
+    """
+    anon, undecodable, warning = run_anonymize(source, target, overwrite=overwrite)
+    if warning is not None:
+        warn(warning)
+    if undecodable:
+        warn(f"{undecodable} frames could not be decoded and were copied unchanged: check them before sharing")
+    click.echo(f"icetools: {target}: {anon.summary()}", err=True)
 
 
 def main() -> None:

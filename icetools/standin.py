@@ -102,6 +102,7 @@ class StandIn:
         self.logs: list[MonitorLog] = []
         self._server: asyncio.Server | None = None
         self._udp: asyncio.DatagramTransport | None = None
+        self._monitors: set[asyncio.Task[None]] = set()
 
     # -- listening ---------------------------------------------------------------------------
 
@@ -122,16 +123,32 @@ class StandIn:
         return port
 
     async def close(self) -> None:
+        """Stop listening and end every monitor connection cleanly."""
         if self._udp is not None:
             self._udp.close()
         if self._server is not None:
             self._server.close()
+        for task in self._monitors:
+            task.cancel()
+        await asyncio.gather(*self._monitors, return_exceptions=True)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     # -- one monitor -------------------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._monitors.add(task)
+        try:
+            await self._serve_monitor(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the stand-in is stopping: _serve_monitor already closed the connection
+        finally:
+            self._monitors.discard(task)
+
+    async def _serve_monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         log = MonitorLog(f"{peer[0]}:{peer[1]}" if peer else "?")
         sock = writer.get_extra_info("socket")
@@ -142,7 +159,16 @@ class StandIn:
             channel = await self._handshake(reader, writer, log)
             log.protocol, log.peer_version = channel.protocol, channel.peer_version
             self.on_event(f"monitor {log.peer} logged in (protocol {log.protocol})")
-            await self._play(writer, channel, log)
+            # Like the scheduler we ignore what a monitor sends after MON_LOGIN, but we do
+            # notice when it hangs up, also while the recording is idle at its end.
+            hangup = asyncio.create_task(_until_eof(reader))
+            try:
+                await self._play(writer, channel, log, hangup)
+            finally:
+                hangup.cancel()
+        except asyncio.CancelledError:
+            log.ended = "the stand-in stopped"
+            raise
         except (IcetoolsError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
             log.ended = log.ended or str(e) or e.__class__.__name__
         finally:
@@ -174,7 +200,9 @@ class StandIn:
         await asyncio.wait_for(until_login(), LOGIN_TIMEOUT)
         return channel
 
-    async def _play(self, writer: asyncio.StreamWriter, channel: Channel, log: MonitorLog) -> None:
+    async def _play(
+        self, writer: asyncio.StreamWriter, channel: Channel, log: MonitorLog, hangup: asyncio.Task[None]
+    ) -> None:
         assert channel.protocol is not None
         transport = writer.transport
         transcode = Transcoder(self.header.protocol, channel.protocol)
@@ -192,7 +220,7 @@ class StandIn:
                 delay = began + (t - base_t) / self.speed - clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if transport.is_closing():
+                if hangup.done() or transport.is_closing():
                     log.ended = "monitor closed the connection"
                     return
                 try:
@@ -207,9 +235,9 @@ class StandIn:
                     return
             if not self.loop:
                 break
-        # The end of the recording: stay open and quiet, like an idle scheduler.
-        while not transport.is_closing():
-            await asyncio.sleep(0.5)
+        # The end of the recording: stay open and quiet, like an idle scheduler, until the
+        # monitor hangs up.
+        await hangup
         log.ended = "monitor closed the connection"
 
     def _frames(self, start: float, with_login: bool) -> Iterator[tuple[float, bytes, int]]:
@@ -226,6 +254,12 @@ class StandIn:
             yield from _frame_records(records)
         finally:
             reader.close()
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass
 
 
 def _frame_records(records: Iterable[Record]) -> Iterator[tuple[float, bytes, int]]:
