@@ -911,9 +911,16 @@ def decode(frame: bytes, protocol: int, *, monitor: bool = True) -> Message:
     return result
 
 
-_unpack_header = _HEADER.unpack_from
+_unpack_header = unpack_header = _HEADER.unpack_from
 #: (type word, protocol, monitor?) -> decoder: one dict look-up per frame on the hot path.
 _frame_decoders: dict[tuple[int, int, bool], Decoder] = {}
+
+
+def frame_decoders() -> dict[tuple[int, int, bool], Decoder]:
+    """The decoders :func:`decode` has resolved so far, by (type word, protocol, monitor?), for
+    hot loops that dispatch themselves (they fall back to :func:`decode` on a miss). A decoder
+    returns the message, or an int (where its fields ended) when the frame has trailing bytes."""
+    return _frame_decoders
 
 
 def _message_class(type_word: int, monitor: bool) -> type[Message] | None:

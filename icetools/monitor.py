@@ -281,11 +281,14 @@ class Monitor:
         self.is_connected = False
         self.now = 0.0
         self._failed_for_rerun: dict[tuple[int | None, str], tuple[int, float]] = {}
-        self._handlers: dict[type[Message], Callable[[Any, float], None]] = {
+        #: Message class -> handler (HEAD's misnumbered variants included).
+        self.handlers: dict[type[Message], Callable[[Any, float], None]] = {
             m.MonStats: self._on_stats,
             m.MonGetCS: self._on_get_cs,
+            m.MonGetCSHead: self._on_get_cs,
             m.MonJobBegin: self._on_job_begin,
             m.MonJobDone: self._on_job_done,
+            m.MonJobDoneHead: self._on_job_done,
             m.MonLocalJobBegin: self._on_local_begin,
             m.JobLocalDone: self._on_local_done,
         }
@@ -328,7 +331,7 @@ class Monitor:
         """Apply one message that arrived at time ``t`` (seconds)."""
         self.totals.frames += 1
         self.now = t
-        handler = self._handlers.get(type(msg))
+        handler = self.handlers.get(type(msg))
         if handler is not None:
             handler(msg, t)
 

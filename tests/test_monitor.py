@@ -252,3 +252,19 @@ def test_seed_api_monitor_run_over_a_connection() -> None:
     assert isinstance(errors[0], ConnectionClosed)
     assert monitor.totals.remote_done == 12
     assert sum(e.kind is EventKind.JOB_FINISHED for e in events.events) == 12
+
+
+def test_a_head_scheduler_with_misnumbered_type_words_gives_the_same_model() -> None:
+    """icecream master sends MON_GET_CS as 0x47 and MON_JOB_DONE as 0x4D (protocol doc 8.6)."""
+    recs = records("demo.icecap")
+    renumber = {0x53: 0x47, 0x55: 0x4D}
+
+    def head(record: Record) -> Record:
+        if isinstance(record, FrameRecord) and record.data[7] in renumber:
+            data = record.data[:7] + bytes([renumber[record.data[7]]]) + record.data[8:]
+            return record._replace(data=data)
+        return record
+
+    head_recs = [head(r) for r in recs]
+    assert sum(isinstance(r, FrameRecord) and r.data[7] == 0x47 for r in head_recs) == 442
+    assert run(head_recs).snapshot() == run(recs).snapshot()
