@@ -420,3 +420,59 @@ def test_replay_and_stats_report_bad_files(tmp_path: Path) -> None:
     junk.write_bytes(b"\x00" * 100)
     for command in ("replay", "stats"):
         assert_one_line_error(icetools(command, str(junk)), "not an icetools capture")
+
+
+def test_dump_follow_prints_a_recording_as_it_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "live.icecap"
+    gate = threading.Event()
+
+    def script(sock: socket.socket) -> None:
+        handshake(sock)
+        recv_exact(sock, 8)
+        sock.sendall(b"".join(BUILD[:3]))
+        gate.wait(30)  # the rest only once dump is already following
+        sock.sendall(b"".join(BUILD[3:]))
+        wait_closed(sock, 30)
+
+    with ScriptedScheduler(script) as server:
+        recorder = start_icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out), "--count", str(len(BUILD)))
+        wait_for(lambda: frames_in(out) == 3, what="the first frames")
+        follower = start_icetools("dump", "--follow", "--json", str(out))
+        assert follower.stdout is not None
+        first = [json.loads(follower.stdout.readline()) for _ in range(4)]
+        assert [x["type"] for x in first] == ["connect", "MON_STATS", "MON_STATS", "MON_GET_CS"]
+        gate.set()
+        rest, err = follower.communicate(timeout=30)  # ends by itself at the end record
+        recorder.wait(30)
+    lines = first + [json.loads(x) for x in rest.splitlines()]
+    assert len(lines) == len(BUILD) + 2 and lines[-1]["type"] == "end"
+    assert follower.returncode == 0, err
+
+
+def test_record_shows_a_status_line_on_a_terminal(tmp_path: Path) -> None:
+    import pty
+
+    out = tmp_path / "tty.icecap"
+    with ScriptedScheduler(serve(BUILD)) as server:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "icetools", "record", "-s", f"127.0.0.1:{server.port}", "-o", str(out),
+             "--duration", "1.5"],
+            stdout=subprocess.DEVNULL, stderr=slave,
+        )
+        os.close(slave)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        os.close(master)
+        assert proc.wait(30) == 0
+    text = screen.decode()
+    assert f"recording {out}: {len(BUILD)} frames" in text
+    assert "protocol 43, connected" in text and "0:00:01" in text
+    assert text.rstrip().endswith("stopped")
