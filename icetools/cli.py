@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -76,6 +77,29 @@ def _scheduler_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+_protocol_option = click.option(
+    "--protocol",
+    type=click.IntRange(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+    default=PROTOCOL_VERSION,
+    show_default=True,
+    metavar="V",
+    help="Protocol version to offer; the scheduler answers with the lower of its own and V.",
+)
+
+
+def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tuple[str, int], Callable[[], tuple[str, int]]]:
+    """The scheduler's address now (so a bad one fails before anything starts), and a function
+    that gives it for each later (re)connection, asking discovery again if that is how it was
+    found."""
+    first = locate_scheduler(scheduler, netname)
+    addresses = iter([first])
+
+    def locate() -> tuple[str, int]:
+        return next(addresses, None) or locate_scheduler(scheduler, netname)
+
+    return first, locate
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @_scheduler_options
 @click.option(
@@ -89,14 +113,7 @@ def _scheduler_options(f):  # type: ignore[no-untyped-def]
     "--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
 )
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N frames.")
-@click.option(
-    "--protocol",
-    type=click.IntRange(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
-    default=PROTOCOL_VERSION,
-    show_default=True,
-    metavar="V",
-    help="Protocol version to offer; the scheduler answers with the lower of its own and V.",
-)
+@_protocol_option
 @click.option(
     "--no-reconnect",
     is_flag=True,
@@ -129,12 +146,7 @@ def record(
     if output is None:
         output = Path(time.strftime("icecream-%Y%m%d-%H%M%S") + FILE_SUFFIX)
     # Resolve the first address before creating the file, so a bad address leaves nothing behind.
-    first = locate_scheduler(scheduler, netname)
-    addresses = iter([first])
-
-    def locate() -> tuple[str, int]:
-        return next(addresses, None) or locate_scheduler(scheduler, netname)
-
+    _, locate = _scheduler_locator(scheduler, netname)
     writer = CaptureWriter(output, overwrite=overwrite)
     interactive = sys.stderr.isatty()
     recorder = Recorder(
@@ -484,14 +496,7 @@ def stats(file: Path, as_json: bool) -> None:
     metavar="FILE",
     help="Also record everything the scheduler sends to FILE.",
 )
-@click.option(
-    "--protocol",
-    type=click.IntRange(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
-    default=PROTOCOL_VERSION,
-    show_default=True,
-    metavar="V",
-    help="Protocol version to offer the scheduler.",
-)
+@_protocol_option
 def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
@@ -504,12 +509,7 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
       icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
     """
     host, port = _listen_address(listen)
-    first = locate_scheduler(scheduler, netname)
-    addresses = iter([first])
-
-    def locate() -> tuple[str, int]:
-        return next(addresses, None) or locate_scheduler(scheduler, netname)
-
+    first, locate = _scheduler_locator(scheduler, netname)
     writer = CaptureWriter(record_to) if record_to is not None else None
     monitor = Monitor()
     status = Status(mode="live")

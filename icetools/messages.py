@@ -241,16 +241,17 @@ class Message(tuple):
 MESSAGE_CLASSES: dict[int, type[Message]] = {}
 
 
-def message(type_: MsgType) -> Callable[[type], type[Message]]:
+def message(type_: MsgType, *, layout: type[Message] | None = None) -> Callable[[type], type[Message]]:
     """Class decorator: turn a declaration into a message class of ``type_`` and register it.
 
     The declaration lists fields as annotated class attributes whose values say the wire type
-    and versions (``job_id: int = u32()``); methods and properties are kept.
+    and versions (``job_id: int = u32()``); methods and properties are kept. ``layout`` reuses
+    another message's fields (MON_JOB_DONE is a forwarded JOB_DONE).
     """
 
     def wrap(decl: type) -> type[Message]:
         annotations = decl.__dict__.get("__annotations__", {})
-        fields = tuple(
+        fields = layout.FIELDS if layout is not None else tuple(
             WireField(name, spec.kind, spec.since, spec.until)
             for name in annotations
             if isinstance(spec := decl.__dict__.get(name), _Spec)
@@ -467,22 +468,10 @@ class MonJobBegin(Message):
     host_id: int = u32()
 
 
-@message(MsgType.MON_JOB_DONE)
+@message(MsgType.MON_JOB_DONE, layout=JobDone)
 class MonJobDone(Message):
-    """A job ended (the JOB_DONE layout). Exit code 255 with zero counters: its host went away."""
-
-    job_id: int = u32()
-    exitcode: int = i32()
-    real_msec: int = u32()
-    user_msec: int = u32()
-    sys_msec: int = u32()
-    pfaults: int = u32()
-    in_compressed: int = u32()
-    in_uncompressed: int = u32()
-    out_compressed: int = u32()
-    out_uncompressed: int = u32()
-    flags: int = u32()
-    client_count: int = u32(since=39)
+    """A job ended: exactly the JOB_DONE layout, forwarded. Exit code 255 with zero counters:
+    its host went away."""
 
 
 @message(MsgType.MON_LOCAL_JOB_BEGIN)
