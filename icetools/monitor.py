@@ -228,6 +228,15 @@ class EventKind(enum.Enum):
     RESET = "reset"  # reconnected: hosts and jobs start over
 
 
+# Plain module names for the hot paths (an enum member looked up on its class costs more).
+_HOST_CHANGED = EventKind.HOST_CHANGED
+_HOST_OFFLINE = EventKind.HOST_OFFLINE
+_JOB_FINISHED = EventKind.JOB_FINISHED
+_JOB_STARTED = EventKind.JOB_STARTED
+_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
+_RESET = EventKind.RESET
+
+
 class Event(NamedTuple):
     """A change in the cluster. ``host``/``job`` are the live objects (read them at once or
     copy what you keep: they go on changing)."""
@@ -239,7 +248,13 @@ class Event(NamedTuple):
 
 
 class Publisher:
-    """Receives the Monitor's change events. Subclass and override :meth:`publish`."""
+    """Receives the Monitor's change events. Subclass and override :meth:`publish`.
+
+    ``kinds`` narrows what it receives (None: every kind); a Monitor whose publishers want no
+    event of a kind does not even build those events.
+    """
+
+    kinds: frozenset[EventKind] | None = None
 
     def publish(self, event: Event, monitor: Monitor) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -276,6 +291,10 @@ class Monitor:
         #: Per host *name* (host ids change when a daemon logs in again).
         self.host_counters: dict[str, HostCounters] = {}
         self.publishers: list[Publisher] = list(publishers)
+        self._wanted: frozenset[EventKind] = frozenset()
+        self._update_wanted()
+        #: Host name -> its latest host id (a daemon that logs in again gets a new one).
+        self.host_ids: dict[str, int] = {}
         self.protocol: int | None = None
         self.connected_since: float | None = None
         self.is_connected = False
@@ -297,11 +316,19 @@ class Monitor:
 
     def add_publisher(self, publisher: Publisher) -> None:
         self.publishers.append(publisher)
+        self._update_wanted()
+
+    def _update_wanted(self) -> None:
+        wanted: set[EventKind] = set()
+        for publisher in self.publishers:
+            wanted |= set(EventKind) if publisher.kinds is None else publisher.kinds
+        self._wanted = frozenset(wanted)
 
     def _emit(self, kind: EventKind, t: float, host: Host | None = None, job: Job | None = None) -> None:
         event = tuple.__new__(Event, (kind, t, host, job))
         for publisher in self.publishers:
-            publisher.publish(event, self)
+            if publisher.kinds is None or kind in publisher.kinds:
+                publisher.publish(event, self)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -324,7 +351,7 @@ class Monitor:
         self.jobs.clear()
         self._failed_for_rerun.clear()
         self.totals.resets += 1
-        if self.publishers:
+        if _RESET in self._wanted:
             self._emit(EventKind.RESET, t)
 
     def feed(self, msg: Message, t: float) -> None:
@@ -368,7 +395,7 @@ class Monitor:
             # The scheduler ends the host's remote jobs (exit 255), but not its local jobs.
             for job_id in [j for j in host.jobs_as_client if j in self.jobs and self.jobs[j].local]:
                 self._finish_local(self.jobs[job_id], t, lost=True)
-            if self.publishers:
+            if _HOST_OFFLINE in self._wanted:
                 self._emit(EventKind.HOST_OFFLINE, t, host=host)
             return
         added = host is None
@@ -377,7 +404,7 @@ class Monitor:
             self.hosts[msg.host_id] = host
         elif msg.statmsg == host.statmsg and host.online:
             host.last_seen = t  # the same report again (every monitor login repeats them all)
-            if self.publishers:
+            if _HOST_CHANGED in self._wanted:
                 self._emit(EventKind.HOST_CHANGED, t, host=host)
             return
         host.statmsg = msg.statmsg
@@ -385,11 +412,13 @@ class Monitor:
         host.online = True
         host.last_seen = t
         self._counters(host)
+        if host.name:
+            self.host_ids[host.name] = host.id
         if added and host.name:
             # A daemon that logged in again gets a new id; its old, offline entry is replaced.
             for old in [h for h in self.hosts.values() if h.name == host.name and not h.online]:
                 del self.hosts[old.id]
-        if self.publishers:
+        if self._wanted:
             self._emit(EventKind.HOST_ADDED if added else EventKind.HOST_CHANGED, t, host=host)
 
     def _add_job(self, job: Job) -> None:
@@ -413,7 +442,7 @@ class Monitor:
         if client is not None:
             client.jobs_as_client.add(job.id)
             client.counters.submitted += 1
-        if self.publishers:
+        if _JOB_SUBMITTED in self._wanted:
             self._emit(EventKind.JOB_SUBMITTED, t, job=job)
 
     def _on_job_begin(self, msg: m.MonJobBegin, t: float) -> None:
@@ -429,7 +458,7 @@ class Monitor:
         server = self._host(msg.host_id, t)
         if server is not None:
             server.jobs_as_server.add(job.id)
-        if self.publishers:
+        if _JOB_STARTED in self._wanted:
             self._emit(EventKind.JOB_STARTED, t, job=job)
 
     def _on_job_done(self, msg: m.MonJobDone, t: float) -> None:
@@ -482,7 +511,7 @@ class Monitor:
         if client is not None:
             client.jobs_as_client.discard(job.id)
         self.finished.append(job)
-        if self.publishers:
+        if _JOB_FINISHED in self._wanted:
             self._emit(EventKind.JOB_FINISHED, t, job=job)
 
     def _on_local_begin(self, msg: m.MonLocalJobBegin, t: float) -> None:
@@ -502,7 +531,7 @@ class Monitor:
             if failed is not None and t - failed[1] <= RERUN_WINDOW:
                 job.rerun_of = failed[0]
                 self.totals.reruns += 1
-        if self.publishers:
+        if _JOB_STARTED in self._wanted:
             self._emit(EventKind.JOB_STARTED, t, job=job)
 
     def _on_local_done(self, msg: m.JobLocalDone, t: float) -> None:
@@ -522,14 +551,14 @@ class Monitor:
         if host is not None:
             host.jobs_as_client.discard(job.id)
         self.finished.append(job)
-        if self.publishers:
+        if _JOB_FINISHED in self._wanted:
             self._emit(EventKind.JOB_FINISHED, t, job=job)
 
     # -- checkpoints (icetools.index) -----------------------------------------------------
 
     _STATE = (
-        "hosts", "jobs", "finished", "totals", "host_counters", "protocol", "connected_since",
-        "is_connected", "now", "_failed_for_rerun",
+        "hosts", "jobs", "finished", "totals", "host_counters", "host_ids", "protocol",
+        "connected_since", "is_connected", "now", "_failed_for_rerun",
     )
 
     def export_state(self) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ import heapq
 from collections import Counter
 from typing import Any
 
-from .monitor import Event, EventKind, Job, Monitor, Publisher
+from .monitor import Event, EventKind, Monitor, Publisher
 
 SLOWEST_FILES = 10
 BUSIEST_HOSTS = 5
@@ -59,88 +59,72 @@ def percentile(values: array.array, pct: float) -> int | None:
 
 
 class StatsCollector(Publisher):
+    """Adds to the Monitor's own per-host counters what it does not keep: every compile time
+    (for percentiles), jobs per second, the slowest files. It only listens to jobs finishing."""
+
+    kinds = frozenset({EventKind.HOST_ADDED, EventKind.JOB_FINISHED})
+
     def __init__(self) -> None:
-        self.hosts: dict[str, HostStats] = {}
+        self.compile_msec: dict[str, array.array] = {}
         self.per_second: Counter[int] = Counter()
         self.slowest: list[tuple[int, int, str, str]] = []  # (real_msec, job id, file, host)
-        self.remote = self.local = self.failed = self.lost = self.reruns = 0
         self.first_t: float | None = None
-        self.last_t = 0.0
-
-    def _host(self, monitor: Monitor, host_id: int | None) -> HostStats | None:
-        if host_id is None:
-            return None
-        host = monitor.hosts.get(host_id)
-        name = host.name if host is not None and host.name else f"#{host_id}"
-        stats = self.hosts.get(name)
-        if stats is None:
-            stats = self.hosts[name] = HostStats(name, host_id)
-        stats.id = host_id  # the latest id of a host that logged in again
-        return stats
 
     def publish(self, event: Event, monitor: Monitor) -> None:
-        kind = event.kind
         if self.first_t is None:
-            self.first_t = event.t
-        self.last_t = event.t
+            self.first_t = event.t  # the first host or job: where the story starts
         job = event.job
-        if kind is EventKind.JOB_SUBMITTED and job is not None:
-            client = self._host(monitor, job.client_id)
-            if client is not None:
-                client.submitted += 1
-        elif kind is EventKind.JOB_STARTED and job is not None and job.local:
-            host = self._host(monitor, job.client_id)
-            if host is not None:
-                host.local += 1
-            self.local += 1
-            if job.rerun_of is not None:
-                self.reruns += 1
-        elif kind is EventKind.JOB_FINISHED and job is not None:
-            self.per_second[int(event.t)] += 1
-            if not job.local:
-                self._remote_done(monitor, job)
-
-    def _remote_done(self, monitor: Monitor, job: Job) -> None:
-        self.remote += 1
-        failed = job.exit_code != 0
-        if failed:
-            self.failed += 1
-            self.lost += job.lost
-        server = self._host(monitor, job.server_id)
-        if server is None:
+        if job is None:
             return
-        server.compiled += 1
-        server.in_bytes += job.in_uncompressed
-        server.out_bytes += job.out_uncompressed
-        if failed:
-            server.failed += 1
-            server.lost += job.lost
+        self.per_second[int(event.t)] += 1
+        if job.local or job.server_id is None:
+            return
+        host = monitor.hosts.get(job.server_id)
+        name = host.name if host is not None and host.name else f"#{job.server_id}"
         if not job.lost:
-            server.compile_msec.append(min(job.real_msec, 0xFFFFFFFF))
-        entry = (job.real_msec, job.id, job.file, server.name)
+            times = self.compile_msec.get(name)
+            if times is None:
+                times = self.compile_msec[name] = array.array("I")
+            times.append(min(job.real_msec, 0xFFFFFFFF))
+        entry = (job.real_msec, job.id, job.file, name)
         if len(self.slowest) < SLOWEST_FILES:
             heapq.heappush(self.slowest, entry)
         elif entry > self.slowest[0]:
             heapq.heapreplace(self.slowest, entry)
 
+    def _hosts(self, monitor: Monitor) -> list[HostStats]:
+        hosts = []
+        names = set(monitor.host_counters) | set(self.compile_msec)
+        for name in names:
+            counters = monitor.host_counters.get(name)
+            stats = HostStats(name, monitor.host_ids.get(name, 0))
+            if counters is not None:
+                stats.compiled, stats.submitted, stats.local = counters.compiled, counters.submitted, counters.local
+                stats.failed, stats.lost = counters.failed, counters.lost
+                stats.in_bytes, stats.out_bytes = counters.in_bytes, counters.out_bytes
+            stats.compile_msec = self.compile_msec.get(name, array.array("I"))
+            hosts.append(stats)
+        return sorted(hosts, key=lambda h: (h.id, h.name))
+
     def report(self, monitor: Monitor) -> dict[str, Any]:
-        hosts = sorted(self.hosts.values(), key=lambda h: (h.id, h.name))
+        hosts = self._hosts(monitor)
         busiest = sorted(hosts, key=lambda h: (-h.compiled, h.name))[:BUSIEST_HOSTS]
         peak_second, peak = max(self.per_second.items(), key=lambda kv: (kv[1], -kv[0]), default=(None, 0))
         first = self.first_t or 0.0
+        t = monitor.totals
         return {
-            "duration": round(self.last_t - first, 3),
+            "duration": round(monitor.now - first, 3),  # to the end of the recording
             "jobs": {
-                "remote": self.remote,
-                "local": self.local,
-                "failed": self.failed,
-                "lost": self.lost,
-                "rerun_locally": self.reruns,
-                "unseen": monitor.totals.unseen,
+                "remote": t.remote_done,
+                "local": t.local_started,
+                "failed": t.remote_failed,
+                "lost": t.lost,
+                "rerun_locally": t.reruns,
+                "unseen": t.unseen,
             },
             "peak_jobs_per_second": peak,
             "peak_second": peak_second,
-            "reconnects": monitor.totals.resets,
+            "reconnects": t.resets,
             "hosts": [h.to_json() for h in hosts],
             "busiest_hosts": [{"name": h.name, "compiled": h.compiled} for h in busiest if h.compiled],
             "slowest_files": [
