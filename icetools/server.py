@@ -324,7 +324,7 @@ class ClusterServer:
         if path == "/ws":
             return None  # on to the websocket handshake
         if path == "/api/state":
-            body = _json(self.hub.state()).encode()
+            body = _json({**self.hub.state(), "status": self.status.to_json()}).encode()
             return _response(HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
             return _response(

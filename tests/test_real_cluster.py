@@ -206,3 +206,49 @@ def test_discovery_finds_the_real_scheduler_by_broadcast(real_cluster: Cluster, 
         capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
     )
     assert wrong.returncode == 1 and "no scheduler for network 'NOSUCHNET'" in wrong.stderr
+
+
+def test_serve_follows_the_real_scheduler_across_a_restart_and_records(real_cluster: Cluster, tmp_path: Path) -> None:
+    """icetools serve inside the cluster: live state over HTTP, 'retrying' while the scheduler
+    is gone, live again after it restarted, and --record keeps it all."""
+    record_to = tmp_path / "served.icecap"
+    port = 18770
+    serve = real_cluster.popen_in_a(
+        [sys.executable, "-m", "icetools", "serve", "-s", f"127.0.0.1:{real_cluster.scheduler_port}",
+         "--listen", f"127.0.0.1:{port}", "--record", str(record_to)],
+        cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    fetch = (
+        "import json, sys, urllib.request; "
+        f"print(urllib.request.urlopen('http://127.0.0.1:{port}/api/state', timeout=5).read().decode())"
+    )
+    states: list[dict[str, Any]] = []
+
+    def state() -> dict[str, Any] | None:
+        result = real_cluster.run_in_a([sys.executable, "-c", fetch], capture_output=True, text=True, timeout=20)
+        if result.returncode != 0:
+            return None
+        states.append(json.loads(result.stdout))
+        return states[-1]
+
+    try:
+        first = wait_for(lambda: (s := state()) and s["status"]["state"] == "live" and len(s["hosts"]) == 3 and s, "live state")
+        assert first["status"]["protocol"] == 43 and first["status"]["mode"] == "live"
+        assert {h["name"] for h in first["hosts"]} == {"node1", "node2", "node3"}
+        results = real_cluster.compile_files(2, tmp_path / "served", tag="served")
+        assert all(r.ok for r in results)
+        wait_for(lambda: (s := state()) and s["totals"]["remote_done"] >= 2, "jobs in the served state")
+        real_cluster.restart_scheduler(wait=False)
+        wait_for(lambda: any(s["status"]["state"] == "retrying" for s in states) or
+                 ((s := state()) and s["status"]["state"] == "retrying"), "the page being told it retries")
+        real_cluster.wait_ready()
+        again = wait_for(lambda: (s := state()) and s["status"]["state"] == "live" and s["totals"]["resets"] == 1
+                         and len(s["hosts"]) == 3 and s, "live again after the restart")
+        assert again["totals"]["remote_done"] >= 2  # totals span the reconnect
+    finally:
+        serve.terminate()
+        _, err = serve.communicate(timeout=30)
+    assert serve.returncode == 0, err
+    lines = dump_json(record_to)
+    assert [x["type"] for x in lines].count("connect") == 2
+    assert len(of_type(lines, "MON_JOB_DONE")) >= 2
