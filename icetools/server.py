@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import mimetypes
 import socket
@@ -38,6 +39,7 @@ from .index import open_at
 from .metrics import DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
 from .record import RecordStatus, follow_scheduler
+from .replay import apply_record
 
 DEFAULT_PORT = 8770
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
@@ -456,35 +458,14 @@ class ReplayDriver:
                 if self.status.state != "playing" or self._seek_to is not None or self.status.speed != speed:
                     # Paused, seeking or a new speed: keep this record for later.
                     self.status.position = monitor.now = max(monitor.now, start_t + (clock() - start_wall) * speed)
-                    return _prepend(record, records)
+                    return itertools.chain([record], records)
             pending = []
-            _apply(monitor, record)
+            apply_record(monitor, record)
             self.status.position = record.t
         if not pending:
             self.status.state = "ended"
             self.status.position = self.status.duration
         return iter(())
-
-
-def _prepend(first: Record, rest: Iterator[Record]) -> Iterator[Record]:
-    yield first
-    yield from rest
-
-
-def _apply(monitor: Monitor, record: Record) -> None:
-    from .capture import ConnectRecord, DisconnectRecord, FrameRecord
-
-    if type(record) is FrameRecord:
-        try:
-            monitor.feed(messages.decode(record.data, record.protocol), record.t)
-        except ProtocolError:
-            pass  # counted by dump; a replay skips what it cannot read
-    elif type(record) is ConnectRecord:
-        monitor.connected(record.protocol, record.t)
-    elif type(record) is DisconnectRecord:
-        monitor.disconnected(record.t)
-    else:
-        monitor.now = record.t
 
 
 class LiveDriver:
