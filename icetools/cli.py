@@ -381,9 +381,11 @@ def replay(
         _finish_reading(reader, result.undecodable)
 
 
-def _listen_address(listen: str) -> tuple[str, int]:
-    host, port = parse_hostport(listen, default_port=DEFAULT_PORT)
-    return host, port
+def _listen_address(listen: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    try:
+        return parse_hostport(listen, default_port=default_port)
+    except IcetoolsError as e:
+        raise click.BadParameter(str(e).replace("scheduler address", "address"), param_hint="--listen") from None
 
 
 def _announce(host: str, port: int, what: str) -> None:
@@ -409,7 +411,7 @@ def _serve_replay(file: Path, speed: float, listen: str) -> None:
 
 
 def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None) -> None:
-    host, port = parse_hostport(listen)
+    host, port = _listen_address(listen, default_port=8765)
     standin = StandIn(
         file, speed=speed, start=start, loop=loop, netname=netname,
         on_event=lambda line: click.echo(f"icetools: {line}", err=True),

@@ -6,11 +6,10 @@ Both drive the same sans-IO :class:`~icetools.protocol.Channel`; they only move 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 
-from .errors import ConnectionClosed, HandshakeError, SchedulerNotFound
+from .errors import ConnectionClosed, HandshakeError, SchedulerNotFound, describe_os_error
 from .messages import PROTOCOL_VERSION, Message, MonLogin
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
 
@@ -27,11 +26,9 @@ def _describe(host: str, port: int) -> str:
 def _unreachable(host: str, port: int, err: OSError) -> SchedulerNotFound:
     if isinstance(err, socket.gaierror):
         reason = f"cannot resolve {host!r} ({err.strerror})"
-    elif err.errno is not None:
-        # asyncio's strerror is "Connect call failed (...)": the errno says more.
-        reason = os.strerror(err.errno).lower()
     else:
-        reason = str(err) or err.__class__.__name__
+        # asyncio's strerror is "Connect call failed (...)": the errno says more.
+        reason = describe_os_error(err) or err.__class__.__name__
     return SchedulerNotFound(f"cannot connect to scheduler {_describe(host, port)}: {reason}")
 
 

@@ -11,6 +11,8 @@ e.g. encoding a message that does not exist at the negotiated version).
 
 from __future__ import annotations
 
+import os
+
 
 class IcetoolsError(Exception):
     """Base of every error icetools raises on purpose."""
@@ -54,3 +56,9 @@ class CaptureError(IcetoolsError):
 
 class NewerFormatError(CaptureError):
     """The capture was written by a newer icetools with a format this one cannot read."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """An OSError in a few words, for the end of a one-line message (asyncio's own text
+    repeats the address the caller already names)."""
+    return os.strerror(error.errno).lower() if error.errno else str(error)

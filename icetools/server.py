@@ -34,7 +34,7 @@ from websockets.http11 import Request, Response
 from . import messages
 from .capture import CaptureReader, CaptureWriter, Record
 from .connection import AsyncConnection
-from .errors import IcetoolsError, ProtocolError
+from .errors import IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .metrics import DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
@@ -354,7 +354,7 @@ class ClusterServer:
                 server_header=f"icetools/{__import__('icetools').__version__}",
             )
         except OSError as e:
-            raise IcetoolsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise IcetoolsError(f"cannot listen on {host}:{port}: {describe_os_error(e)}") from None
 
     @property
     def port(self) -> int:
@@ -548,7 +548,12 @@ async def run_until_stopped(server: ClusterServer, host: str, port: int, driver:
     """Serve and drive until SIGINT/SIGTERM (or the driver fails)."""
     import signal
 
-    await server.start(host, port)
+    try:
+        await server.start(host, port)
+    except BaseException:
+        if asyncio.iscoroutine(driver):
+            driver.close()  # never started: no "coroutine was never awaited" noise
+        raise
     on_ready(server.port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import messages as m
 from .capture import CaptureReader, ConnectRecord, FrameRecord, Record
 from .discovery import build_reply
-from .errors import HandshakeError, IcetoolsError, ProtocolError
+from .errors import HandshakeError, IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .monitor import Monitor
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
@@ -110,7 +110,7 @@ class StandIn:
         try:
             self._server = await asyncio.start_server(self._serve, host, port)
         except OSError as e:
-            raise IcetoolsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise IcetoolsError(f"cannot listen on {host}:{port}: {describe_os_error(e)}") from None
         port = self._server.sockets[0].getsockname()[1]
         if self.netname:
             loop = asyncio.get_running_loop()
@@ -119,7 +119,7 @@ class StandIn:
                     lambda: _Discovery(self), local_addr=(host, port), allow_broadcast=True
                 )
             except OSError as e:
-                raise IcetoolsError(f"cannot answer discovery on UDP {host}:{port}: {e.strerror or e}") from None
+                raise IcetoolsError(f"cannot answer discovery on UDP {host}:{port}: {describe_os_error(e)}") from None
         return port
 
     async def close(self) -> None:
