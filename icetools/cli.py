@@ -350,6 +350,10 @@ def replay(
     """
     if serve and as_scheduler:
         raise click.UsageError("choose one of --serve and --as-scheduler")
+    if not as_scheduler and (start or loop or netname):
+        raise click.UsageError("--start, --loop and --netname go with --as-scheduler")
+    if listen and not (serve or as_scheduler):
+        raise click.UsageError("--listen goes with --serve or --as-scheduler")
     if serve:
         _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN)
         return
