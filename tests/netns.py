@@ -33,6 +33,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+# One set of `ip` helpers for all our namespaces (the cluster's and these).
+from .realcluster import _ip, _netns_pids
+from .realcluster import list_netns as list_namespaces
+
 T = TypeVar("T")
 
 NS_PREFIX = "icet-mon-"
@@ -160,23 +164,6 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 3.0) -> int | Non
 # --------------------------------------------------------------------------------------------
 # Network namespaces
 # --------------------------------------------------------------------------------------------
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
-    return result
-
-
-def _netns_pids(name: str) -> list[int]:
-    result = _ip("netns", "pids", name, check=False)
-    return [int(x) for x in result.stdout.split()] if result.returncode == 0 else []
-
-
-def list_namespaces() -> list[str]:
-    result = _ip("netns", "list", check=False)
-    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
 
 
 def cleanup_stale() -> list[str]:
