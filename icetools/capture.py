@@ -14,13 +14,20 @@ import json
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from . import __version__
 from .errors import CaptureError, NewerFormatError
-from .messages import MAX_MSG_SIZE, MIN_PROTOCOL_VERSION
+from .messages import (
+    MAX_MSG_SIZE,
+    MIN_PROTOCOL_VERSION,
+    MalformedFrame,
+    Message,
+    frame_decoder,
+    message_class,
+)
 from .protocol import MAX_SANE_PROTOCOL
 
 MAGIC = b"\x89ICECAP\n"
@@ -42,6 +49,8 @@ MAX_JSON_BODY = 65536
 MAX_HEADER = 65536
 READ_BLOCK = 1 << 20
 _BE32 = struct.Struct(">I")
+#: A frame record's header and the frame's own length prefix and type word, read at once.
+_FRAME_RECORD = struct.Struct(">BIQII")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +109,23 @@ class EndRecord(NamedTuple):
 
 
 Record = FrameRecord | ConnectRecord | DisconnectRecord | EndRecord
+
+
+class PumpResult(NamedTuple):
+    """What one :meth:`CaptureReader.pump` call did."""
+
+    frames: int  # frame records read (decodable or not)
+    undecodable: int
+    last_t: float | None  # time of the last record handed out, None if none was
+    stopped: str  # "end" (of the file or an end record), "until" or "max_frames"
+
+
+def _no_message(buf: bytes, pos: int, end: int) -> None:
+    return None
+
+
+def _ignore(msg: Message, t: float) -> None:
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,6 +446,164 @@ class CaptureReader:
             if record is not None:
                 yield record
         return pos, last_us
+
+    def pump(
+        self,
+        handlers: Mapping[type[Message], Callable[[Any, float], object]],
+        on_event: Callable[[Record], object],
+        *,
+        until: float | None = None,
+        max_frames: int | None = None,
+    ) -> PumpResult:
+        """Decode the frames from where iteration would start and hand each message to the
+        handler of its class, with its time; hand connect, disconnect and end records to
+        ``on_event``. This is the fast path under ``replay --fast``, ``stats`` and the seek index:
+        no record objects, no per-frame copies, one dispatch per frame. Frames that cannot be
+        decoded (and classes without a handler) are skipped; ``PumpResult.undecodable`` counts
+        the former.
+
+        It stops at the end of the file, before the first record later than ``until``, or
+        after ``max_frames`` frames. The reader is then left where it stopped: ``position``,
+        ``frames`` and ``protocol`` are up to date, and the next ``pump()`` or iteration goes on
+        from the first record not yet handed out. Errors are those of iteration, at the same
+        records. Not for ``follow`` readers.
+        """
+        if self.follow:
+            raise ValueError("pump() reads what is in the file; iterate a following reader")
+        base, protocol, frames = self._start  # base: file offset of data[0]
+        first_frames = frames
+        undecodable = 0
+        last_t: float | None = None
+        limit = frames + max_frames if max_frames is not None else -1
+        stop_after = float("inf") if until is None else until
+        self.ended = False
+        tables: dict[int, dict[int, tuple[Any, Any]]] = {}  # protocol -> type word -> (decoder, handler)
+        dispatch = tables.setdefault(protocol, {})
+        frame_record = _FRAME_RECORD.unpack_from
+        frame_header_size = _FRAME_RECORD.size
+        record_header_size = RECORD_HEADER_SIZE
+        event_record = _RECORD.unpack_from
+        malformed = MalformedFrame
+        read = self._file.read
+        self._file.seek(base)
+        tail = b""
+        last_us = 0
+        pos = 0
+        stopped = "end"
+        while not self.ended:
+            chunk = read(READ_BLOCK)
+            if not chunk:
+                break
+            data = tail + chunk if tail else chunk
+            end = len(data)
+            pos = 0
+            while pos + record_header_size <= end:
+                if pos + frame_header_size <= end:
+                    kind, length, us, frame_length, type_word = frame_record(data, pos)
+                else:  # a short record at the end of the block: no room for a frame header
+                    kind, length, us = event_record(data, pos)
+                    frame_length = type_word = -1
+                body = pos + record_header_size
+                stop = body + length
+                if kind == 1:  # KIND_FRAME
+                    if length > MAX_FRAME_BODY or length < 8 or us < last_us:
+                        self.frames = frames
+                        self._check_frame_record(base + pos, length, us, last_us)
+                    if stop > end:
+                        break
+                    if frame_length + 4 != length:
+                        self.frames = frames
+                        self._corrupt(base + pos, "frame length prefix disagrees with its record")
+                    t = us / 1_000_000
+                    if t > stop_after:
+                        stopped = "until"
+                        break
+                    frames += 1
+                    last_us = us
+                    pos = stop
+                    last_t = t
+                    decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers)
+                    try:
+                        msg = decoder(data, body, stop)
+                    except malformed:
+                        msg = None
+                    if msg is None or msg.__class__ is int:
+                        undecodable += 1
+                    else:
+                        handler(msg, t)
+                    if frames == limit:
+                        stopped = "max_frames"
+                        break
+                    continue
+                if kind < FIRST_OPTIONAL_KIND:
+                    if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+                        self.frames = frames
+                        self._corrupt(base + pos, f"unknown record kind 0x{kind:02x}")
+                    if length > MAX_JSON_BODY:
+                        self.frames = frames
+                        self._corrupt(base + pos, f"event record of {length} bytes")
+                if us < last_us:
+                    self.frames = frames
+                    self._corrupt(base + pos, "record time goes backwards")
+                if stop > end:
+                    break
+                if us / 1_000_000 > stop_after:
+                    stopped = "until"
+                    break
+                last_us = us
+                if kind < FIRST_OPTIONAL_KIND:
+                    self.frames = frames
+                    record = self._event(kind, us, data[body:stop], base + pos)
+                    pos = stop
+                    self.position = base + pos
+                    last_t = record.t
+                    on_event(record)
+                    if self._protocol != protocol:
+                        protocol = self._protocol
+                        dispatch = tables.setdefault(protocol, {})
+                    if self.ended:
+                        break
+                else:
+                    pos = stop  # an optional record we do not know: skipped
+            if stopped != "end" or self.ended:
+                break  # stopped inside the block: resume at ``pos``
+            tail = data[pos:]
+            base += pos
+        if stopped == "end" and not self.ended:
+            # The whole file was read: ``tail`` is what is left of an incomplete last record.
+            self.size = base + len(tail)
+            self.torn_bytes = len(tail)
+            resume = base
+        else:
+            resume = base + pos
+            self.torn_bytes = 0
+        self.frames = frames
+        self.position = resume
+        self._protocol = protocol
+        self._start = (resume, protocol, frames)
+        return PumpResult(frames - first_frames, undecodable, last_t, stopped if not self.ended else "end")
+
+    def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
+        if not 8 <= length <= MAX_FRAME_BODY:
+            self._corrupt(where, f"frame record of {length} bytes")
+        if us < last_us:
+            self._corrupt(where, "record time goes backwards")
+
+    @staticmethod
+    def _dispatch_miss(
+        table: dict[int, tuple[Any, Any]],
+        type_word: int,
+        protocol: int,
+        handlers: Mapping[type[Message], Callable[[Any, float], object]],
+    ) -> tuple[Any, Any]:
+        """Resolve a type word met for the first time in this pump."""
+        decoder = frame_decoder(type_word, protocol)
+        if decoder is None:  # no such message: every frame of it is undecodable
+            entry: tuple[Any, Any] = (_no_message, _ignore)
+        else:
+            entry = (decoder, handlers.get(message_class(type_word), _ignore))
+        table[type_word] = entry
+        return entry
 
     def _event(self, kind: int, us: int, raw: bytes, where: int) -> Record:
         """A connect, disconnect or end record from its JSON body."""

@@ -7,7 +7,6 @@ traceback.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -18,22 +17,24 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .anonymize import anonymize as run_anonymize
 from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
+from .defaults import SERVE_LISTEN as DEFAULT_LISTEN
+from .defaults import SERVE_PORT as DEFAULT_PORT
+from .defaults import STANDIN_LISTEN
 from .discovery import locate_scheduler, parse_hostport
 from .errors import IcetoolsError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
-from .index import state_at
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
-from .record import Recorder, run_recorder
 from .progress import Progress
 from .render import TYPE_NAMES, Dumper
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
-from .server import DEFAULT_LISTEN, DEFAULT_PORT, ClusterServer, LiveDriver, ReplayDriver, Status, run_until_stopped
-from .standin import DEFAULT_LISTEN as STANDIN_LISTEN
-from .standin import StandIn
+from .index import state_at
 from .stats import StatsCollector, render_report
+
+# The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
+# by the commands that use them: every command pays for what is imported here at start-up, and
+# `replay --fast` and `stats` on a short file would spend most of their time importing.
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -146,6 +147,8 @@ def record(
     if output is None:
         output = Path(time.strftime("icecream-%Y%m%d-%H%M%S") + FILE_SUFFIX)
     # Resolve the first address before creating the file, so a bad address leaves nothing behind.
+    from .record import Recorder, run_recorder
+
     _, locate = _scheduler_locator(scheduler, netname)
     writer = CaptureWriter(output, overwrite=overwrite)
     interactive = sys.stderr.isatty()
@@ -399,6 +402,10 @@ def _announce(host: str, port: int, what: str) -> None:
 
 
 def _serve_replay(file: Path, speed: float, listen: str) -> None:
+    import asyncio
+
+    from .server import ClusterServer, ReplayDriver, Status, run_until_stopped
+
     host, port = _listen_address(listen)
     monitor = Monitor()
     status = Status(mode="replay")
@@ -415,7 +422,12 @@ def _serve_replay(file: Path, speed: float, listen: str) -> None:
 
 
 def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None) -> None:
-    host, port = _listen_address(listen, default_port=8765)
+    import asyncio
+
+    from .defaults import SCHEDULER_PORT
+    from .standin import StandIn
+
+    host, port = _listen_address(listen, default_port=SCHEDULER_PORT)
     standin = StandIn(
         file, speed=speed, start=start, loop=loop, netname=netname,
         on_event=lambda line: click.echo(f"icetools: {line}", err=True),
@@ -514,6 +526,10 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
       icetools serve -s buildhost                     # then open http://127.0.0.1:8770/
       icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
     """
+    import asyncio
+
+    from .server import ClusterServer, LiveDriver, Status, run_until_stopped
+
     host, port = _listen_address(listen)
     first, locate = _scheduler_locator(scheduler, netname)
     writer = CaptureWriter(record_to) if record_to is not None else None
@@ -551,6 +567,8 @@ def anonymize(source: Path, target: Path, overwrite: bool) -> None:
     Example:
       icetools anonymize build.icecap build-anon.icecap && icetools dump build-anon.icecap
     """
+    from .anonymize import anonymize as run_anonymize
+
     anon, undecodable, warning = run_anonymize(source, target, overwrite=overwrite)
     if warning is not None:
         warn(warning)

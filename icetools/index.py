@@ -15,7 +15,6 @@ docs/capture-format.md.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import pickle
 import tempfile
@@ -27,7 +26,7 @@ from typing import NamedTuple
 from . import __version__
 from .capture import CaptureReader, Record
 from .monitor import Monitor
-from .replay import replay
+from .replay import replay_fast
 
 #: Frames between checkpoints: at most this many frames are replayed to reach any moment.
 CHECKPOINT_EVERY = 32768
@@ -88,20 +87,14 @@ def _checkpoint(monitor: Monitor, reader: CaptureReader) -> Checkpoint:
 
 
 def build(capture: Path, every: int = CHECKPOINT_EVERY) -> list[Checkpoint]:
-    """Replay the whole capture once, taking a checkpoint every ``every`` records, and store
+    """Replay the whole capture once, taking a checkpoint every ``every`` frames, and store
     the index."""
     monitor = Monitor()
     checkpoints: list[Checkpoint] = []
     with CaptureReader(capture) as reader:
-        applied = 0
-
-        def on_record(_record: Record) -> None:  # called once the record has been applied
-            nonlocal applied
-            applied += 1
-            if applied % every == 0:
-                checkpoints.append(_checkpoint(monitor, reader))
-
-        replay(monitor, reader, on_record=on_record)
+        replay_fast(
+            monitor, reader, every=every, between=lambda: checkpoints.append(_checkpoint(monitor, reader))
+        )
     _save(capture, checkpoints)
     return checkpoints
 
@@ -129,10 +122,8 @@ def open_at(
         reader.seek(last.offset, last.protocol, last.frames)
     else:
         reader.rewind()
-    records = iter(reader)
-    result = replay(monitor, records, until=t)
-    rest = records if result.pending is None else itertools.chain([result.pending], records)
-    return monitor, rest
+    replay_fast(monitor, reader, until=t)
+    return monitor, iter(reader)  # from the first record after ``t``
 
 
 __all__ = ["CHECKPOINT_EVERY", "Checkpoint", "build", "cache_dir", "index_path", "load", "state_at"]

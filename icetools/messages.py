@@ -605,66 +605,92 @@ def _enc_envlist(values: tuple[tuple[str, str], ...]) -> bytes:
     )
 
 
-# Primitive decoders for the variable-length kinds. Each takes (frame, pos) and returns
-# (value, new_pos); the frame is exactly one frame, so its end is len(frame).
+# Primitive decoders for the variable-length kinds. Each takes (buf, pos, end), the frame being
+# buf[:end], and returns (value, new_pos). Strings are decoded inline by the generated decoders;
+# these serve the lists.
 
 
-def _dec_string(frame: bytes, pos: int) -> tuple[str, int]:
-    end = len(frame)
+def _dec_string(buf: bytes, pos: int, end: int) -> tuple[str, int]:
     if pos + 4 > end:
         raise _Short(pos, 4)
-    (n,) = _U32.unpack_from(frame, pos)
+    (n,) = _U32.unpack_from(buf, pos)
     pos += 4
     if n == 0:
         raise _Bad(pos - 4, "string length 0 (must count its NUL terminator)")
     if pos + n > end:
         raise _Short(pos, n)
     stop = pos + n - 1
-    if frame[stop] != 0:
+    if buf[stop] != 0:
         raise _Bad(stop, "string is not NUL-terminated")
-    raw = frame[pos:stop]
-    if b"\0" in raw:
+    raw = buf[pos:stop]
+    if 0 in raw:
         raise _Bad(pos, "string contains a NUL byte")
     return raw.decode("utf-8", "surrogateescape"), stop + 1
 
 
-def _dec_count(frame: bytes, pos: int, min_item: int) -> tuple[int, int]:
-    if pos + 4 > len(frame):
+def _dec_count(buf: bytes, pos: int, end: int, min_item: int) -> tuple[int, int]:
+    if pos + 4 > end:
         raise _Short(pos, 4)
-    (count,) = _U32.unpack_from(frame, pos)
+    (count,) = _U32.unpack_from(buf, pos)
     # Bound the count by what the frame could hold before looping (icecream does not).
-    if count * min_item > len(frame) - pos - 4:
-        raise _Bad(pos, f"list count {count} cannot fit in the {len(frame) - pos - 4} bytes left")
+    if count * min_item > end - pos - 4:
+        raise _Bad(pos, f"list count {count} cannot fit in the {end - pos - 4} bytes left")
     return count, pos + 4
 
 
-def _dec_strlist(frame: bytes, pos: int) -> tuple[tuple[str, ...], int]:
-    count, pos = _dec_count(frame, pos, 5)
+def _dec_strlist(buf: bytes, pos: int, end: int) -> tuple[tuple[str, ...], int]:
+    count, pos = _dec_count(buf, pos, end, 5)
     items = []
     for _ in range(count):
-        item, pos = _dec_string(frame, pos)
+        item, pos = _dec_string(buf, pos, end)
         items.append(item)
     return tuple(items), pos
 
 
-def _dec_envlist(frame: bytes, pos: int) -> tuple[tuple[tuple[str, str], ...], int]:
-    count, pos = _dec_count(frame, pos, 10)
+def _dec_envlist(buf: bytes, pos: int, end: int) -> tuple[tuple[tuple[str, str], ...], int]:
+    count, pos = _dec_count(buf, pos, end, 10)
     items = []
     for _ in range(count):
-        platform, pos = _dec_string(frame, pos)
-        name, pos = _dec_string(frame, pos)
+        platform, pos = _dec_string(buf, pos, end)
+        name, pos = _dec_string(buf, pos, end)
         items.append((platform, name))
     return tuple(items), pos
 
 
-class _Short(Exception):
+#: The generated decoders' inline string decoding: the same checks as _dec_string, without
+#: a call per string. ``{v}`` is the variable to set. (``0 in raw`` is a memchr; ``b"\0" in
+#: raw`` would be a general substring search, ten times slower on short strings.)
+_STRING_SOURCE = """\
+    if pos + 4 > end: raise _Short(pos, 4)
+    n, = _u32(buf, pos)
+    pos += 4
+    if n == 0: raise _Bad(pos - 4, "string length 0 (must count its NUL terminator)")
+    stop = pos + n - 1
+    if stop >= end: raise _Short(pos, n)
+    if buf[stop]: raise _Bad(stop, "string is not NUL-terminated")
+    raw = buf[pos:stop]
+    if 0 in raw: raise _Bad(pos, "string contains a NUL byte")
+    try:
+        {v} = raw.decode()
+    except UnicodeDecodeError:
+        {v} = raw.decode("utf-8", "surrogateescape")
+    pos = stop + 1
+"""
+
+
+class MalformedFrame(Exception):
+    """Raised by the generated decoders (see :data:`Decoder`) for a frame whose fields do not
+    parse; :func:`decode` turns it into a :class:`DecodeError` that says why and where."""
+
+
+class _Short(MalformedFrame):
     """Internal: the frame ended at ``pos`` while ``need`` more bytes were expected."""
 
     def __init__(self, pos: int, need: int) -> None:
         self.pos, self.need = pos, need
 
 
-class _Bad(Exception):
+class _Bad(MalformedFrame):
     """Internal: malformed value at ``pos``."""
 
     def __init__(self, pos: int, what: str) -> None:
@@ -675,10 +701,14 @@ class _Bad(Exception):
 # Generated codecs
 
 _FIXED_CODE = {Kind.U32: "I", Kind.INT: "i", Kind.BOOL: "I"}
-_VAR_DECODER = {Kind.STRING: "_dec_string", Kind.STRLIST: "_dec_strlist", Kind.ENVLIST: "_dec_envlist"}
+_VAR_DECODER = {Kind.STRLIST: "_dec_strlist", Kind.ENVLIST: "_dec_envlist"}
 _VAR_ENCODER = {Kind.STRING: "_enc_string", Kind.STRLIST: "_enc_strlist", Kind.ENVLIST: "_enc_envlist"}
 
-Decoder = Callable[[bytes], Message]
+#: ``decode(buf, pos, end)``: the message in the frame ``buf[pos:end]`` (its length prefix and
+#: type word included), or an int (where its fields ended) when the frame has trailing bytes. It
+#: raises _Short or _Bad with positions in ``buf``. Taking offsets lets a reader decode frames
+#: where they lie in a block of the file, without copying each one out first.
+Decoder = Callable[[bytes, int, int], "Message | int"]
 Encoder = Callable[[Message], bytes]
 _decoders: dict[tuple[type[Message], int], Decoder] = {}
 _encoders: dict[tuple[type[Message], int], Encoder] = {}
@@ -700,23 +730,24 @@ def _runs(fields: list[WireField]) -> Iterator[tuple[str, list[WireField]]]:
 
 
 def _build_decoder(cls: type[Message], protocol: int) -> Decoder:
-    """Generate ``decode(frame) -> message`` for one message class at one protocol version.
+    """Generate ``decode(buf, pos, end)`` for one message class at one protocol version.
 
-    The generated code unpacks runs of integers with one precompiled struct each and builds the
-    message tuple in one call. Fields the version lacks get their defaults. It returns an int
-    (the position where the fields ended) when the frame has trailing bytes.
+    The generated code unpacks runs of integers with one precompiled struct each, decodes
+    strings inline and builds the message tuple in one call. Fields the version lacks get their
+    defaults.
     """
     fields = [f for f in cls.FIELDS if f.present(protocol)]
     namespace: dict[str, Any] = {
-        "_dec_string": _dec_string,
         "_dec_strlist": _dec_strlist,
         "_dec_envlist": _dec_envlist,
         "_Short": _Short,
+        "_Bad": _Bad,
+        "_u32": _U32.unpack_from,
         "_new": tuple.__new__,
         "_cls": cls,
     }
     runs = list(_runs(fields))
-    lines = ["def decode(frame):"]
+    lines = ["def decode(buf, pos, end):"]
     if (
         len(runs) == 1
         and runs[0][0] == "fixed"
@@ -727,13 +758,13 @@ def _build_decoder(cls: type[Message], protocol: int) -> Decoder:
         st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in fields))
         namespace["_unpack"] = st.unpack_from
         lines += [
-            f"    if len(frame) != {8 + st.size}:",
-            f"        if len(frame) < {8 + st.size}: raise _Short(8, {st.size})",
-            f"        return {8 + st.size}",
-            "    return _new(_cls, _unpack(frame, 8))",
+            f"    if end - pos != {8 + st.size}:",
+            f"        if end - pos < {8 + st.size}: raise _Short(pos + 8, {st.size})",
+            f"        return pos + {8 + st.size}",
+            "    return _new(_cls, _unpack(buf, pos + 8))",
         ]
     else:
-        lines += ["    pos = 8", "    end = len(frame)"]
+        lines += ["    pos += 8"]
         for i, (what, run) in enumerate(runs):
             if what == "fixed":
                 st = struct.Struct(">" + "".join(_FIXED_CODE[f.kind] for f in run))
@@ -741,13 +772,15 @@ def _build_decoder(cls: type[Message], protocol: int) -> Decoder:
                 names = ", ".join(f"v_{f.name}" for f in run)
                 lines += [
                     f"    if pos + {st.size} > end: raise _Short(pos, {st.size})",
-                    f"    {names}, = _st{i}(frame, pos)",
+                    f"    {names}, = _st{i}(buf, pos)",
                     f"    pos += {st.size}",
                 ]
                 lines += [f"    v_{f.name} = v_{f.name} != 0" for f in run if f.kind is Kind.BOOL]
+            elif run[0].kind is Kind.STRING:
+                lines.append(_STRING_SOURCE.format(v=f"v_{run[0].name}").rstrip("\n"))
             else:
                 f = run[0]
-                lines.append(f"    v_{f.name}, pos = {_VAR_DECODER[f.kind]}(frame, pos)")
+                lines.append(f"    v_{f.name}, pos = {_VAR_DECODER[f.kind]}(buf, pos, end)")
         lines.append("    if pos != end: return pos")
         wire_names = {f.name for f in fields}
         values = []
@@ -789,20 +822,20 @@ def _build_encoder(cls: type[Message], protocol: int) -> Encoder:
 
 
 def _decode_file_chunk(protocol: int) -> Decoder:
-    def decode(frame: bytes) -> Message:
-        head = ">III" if protocol >= 40 else ">II"
-        size = struct.calcsize(head)
-        if len(frame) < 8 + size:
-            raise _Short(8, size)
-        values = struct.unpack_from(head, frame, 8)
+    head = struct.Struct(">III" if protocol >= 40 else ">II")
+
+    def decode(buf: bytes, pos: int, end: int) -> Message | int:
+        if end - pos < 8 + head.size:
+            raise _Short(pos + 8, head.size)
+        values = head.unpack_from(buf, pos + 8)
         uncompressed_len, compressed_len = values[0], values[1]
         compression = values[2] if protocol >= 40 else 0
-        start = 8 + size
-        if start + compressed_len != len(frame):
-            if start + compressed_len > len(frame):
+        start = pos + 8 + head.size
+        if start + compressed_len != end:
+            if start + compressed_len > end:
                 raise _Short(start, compressed_len)
             return start + compressed_len  # trailing bytes
-        return FileChunk(uncompressed_len, compression, bytes(frame[start:]))
+        return FileChunk(uncompressed_len, compression, bytes(buf[start:end]))
 
     return decode
 
@@ -882,7 +915,7 @@ def decode(frame: bytes, protocol: int, *, monitor: bool = True) -> Message:
     if decoder is None:
         decoder = _frame_decoder(type_word, protocol, monitor, size)
     try:
-        result = decoder(frame)
+        result = decoder(frame, 0, size)
     except _Short as e:
         raise DecodeError(
             f"{_name(type_word, monitor)} (protocol {protocol}) ends at byte {size}, "
@@ -905,16 +938,25 @@ _unpack_header = unpack_header = _HEADER.unpack_from
 _frame_decoders: dict[tuple[int, int, bool], Decoder] = {}
 
 
-def frame_decoders() -> dict[tuple[int, int, bool], Decoder]:
-    """The decoders :func:`decode` has resolved so far, by (type word, protocol, monitor?), for
-    hot loops that dispatch themselves (they fall back to :func:`decode` on a miss). A decoder
-    returns the message, or an int (where its fields ended) when the frame has trailing bytes."""
-    return _frame_decoders
+def frame_decoder(type_word: int, protocol: int, *, monitor: bool = True) -> Decoder | None:
+    """The decoder for frames of ``type_word`` at ``protocol``, for hot loops that dispatch
+    themselves (see :data:`Decoder`); None for a type word no message has. A loop that meets an
+    error or trailing bytes calls :func:`decode` on the frame for the error to report."""
+    decoder = _frame_decoders.get((type_word, protocol, monitor))
+    if decoder is None and _message_class(type_word, monitor) not in (None, Text):
+        _check_protocol(protocol)
+        decoder = _frame_decoder(type_word, protocol, monitor, 0)
+    return decoder
+
+
+def message_class(type_word: int, *, monitor: bool = True) -> type[Message] | None:
+    """The class of the messages sent with ``type_word`` (see :data:`MONITOR_TYPE_ALIASES`)."""
+    cls = MONITOR_TYPE_ALIASES.get(type_word) if monitor else None
+    return cls if cls is not None else MESSAGE_CLASSES.get(type_word)
 
 
 def _message_class(type_word: int, monitor: bool) -> type[Message] | None:
-    cls = MONITOR_TYPE_ALIASES.get(type_word) if monitor else None
-    return cls if cls is not None else MESSAGE_CLASSES.get(type_word)
+    return message_class(type_word, monitor=monitor)
 
 
 def _name(type_word: int, monitor: bool) -> str:

@@ -17,11 +17,8 @@ WIDTH = 30
 
 
 class Progress:
-    """Wraps an iteration over a capture and shows how far into the file it is.
-
-    The position comes from the reader's file (records are read by mmap, so this is the share of
-    the file's records handed out so far, estimated by time and frames).
-    """
+    """Shows how far into its file a capture reader is: wrap an iteration over the reader, or
+    call :meth:`update` between steps of a loop that pumps it."""
 
     def __init__(self, reader: CaptureReader, stream: TextIO) -> None:
         self.reader = reader
@@ -29,6 +26,7 @@ class Progress:
         self.enabled = stream.isatty()
         self.started = time.monotonic()
         self.shown = False
+        self._next_draw = self.started + SHOW_AFTER
         try:
             self.total = os.path.getsize(reader.path)
         except OSError:
@@ -54,15 +52,23 @@ class Progress:
             n += 1
             if n & 1023 == 0 and clock() >= next_check:
                 next_check = clock() + REFRESH
-                self._draw(n)
+                self._draw(self.reader.frames)
 
-    def _draw(self, records: int) -> None:
+    def update(self) -> None:
+        """For loops that read in steps rather than record by record (``CaptureReader.pump``):
+        draw if it is time to."""
+        now = time.monotonic()
+        if self.enabled and self.total and now >= self._next_draw:
+            self._next_draw = now + REFRESH
+            self._draw(self.reader.frames)
+
+    def _draw(self, frames: int) -> None:
         done = min(self.reader.position / self.total, 1.0) if self.total else 0.0
         filled = int(done * WIDTH)
         elapsed = time.monotonic() - self.started
         self.stream.write(
             f"\r\x1b[2K[{'#' * filled}{'.' * (WIDTH - filled)}] {done * 100:5.1f}%  "
-            f"{records} records, {elapsed:.0f} s"
+            f"{frames} frames, {elapsed:.0f} s"
         )
         self.stream.flush()
         self.shown = True

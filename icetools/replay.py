@@ -70,17 +70,11 @@ def replay(
     until: float | None = None,
     on_record: Callable[[Record], None] | None = None,
 ) -> ReplayResult:
-    """Apply records to ``monitor`` up to time ``until`` (seconds since the recording began)."""
+    """Apply records to ``monitor`` up to time ``until`` (seconds since the recording began),
+    one by one: for paced replays and anything that needs each record. (A whole file as fast
+    as possible goes through :func:`replay_fast`.)"""
     result = ReplayResult()
     decode = messages.decode
-    # The hot loop inlines the Monitor's feed() and decode()'s dispatch: each frame is one
-    # look-up of its generated decoder and one of its handler (decode() itself still runs for
-    # anything unusual, to raise its error).
-    decoders = messages.frame_decoders()
-    unpack_header = messages.unpack_header
-    handlers = monitor.handlers
-    totals = monitor.totals
-    frame_type = FrameRecord
     for record in records:
         t = record.t
         if until is not None and t > until:
@@ -89,24 +83,14 @@ def replay(
             monitor.now = until
             break
         result.records += 1
-        if type(record) is frame_type:
+        if type(record) is FrameRecord:
             result.frames += 1
-            data = record.data
-            length, type_word = unpack_header(data, 0)
-            decoder = decoders.get((type_word, record.protocol, True))
-            msg = decoder(data) if decoder is not None and length == len(data) - 4 else None
-            if msg is None or msg.__class__ is int:
-                try:
-                    msg = decode(data, record.protocol, monitor=True)
-                except ProtocolError:
-                    result.undecodable += 1
-                    msg = None
-            if msg is not None:
-                totals.frames += 1
-                monitor.now = t
-                handler = handlers.get(msg.__class__)
-                if handler is not None:
-                    handler(msg, t)
+            try:
+                msg = decode(record.data, record.protocol, monitor=True)
+            except ProtocolError:
+                result.undecodable += 1
+            else:
+                monitor.feed(msg, t)
         elif type(record) is ConnectRecord:
             monitor.connected(record.protocol, t)
         elif type(record) is DisconnectRecord:
@@ -116,6 +100,56 @@ def replay(
         if on_record is not None:
             on_record(record)  # after the record was applied
     return result
+
+
+#: Frames per pump() call in a fast replay: between calls it updates the Monitor's clock and
+#: frame count, the progress bar and checkpoints.
+PUMP_FRAMES = 32768
+
+
+def replay_fast(
+    monitor: Monitor,
+    reader: CaptureReader,
+    *,
+    until: float | None = None,
+    every: int = PUMP_FRAMES,
+    between: Callable[[], None] | None = None,
+) -> ReplayResult:
+    """Replay from where ``reader`` stands as fast as possible, up to time ``until``: what
+    :func:`replay` does, through :meth:`CaptureReader.pump` (no record objects, decoded in
+    place), about twice as fast. ``between`` is called every ``every`` frames, with the Monitor
+    and the reader up to date (for checkpoints and progress bars). The reader is left at the
+    first record not applied."""
+    result = ReplayResult()
+    handlers = monitor.handlers
+    totals = monitor.totals
+
+    def on_event(record: Record) -> None:
+        result.records += 1
+        if type(record) is ConnectRecord:
+            monitor.connected(record.protocol, record.t)
+        elif type(record) is DisconnectRecord:
+            monitor.disconnected(record.t)
+        else:
+            monitor.now = record.t
+
+    while True:
+        pumped = reader.pump(handlers, on_event, until=until, max_frames=every)
+        decoded = pumped.frames - pumped.undecodable
+        result.frames += pumped.frames
+        result.records += pumped.frames
+        result.undecodable += pumped.undecodable
+        totals.frames += decoded
+        if pumped.last_t is not None:
+            monitor.now = pumped.last_t
+        if pumped.stopped == "until":
+            result.reached_until = True
+            monitor.now = until if until is not None else monitor.now
+            return result
+        if pumped.stopped == "end":
+            return result
+        if between is not None:
+            between()
 
 
 def replay_file(
@@ -128,13 +162,12 @@ def replay_file(
 ) -> ReplayResult:
     """Replay a capture file; ``speed=None`` means as fast as possible (with a progress bar on
     ``progress_stream`` if that takes more than a second)."""
-    records: Iterable[Record] = reader
-    if speed is not None:
-        records = paced(records, speed)
-    if progress_stream is not None and speed is None:
+    if speed is None:
+        if progress_stream is None:
+            return replay_fast(monitor, reader, until=until)
         with Progress(reader, progress_stream) as progress:
-            return replay(monitor, progress.wrap(records), until=until)
-    return replay(monitor, records, until=until)
+            return replay_fast(monitor, reader, until=until, between=progress.update)
+    return replay(monitor, paced(reader, speed), until=until)
 
 
 # ---- the state, for people ---------------------------------------------------------------

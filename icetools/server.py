@@ -34,6 +34,7 @@ from websockets.http11 import Request, Response
 from . import messages
 from .capture import CaptureReader, CaptureWriter, Record
 from .connection import AsyncConnection
+from .defaults import SERVE_LISTEN, SERVE_PORT
 from .errors import IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .metrics import DurationHistogram, metrics_text
@@ -41,8 +42,8 @@ from .monitor import Event, EventKind, JobState, Monitor, Publisher
 from .record import RecordStatus, follow_scheduler
 from .replay import apply_record
 
-DEFAULT_PORT = 8770
-DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_PORT = SERVE_PORT
+DEFAULT_LISTEN = SERVE_LISTEN
 #: How often deltas go out (at most).
 FLUSH_INTERVAL = 0.1
 RECENT_JOBS = 200

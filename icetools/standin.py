@@ -21,13 +21,14 @@ from pathlib import Path
 
 from . import messages as m
 from .capture import CaptureReader, ConnectRecord, FrameRecord, Record
+from .defaults import STANDIN_LISTEN
 from .discovery import build_reply
 from .errors import HandshakeError, IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .monitor import Monitor
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
 
-DEFAULT_LISTEN = "127.0.0.1:8765"
+DEFAULT_LISTEN = STANDIN_LISTEN
 #: Like the scheduler's SO_SNDBUF of 65536 for monitors: a monitor that lets this much pile up
 #: unsent is dropped ("monitor is blocking... removing").
 MAX_PENDING = 256 * 1024

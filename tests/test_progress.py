@@ -46,7 +46,7 @@ def run_with_terminal_stderr(args: list[str]) -> tuple[int, str]:
 def test_progress_on_a_terminal(long_capture: Path, command: list[str]) -> None:
     status, stderr = run_with_terminal_stderr([*command, str(long_capture)])
     assert status == 0
-    assert "%" in stderr and "records" in stderr and "[#" in stderr
+    assert "%" in stderr and "frames" in stderr and "[#" in stderr
     assert stderr.endswith("\r\x1b[2K")  # the bar is wiped at the end
 
 
