@@ -454,6 +454,7 @@ class CaptureReader:
         *,
         until: float | None = None,
         max_frames: int | None = None,
+        fields: bool = False,
     ) -> PumpResult:
         """Decode the frames from where iteration would start and hand each message to the
         handler of its class, with its time; hand connect, disconnect and end records to
@@ -467,6 +468,10 @@ class CaptureReader:
         ``frames`` and ``protocol`` are up to date, and the next ``pump()`` or iteration goes on
         from the first record not yet handed out. Errors are those of iteration, at the same
         records. Not for ``follow`` readers.
+
+        With ``fields=True`` a handler gets the plain tuple of the message's field values (in its
+        class's field order) instead of the message: for handlers that unpack by position, it
+        saves making a message object per frame.
         """
         if self.follow:
             raise ValueError("pump() reads what is in the file; iterate a following reader")
@@ -522,7 +527,7 @@ class CaptureReader:
                     last_us = us
                     pos = stop
                     last_t = t
-                    decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers)
+                    decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers, fields)
                     try:
                         msg = decoder(data, body, stop)
                     except malformed:
@@ -595,9 +600,10 @@ class CaptureReader:
         type_word: int,
         protocol: int,
         handlers: Mapping[type[Message], Callable[[Any, float], object]],
+        fields: bool,
     ) -> tuple[Any, Any]:
         """Resolve a type word met for the first time in this pump."""
-        decoder = frame_decoder(type_word, protocol)
+        decoder = frame_decoder(type_word, protocol, fields_only=fields)
         if decoder is None:  # no such message: every frame of it is undecodable
             entry: tuple[Any, Any] = (_no_message, _ignore)
         else:

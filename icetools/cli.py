@@ -30,7 +30,8 @@ from .render import TYPE_NAMES, Dumper
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
 from .index import state_at
-from .stats import StatsCollector, render_report
+from .stats import render_report
+from .stats import report as stats_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
 # by the commands that use them: every command pays for what is imported here at start-up, and
@@ -486,11 +487,10 @@ def stats(file: Path, as_json: bool) -> None:
       icetools stats build.icecap
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
     """
-    collector = StatsCollector()
-    monitor = Monitor(publishers=[collector])
+    monitor = Monitor()
     with _open_capture(file) as reader:
         result = replay_file(monitor, reader, progress_stream=sys.stderr)
-        report = collector.report(monitor)
+        report = stats_report(monitor)
         if as_json:
             click.echo(json.dumps(report, indent=1))
         else:

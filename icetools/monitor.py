@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 import os
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from . import messages as m
-from .messages import Message
+from .messages import Message, parse_statmsg
 
 #: How many finished jobs the Monitor keeps by default (aggregates count them all).
 DEFAULT_MAX_FINISHED = 1000
@@ -39,6 +41,8 @@ MAX_ACTIVE_JOBS = 100_000
 RERUN_WINDOW = 60.0
 #: Failed jobs remembered for matching a local re-run (oldest forgotten first).
 MAX_PENDING_RERUNS = 1000
+#: How many of the slowest compiles the Monitor keeps.
+SLOWEST_JOBS = 10
 LOST_EXIT_CODE = 255
 
 
@@ -55,9 +59,14 @@ class JobState(enum.Enum):
         return self in (JobState.DONE, JobState.FAILED, JobState.LOCAL_DONE)
 
 
-@dataclasses.dataclass(slots=True, eq=False)
+@dataclasses.dataclass(eq=False, init=False)
 class Job:
-    """One compile (or local) job as the scheduler reported it."""
+    """One compile (or local) job as the scheduler reported it.
+
+    Not slotted, on purpose: a busy cluster makes a job per frame or so, and a plain instance
+    sets only what its start says (defaults stay on the class), in under half the time of a
+    24-field ``__init__``. Memory is bounded by the Monitor's job limits, not by this.
+    """
 
     id: int
     file: str = ""
@@ -86,6 +95,21 @@ class Job:
     #: For a local job: the id of the failed remote job it re-runs.
     rerun_of: int | None = None
 
+    def __init__(
+        self,
+        id: int,
+        file: str = "",
+        lang: int | None = None,
+        client_id: int | None = None,
+        submitted: float | None = None,
+    ) -> None:
+        # What a job's submission says; everything else is set as it happens.
+        self.id = id
+        self.file = file
+        self.lang = lang
+        self.client_id = client_id
+        self.submitted = submitted
+
     @property
     def failed(self) -> bool:
         return self.state is JobState.FAILED
@@ -99,10 +123,13 @@ class Job:
         return self.ended - begin
 
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {name: getattr(self, name) for name in _JOB_FIELD_ORDER}
         data["state"] = self.state.value
         data["lang"] = m.LANG_NAMES.get(self.lang, self.lang) if self.lang is not None else None
         return data
+
+
+_JOB_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(Job))
 
 
 @dataclasses.dataclass(slots=True)
@@ -117,6 +144,21 @@ class HostCounters:
     compile_msec: int = 0
     in_bytes: int = 0  # uncompressed source it received
     out_bytes: int = 0  # uncompressed objects it sent back
+    #: Compile time in ms -> how many of its compiles took that long (lost jobs left out): exact
+    #: means and percentiles, in memory that grows with the distinct times, not with the jobs.
+    compile_times: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "compiled": self.compiled,
+            "submitted": self.submitted,
+            "local": self.local,
+            "failed": self.failed,
+            "lost": self.lost,
+            "compile_msec": self.compile_msec,
+            "in_bytes": self.in_bytes,
+            "out_bytes": self.out_bytes,
+        }
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -140,40 +182,56 @@ class Host:
     jobs_as_server: set[int] = dataclasses.field(default_factory=set)
     jobs_as_client: set[int] = dataclasses.field(default_factory=set)
     counters: HostCounters = dataclasses.field(default_factory=HostCounters)
-    stats: dict[str, str] = dataclasses.field(default_factory=dict)
-    statmsg: str = ""  # the last report as sent, to skip re-parsing an identical one
+    statmsg: str = ""  # the last report as sent
+    #: The lines this host's reports have kept unchanged (None: not known yet), and the shapes
+    #: of the lines after them seen lately (see :meth:`report`).
+    _prefix: str | None = dataclasses.field(default=None, repr=False)
+    _prefix_keys: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
+    _shapes: list[_Shape] = dataclasses.field(default_factory=list, repr=False)
 
-    def update(self, stats: dict[str, str]) -> None:
+    @property
+    def stats(self) -> dict[str, str]:
+        """The last report's ``Key:Value`` pairs, unknown keys included."""
+        return parse_statmsg(self.statmsg)
+
+    def report(self, statmsg: str) -> None:
+        """Take a MON_STATS report. A host's reports repeat their first lines (name, address,
+        limits, features) and change only the last few (speed, load, memory); so once two
+        reports have shown which lines stay, only the lines after them are read, by a regex of
+        their shape (:class:`_Shape`). The result is exactly that of :meth:`update` with the
+        whole report: the skipped lines are the same text it was already updated from."""
+        prefix = self._prefix
+        if prefix is not None and statmsg.startswith(prefix):
+            tail = statmsg[len(prefix) :]
+            for shape in self._shapes:
+                found = shape.fullmatch(tail)
+                if found is not None:
+                    shape.apply(self, *found.groups())
+                    self.statmsg = statmsg
+                    return
+            stats = parse_statmsg(tail)
+            if not self._prefix_keys.isdisjoint(stats):
+                # A key of the unchanged lines comes again after them: only a whole parse is
+                # exact for such a host (icecream never does this).
+                self._prefix = None
+                stats = parse_statmsg(statmsg)
+            elif (shape := _shape_of(tail, stats)) is not None:
+                self._shapes.insert(0, shape)
+                del self._shapes[MAX_SHAPES:]
+        else:
+            stats = parse_statmsg(statmsg)
+            if self.statmsg:
+                self._prefix = prefix = _common_lines(self.statmsg, statmsg)
+                self._prefix_keys = frozenset(parse_statmsg(prefix))
+                self._shapes.clear()
+        self.update(stats)
+        self.statmsg = statmsg
+
+    def update(self, stats: Mapping[str, str]) -> None:
         """Take the keys a MON_STATS report has; every key is optional (which ones come depends
         on the scheduler's version and on what triggered the report). A malformed number keeps
-        the previous value."""
-        self.stats = stats
-        get = stats.get
-        if (v := get("Name")) is not None:
-            self.name = v
-        if (v := get("IP")) is not None:
-            self.ip = v
-        if (v := get("Platform")) is not None:
-            self.platform = v
-        if (v := get("Features")) is not None:
-            self.features = () if v in ("", "--") else tuple(v.split())
-        if (v := get("NoRemote")) is not None:
-            self.no_remote = v == "true"
-        try:
-            if (v := get("Load")) is not None:
-                self.load = int(v)
-            if (v := get("MaxJobs")) is not None:
-                self.max_jobs = int(v)
-            if (v := get("Speed")) is not None:
-                self.speed = float(v)
-            if (v := get("Version")) is not None:
-                self.protocol = int(v)
-            if (v := get("FreeMem")) is not None:
-                self.free_mem = int(v)
-            if (v := get("LoadAvg1")) is not None:
-                self.load_avg = (int(v), int(get("LoadAvg5", 0)), int(get("LoadAvg10", 0)))
-        except ValueError:
-            pass
+        the previous value; unknown keys are only kept in :attr:`statmsg`."""
+        _applier(tuple(stats))(self, *stats.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,8 +250,112 @@ class Host:
             "online": self.online,
             "jobs_as_server": len(self.jobs_as_server),
             "jobs_as_client": len(self.jobs_as_client),
-            "counters": dataclasses.asdict(self.counters),
+            "counters": self.counters.to_json(),
         }
+
+
+#: How each known MON_STATS key updates a host: a statement, or (attribute, conversion) for
+#: numbers, which keep their previous value when malformed. LoadAvg1/5/10 make one tuple.
+_STAT_KEYS: dict[str, str | tuple[str, str]] = {
+    "Name": "host.name = {v}",
+    "IP": "host.ip = {v}",
+    "Platform": "host.platform = {v}",
+    "Features": "host.features = () if {v} in ('', '--') else tuple({v}.split())",
+    "NoRemote": "host.no_remote = {v} == 'true'",
+    "Load": ("load", "int"),
+    "MaxJobs": ("max_jobs", "int"),
+    "Speed": ("speed", "float"),
+    "Version": ("protocol", "int"),
+    "FreeMem": ("free_mem", "int"),
+}
+_LOAD_AVG_KEYS = ("LoadAvg1", "LoadAvg5", "LoadAvg10")
+_APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
+
+
+def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
+    """``apply(host, *values)`` for reports with exactly these keys, in this order: generated
+    once per set of keys (a report has a handful of shapes), so that applying one is straight-line
+    code rather than a look-up per known key."""
+    apply = _APPLIERS.get(keys)
+    if apply is not None:
+        return apply
+    names = [f"v{i}" for i in range(len(keys))]
+    lines = [f"def apply(host{''.join(', ' + n for n in names)}):", "    pass"]
+    for key, v in zip(keys, names):
+        code = _STAT_KEYS.get(key)
+        if isinstance(code, str):
+            lines.append("    " + code.format(v=v))
+        elif code is not None:
+            attr, convert = code
+            lines += ["    try:", f"        host.{attr} = {convert}({v})", "    except ValueError:", "        pass"]
+    if any(key in keys for key in _LOAD_AVG_KEYS):
+        lines.append("    old = host.load_avg or (0, 0, 0)")
+        for i, key in enumerate(_LOAD_AVG_KEYS):
+            if key in keys:
+                v = names[keys.index(key)]
+                lines += ["    try:", f"        a{i} = int({v})", "    except ValueError:", f"        a{i} = old[{i}]"]
+            else:
+                lines.append(f"    a{i} = old[{i}]")
+        lines.append("    host.load_avg = (a0, a1, a2)")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from our own table; keys are only compared
+    apply = namespace["apply"]
+    if len(_APPLIERS) >= 1024:  # a stream of ever new keys: forget rather than grow
+        _APPLIERS.clear()
+    _APPLIERS[keys] = apply
+    return apply
+
+
+#: Report shapes a host remembers (icecream sends two: with and without load averages).
+MAX_SHAPES = 4
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """The keys of the changing lines of a report, in order, and a regex matching exactly such
+    lines: for a text it matches, ``dict(zip(keys, groups))`` is what :func:`parse_statmsg`
+    returns, in a fifth of the time."""
+
+    keys: tuple[str, ...]
+    fullmatch: Callable[[str], re.Match[str] | None]
+    apply: Callable[..., None]  # apply(host, *groups)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _shape_for, (self.keys,)  # (for checkpoints) rebuilt from its keys
+
+
+def _shape_for(keys: tuple[str, ...]) -> _Shape:
+    shape = _SHAPES.get(keys)
+    if shape is None:
+        pattern = "".join(re.escape(key) + r":([^\n]*)\n" for key in keys)
+        if len(_SHAPES) >= 1024:  # a stream of ever new keys: forget rather than grow
+            _SHAPES.clear()
+        shape = _SHAPES[keys] = _Shape(keys, re.compile(pattern).fullmatch, _applier(keys))
+    return shape
+
+
+_SHAPES: dict[tuple[str, ...], _Shape] = {}
+
+
+def _shape_of(text: str, stats: dict[str, str]) -> _Shape | None:
+    """The shape of ``text`` (``stats`` is its parse), or None when a regex would not read it
+    exactly as parse_statmsg does (a key twice, a line without ':', no final newline)."""
+    keys = tuple(stats)
+    if not text.endswith("\n") or text.count("\n") != len(keys) or "\n\n" in text:
+        return None
+    if any("\n" in key for key in keys):
+        return None
+    return _shape_for(keys)
+
+
+def _common_lines(a: str, b: str) -> str:
+    """The longest run of whole lines (each ending in a newline) that ``a`` and ``b`` start with."""
+    n = 0
+    for x, y in zip(a.split("\n")[:-1], b.split("\n")[:-1]):
+        if x != y:
+            break
+        n += len(x) + 1
+    return a[:n]
 
 
 @dataclasses.dataclass(slots=True)
@@ -213,6 +375,12 @@ class Totals:
     in_bytes: int = 0
     out_bytes: int = 0
     compile_msec: int = 0
+    #: Most jobs (remote and local) that finished within one whole second, and that second
+    #: (the first, on a tie).
+    peak_jobs_per_second: int = 0
+    peak_second: int | None = None
+    #: When the first host turned up: where the story of a recording starts.
+    first_host_seen: float | None = None
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -229,12 +397,16 @@ class EventKind(enum.Enum):
 
 
 # Plain module names for the hot paths (an enum member looked up on its class costs more).
+_HOST_ADDED = EventKind.HOST_ADDED
 _HOST_CHANGED = EventKind.HOST_CHANGED
 _HOST_OFFLINE = EventKind.HOST_OFFLINE
 _JOB_FINISHED = EventKind.JOB_FINISHED
 _JOB_STARTED = EventKind.JOB_STARTED
 _JOB_SUBMITTED = EventKind.JOB_SUBMITTED
 _RESET = EventKind.RESET
+_COMPILING = JobState.COMPILING
+_DONE = JobState.DONE
+_FAILED = JobState.FAILED
 
 
 class Event(NamedTuple):
@@ -290,9 +462,9 @@ class Monitor:
         self.totals = Totals()
         #: Per host *name* (host ids change when a daemon logs in again).
         self.host_counters: dict[str, HostCounters] = {}
+        #: Attach publishers with :meth:`add_publisher` (it works out who receives which events).
         self.publishers: list[Publisher] = list(publishers)
-        self._wanted: frozenset[EventKind] = frozenset()
-        self._update_wanted()
+        self._update_routes()
         #: Host name -> its latest host id (a daemon that logs in again gets a new one).
         self.host_ids: dict[str, int] = {}
         self.protocol: int | None = None
@@ -300,7 +472,12 @@ class Monitor:
         self.is_connected = False
         self.now = 0.0
         self._failed_for_rerun: dict[tuple[int | None, str], tuple[int, float]] = {}
-        #: Message class -> handler (HEAD's misnumbered variants included).
+        #: The slowest remote compiles so far, a min-heap of (real ms, job id, file, host name).
+        self.slowest: list[tuple[int, int, str, str]] = []
+        self._second = -1  # the whole second whose finished jobs are being counted, and how many
+        self._in_second = 0
+        #: Message class -> handler (HEAD's misnumbered variants included). A handler takes
+        #: the message or the plain tuple of its field values, and the time.
         self.handlers: dict[type[Message], Callable[[Any, float], None]] = {
             m.MonStats: self._on_stats,
             m.MonGetCS: self._on_get_cs,
@@ -316,19 +493,35 @@ class Monitor:
 
     def add_publisher(self, publisher: Publisher) -> None:
         self.publishers.append(publisher)
-        self._update_wanted()
+        self._update_routes()
 
-    def _update_wanted(self) -> None:
-        wanted: set[EventKind] = set()
-        for publisher in self.publishers:
-            wanted |= set(EventKind) if publisher.kinds is None else publisher.kinds
-        self._wanted = frozenset(wanted)
+    def _update_routes(self) -> None:
+        """Who receives each kind of event, as one tuple of ``publish`` methods per kind in a
+        plain attribute: the handlers test it for emptiness (an enum in a set would cost a
+        Python-level hash per frame) and build no event nobody wants."""
+        routes = {
+            kind: tuple(p.publish for p in self.publishers if p.kinds is None or kind in p.kinds)
+            for kind in EventKind
+        }
+        self._to_host_added = routes[EventKind.HOST_ADDED]
+        self._to_host_changed = routes[EventKind.HOST_CHANGED]
+        self._to_host_offline = routes[EventKind.HOST_OFFLINE]
+        self._to_job_submitted = routes[EventKind.JOB_SUBMITTED]
+        self._to_job_started = routes[EventKind.JOB_STARTED]
+        self._to_job_finished = routes[EventKind.JOB_FINISHED]
+        self._to_reset = routes[EventKind.RESET]
 
-    def _emit(self, kind: EventKind, t: float, host: Host | None = None, job: Job | None = None) -> None:
+    def _emit(
+        self,
+        to: tuple[Callable[[Event, Monitor], None], ...],
+        kind: EventKind,
+        t: float,
+        host: Host | None = None,
+        job: Job | None = None,
+    ) -> None:
         event = tuple.__new__(Event, (kind, t, host, job))
-        for publisher in self.publishers:
-            if publisher.kinds is None or kind in publisher.kinds:
-                publisher.publish(event, self)
+        for publish in to:
+            publish(event, self)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -351,8 +544,8 @@ class Monitor:
         self.jobs.clear()
         self._failed_for_rerun.clear()
         self.totals.resets += 1
-        if _RESET in self._wanted:
-            self._emit(EventKind.RESET, t)
+        if self._to_reset:
+            self._emit(self._to_reset, _RESET, t)
 
     def feed(self, msg: Message, t: float) -> None:
         """Apply one message that arrived at time ``t`` (seconds)."""
@@ -372,6 +565,8 @@ class Monitor:
         if host is None:
             host = Host(host_id, first_seen=t, last_seen=t)
             self.hosts[host_id] = host
+            if self.totals.first_host_seen is None:
+                self.totals.first_host_seen = t
         return host
 
     def _counters(self, host: Host) -> HostCounters:
@@ -386,8 +581,9 @@ class Monitor:
         return counters
 
     def _on_stats(self, msg: m.MonStats, t: float) -> None:
-        host = self.hosts.get(msg.host_id)
-        if msg.statmsg.startswith("State:Offline"):
+        host_id, statmsg = msg
+        host = self.hosts.get(host_id)
+        if statmsg.startswith("State:Offline"):
             if host is None:
                 return
             host.online = False
@@ -395,147 +591,205 @@ class Monitor:
             # The scheduler ends the host's remote jobs (exit 255), but not its local jobs.
             for job_id in [j for j in host.jobs_as_client if j in self.jobs and self.jobs[j].local]:
                 self._finish_local(self.jobs[job_id], t, lost=True)
-            if _HOST_OFFLINE in self._wanted:
-                self._emit(EventKind.HOST_OFFLINE, t, host=host)
+            if self._to_host_offline:
+                self._emit(self._to_host_offline, _HOST_OFFLINE, t, host=host)
             return
         added = host is None
         if host is None:
-            host = Host(msg.host_id, first_seen=t)
-            self.hosts[msg.host_id] = host
-        elif msg.statmsg == host.statmsg and host.online:
+            host = Host(host_id, first_seen=t)
+            self.hosts[host_id] = host
+            if self.totals.first_host_seen is None:
+                self.totals.first_host_seen = t
+        elif statmsg == host.statmsg and host.online:
             host.last_seen = t  # the same report again (every monitor login repeats them all)
-            if _HOST_CHANGED in self._wanted:
-                self._emit(EventKind.HOST_CHANGED, t, host=host)
+            if self._to_host_changed:
+                self._emit(self._to_host_changed, _HOST_CHANGED, t, host=host)
             return
-        host.statmsg = msg.statmsg
-        host.update(m.parse_statmsg(msg.statmsg))
+        name = host.name
+        came_back = not host.online
+        host.report(statmsg)
         host.online = True
         host.last_seen = t
-        self._counters(host)
-        if host.name:
-            self.host_ids[host.name] = host.id
+        if added or came_back or host.name != name:
+            self._counters(host)
+            if host.name:
+                self.host_ids[host.name] = host.id
         if added and host.name:
             # A daemon that logged in again gets a new id; its old, offline entry is replaced.
             for old in [h for h in self.hosts.values() if h.name == host.name and not h.online]:
                 del self.hosts[old.id]
-        if self._wanted:
-            self._emit(EventKind.HOST_ADDED if added else EventKind.HOST_CHANGED, t, host=host)
+        if added:
+            if self._to_host_added:
+                self._emit(self._to_host_added, _HOST_ADDED, t, host=host)
+        elif self._to_host_changed:
+            self._emit(self._to_host_changed, _HOST_CHANGED, t, host=host)
 
     def _add_job(self, job: Job) -> None:
         jobs = self.jobs
         jobs[job.id] = job
         if len(jobs) > MAX_ACTIVE_JOBS:
-            oldest = next(iter(jobs))
-            self._drop(jobs.pop(oldest))
+            self._drop_oldest()
 
-    def _drop(self, job: Job) -> None:
+    def _drop_oldest(self) -> None:
+        job = self.jobs.pop(next(iter(self.jobs)))
         for host_id, ids in ((job.server_id, "jobs_as_server"), (job.client_id, "jobs_as_client")):
             host = self.hosts.get(host_id) if host_id is not None else None
             if host is not None:
                 getattr(host, ids).discard(job.id)
 
+    # The handlers run for nearly every frame of a busy cluster: they unpack their message in
+    # one step (see _check_layout at the end of this module) and touch each object once. So
+    # they take a message or just the tuple of its field values (see pump(fields=True)).
+
     def _on_get_cs(self, msg: m.MonGetCS, t: float) -> None:
-        job = Job(msg.job_id, msg.filename, msg.lang, msg.client_id, submitted=t)
-        self._add_job(job)
+        _, filename, lang, _, _, _, _, _, job_id, client_id = msg
+        job = Job(job_id, filename, lang, client_id, t)
+        jobs = self.jobs
+        jobs[job_id] = job
+        if len(jobs) > MAX_ACTIVE_JOBS:
+            self._drop_oldest()
         self.totals.submitted += 1
-        client = self._host(msg.client_id, t)
-        if client is not None:
-            client.jobs_as_client.add(job.id)
-            client.counters.submitted += 1
-        if _JOB_SUBMITTED in self._wanted:
-            self._emit(EventKind.JOB_SUBMITTED, t, job=job)
+        client = self.hosts.get(client_id) or self._host(client_id, t)
+        client.jobs_as_client.add(job_id)
+        client.counters.submitted += 1
+        if self._to_job_submitted:
+            self._emit(self._to_job_submitted, _JOB_SUBMITTED, t, job=job)
 
     def _on_job_begin(self, msg: m.MonJobBegin, t: float) -> None:
-        job = self.jobs.get(msg.job_id)
+        job_id, stime, host_id = msg
+        job = self.jobs.get(job_id)
         if job is None:
             # Submitted before we connected.
-            job = Job(msg.job_id, seen_submit=False)
+            job = Job(job_id)
+            job.seen_submit = False
             self._add_job(job)
-        job.state = JobState.COMPILING
-        job.server_id = msg.host_id
+        job.state = _COMPILING
+        job.server_id = host_id
         job.started = t
-        job.stime = msg.stime
-        server = self._host(msg.host_id, t)
-        if server is not None:
-            server.jobs_as_server.add(job.id)
-        if _JOB_STARTED in self._wanted:
-            self._emit(EventKind.JOB_STARTED, t, job=job)
+        job.stime = stime
+        server = self.hosts.get(host_id) or self._host(host_id, t)
+        server.jobs_as_server.add(job_id)
+        if self._to_job_started:
+            self._emit(self._to_job_started, _JOB_STARTED, t, job=job)
 
     def _on_job_done(self, msg: m.MonJobDone, t: float) -> None:
-        job = self.jobs.pop(msg.job_id, None)
+        job_id, code, real_msec, user_msec, sys_msec, pfaults, in_c, in_u, out_c, out_u, _, _ = msg
+        job = self.jobs.pop(job_id, None)
         totals = self.totals
         if job is None:
-            job = Job(msg.job_id, seen_submit=False)
+            job = Job(job_id)
+            job.seen_submit = False
             totals.unseen += 1
         job.ended = t
-        code = job.exit_code = msg.exitcode
-        job.real_msec = msg.real_msec
-        job.user_msec = msg.user_msec
-        job.sys_msec = msg.sys_msec
-        job.pfaults = msg.pfaults
-        job.in_compressed = msg.in_compressed
-        job.in_uncompressed = msg.in_uncompressed
-        job.out_compressed = msg.out_compressed
-        job.out_uncompressed = msg.out_uncompressed
+        job.exit_code = code
+        job.real_msec = real_msec
+        job.user_msec = user_msec
+        job.sys_msec = sys_msec
+        job.pfaults = pfaults
+        job.in_compressed = in_c
+        job.in_uncompressed = in_u
+        job.out_compressed = out_c
+        job.out_uncompressed = out_u
         totals.remote_done += 1
-        totals.in_bytes += msg.in_uncompressed
-        totals.out_bytes += msg.out_uncompressed
-        totals.compile_msec += msg.real_msec
+        totals.in_bytes += in_u
+        totals.out_bytes += out_u
+        totals.compile_msec += real_msec
         if code == 0:
-            job.state = JobState.DONE
+            job.state = _DONE
         else:
-            job.state = JobState.FAILED
+            job.state = _FAILED
             totals.remote_failed += 1
-            if code == LOST_EXIT_CODE and not msg.real_msec and not msg.in_uncompressed:
+            if code == LOST_EXIT_CODE and not real_msec and not in_u:
                 job.lost = True
                 totals.lost += 1
             elif job.file:
                 pending = self._failed_for_rerun
-                pending[(job.client_id, _stem(job.file))] = (job.id, t)
+                pending[(job.client_id, _stem(job.file))] = (job_id, t)
                 if len(pending) > MAX_PENDING_RERUNS:
                     del pending[next(iter(pending))]
         hosts = self.hosts
-        server = hosts.get(job.server_id) if job.server_id is not None else None
+        server = hosts.get(job.server_id)
         if server is not None:
-            server.jobs_as_server.discard(job.id)
+            server.jobs_as_server.discard(job_id)
             counters = server.counters
             counters.compiled += 1
-            counters.compile_msec += msg.real_msec
-            counters.in_bytes += msg.in_uncompressed
-            counters.out_bytes += msg.out_uncompressed
+            counters.compile_msec += real_msec
+            counters.in_bytes += in_u
+            counters.out_bytes += out_u
             if code != 0:
                 counters.failed += 1
                 if job.lost:
                     counters.lost += 1
-        client = hosts.get(job.client_id) if job.client_id is not None else None
+            if not job.lost:
+                times = counters.compile_times
+                times[real_msec] = times.get(real_msec, 0) + 1
+        if job.server_id is not None:
+            slowest = self.slowest
+            if len(slowest) < SLOWEST_JOBS or real_msec >= slowest[0][0]:
+                self._note_slow(job, server)
+        client = hosts.get(job.client_id)
         if client is not None:
-            client.jobs_as_client.discard(job.id)
+            client.jobs_as_client.discard(job_id)
+        second = int(t)
+        if second == self._second:
+            in_second = self._in_second = self._in_second + 1
+        else:
+            self._second = second
+            in_second = self._in_second = 1
+        if in_second > totals.peak_jobs_per_second:
+            totals.peak_jobs_per_second = in_second
+            totals.peak_second = second
         self.finished.append(job)
-        if _JOB_FINISHED in self._wanted:
-            self._emit(EventKind.JOB_FINISHED, t, job=job)
+        if self._to_job_finished:
+            self._emit(self._to_job_finished, _JOB_FINISHED, t, job=job)
+
+    def _note_slow(self, job: Job, server: Host | None) -> None:
+        name = server.name if server is not None and server.name else f"#{job.server_id}"
+        entry = (job.real_msec, job.id, job.file, name)
+        if len(self.slowest) < SLOWEST_JOBS:
+            heapq.heappush(self.slowest, entry)
+        elif entry > self.slowest[0]:
+            heapq.heapreplace(self.slowest, entry)
+
+    def _count_finished(self, t: float) -> None:
+        """Count a finished job in its whole second (what _on_job_done does inline)."""
+        second = int(t)
+        if second == self._second:
+            self._in_second += 1
+        else:
+            self._second = second
+            self._in_second = 1
+        totals = self.totals
+        if self._in_second > totals.peak_jobs_per_second:
+            totals.peak_jobs_per_second = self._in_second
+            totals.peak_second = second
 
     def _on_local_begin(self, msg: m.MonLocalJobBegin, t: float) -> None:
-        job = Job(
-            msg.job_id, msg.file, None, msg.host_id, msg.host_id, JobState.LOCAL, True,
-            submitted=t, started=t, stime=msg.stime,
-        )
+        host_id, job_id, stime, file = msg
+        job = Job(job_id, file, None, host_id, t)
+        job.server_id = host_id
+        job.state = JobState.LOCAL
+        job.local = True
+        job.started = t
+        job.stime = stime
         self._add_job(job)
         self.totals.local_started += 1
-        host = self._host(msg.host_id, t)
+        host = self._host(host_id, t)
         if host is not None:
-            host.jobs_as_client.add(job.id)
+            host.jobs_as_client.add(job_id)
             host.counters.local += 1
-        if self._failed_for_rerun and msg.file:
-            key = (msg.host_id, _stem(msg.file))
+        if self._failed_for_rerun and file:
+            key = (host_id, _stem(file))
             failed = self._failed_for_rerun.pop(key, None)
             if failed is not None and t - failed[1] <= RERUN_WINDOW:
                 job.rerun_of = failed[0]
                 self.totals.reruns += 1
-        if _JOB_STARTED in self._wanted:
-            self._emit(EventKind.JOB_STARTED, t, job=job)
+        if self._to_job_started:
+            self._emit(self._to_job_started, _JOB_STARTED, t, job=job)
 
     def _on_local_done(self, msg: m.JobLocalDone, t: float) -> None:
-        job = self.jobs.get(msg.job_id)
+        (job_id,) = msg
+        job = self.jobs.get(job_id)
         if job is None or not job.local:
             self.totals.unseen += 1
             return
@@ -550,15 +804,17 @@ class Monitor:
         host = self.hosts.get(job.client_id) if job.client_id is not None else None
         if host is not None:
             host.jobs_as_client.discard(job.id)
+        self._count_finished(t)
         self.finished.append(job)
-        if _JOB_FINISHED in self._wanted:
-            self._emit(EventKind.JOB_FINISHED, t, job=job)
+        if self._to_job_finished:
+            self._emit(self._to_job_finished, _JOB_FINISHED, t, job=job)
 
     # -- checkpoints (icetools.index) -----------------------------------------------------
 
     _STATE = (
         "hosts", "jobs", "finished", "totals", "host_counters", "host_ids", "protocol",
-        "connected_since", "is_connected", "now", "_failed_for_rerun",
+        "connected_since", "is_connected", "now", "_failed_for_rerun", "slowest", "_second",
+        "_in_second",
     )
 
     def export_state(self) -> tuple[Any, ...]:
@@ -613,3 +869,25 @@ def _stem(path: str) -> str:
     """The file name without folder and extension: what links `x/foo.c` and `/abs/x/foo.o`."""
     name = path.rsplit("/", 1)[-1]
     return os.path.splitext(name)[0]
+
+
+def _check_layout(cls: type[Message], names: tuple[str, ...]) -> None:
+    """The hot handlers unpack messages by position: fail at import, not with wrong numbers,
+    if a message's fields are ever reordered."""
+    actual = tuple(f.name for f in cls.FIELDS)
+    if actual != names:
+        raise ImportError(f"{cls.__name__} fields are {actual}, the Monitor expects {names}")
+
+
+_check_layout(m.MonGetCS, (
+    "versions", "filename", "lang", "count", "target", "arg_flags", "request_client_id",
+    "preferred_host", "job_id", "client_id",
+))
+_check_layout(m.MonJobBegin, ("job_id", "stime", "host_id"))
+_check_layout(m.MonStats, ("host_id", "statmsg"))
+_check_layout(m.MonLocalJobBegin, ("host_id", "job_id", "stime", "file"))
+_check_layout(m.JobLocalDone, ("job_id",))
+_check_layout(m.MonJobDone, (
+    "job_id", "exitcode", "real_msec", "user_msec", "sys_msec", "pfaults", "in_compressed",
+    "in_uncompressed", "out_compressed", "out_uncompressed", "flags", "client_count",
+))

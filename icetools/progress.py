@@ -10,7 +10,8 @@ from typing import TextIO, TypeVar
 from .capture import CaptureReader
 
 T = TypeVar("T")
-#: Nothing is shown for reads that finish sooner than this.
+#: Nothing is shown for reads that finish sooner than this many seconds
+#: ($ICETOOLS_PROGRESS_AFTER overrides it: tests use 0 to see a bar on any file).
 SHOW_AFTER = 1.0
 REFRESH = 0.1
 WIDTH = 30
@@ -26,7 +27,8 @@ class Progress:
         self.enabled = stream.isatty()
         self.started = time.monotonic()
         self.shown = False
-        self._next_draw = self.started + SHOW_AFTER
+        self.show_after = _show_after()
+        self._next_draw = self.started + self.show_after
         try:
             self.total = os.path.getsize(reader.path)
         except OSError:
@@ -45,7 +47,7 @@ class Progress:
             yield from items
             return
         clock = time.monotonic
-        next_check = self.started + SHOW_AFTER
+        next_check = self.started + self.show_after
         n = 0
         for item in items:
             yield item
@@ -72,3 +74,10 @@ class Progress:
         )
         self.stream.flush()
         self.shown = True
+
+
+def _show_after() -> float:
+    try:
+        return float(os.environ.get("ICETOOLS_PROGRESS_AFTER", SHOW_AFTER))
+    except ValueError:
+        return SHOW_AFTER

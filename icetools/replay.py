@@ -134,7 +134,8 @@ def replay_fast(
             monitor.now = record.t
 
     while True:
-        pumped = reader.pump(handlers, on_event, until=until, max_frames=every)
+        # The Monitor's handlers read messages by position: plain field tuples will do.
+        pumped = reader.pump(handlers, on_event, until=until, max_frames=every, fields=True)
         decoded = pumped.frames - pumped.undecodable
         result.frames += pumped.frames
         result.records += pumped.frames

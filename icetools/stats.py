@@ -1,21 +1,18 @@
 """``icetools stats``: what happened in a build or a day, per host and for the cluster.
 
-A :class:`StatsCollector` is a Monitor publisher: it sees every job as it finishes and keeps just
-enough to answer (per-host compile times as a compact array for percentiles, jobs per second by
-whole second, the slowest files in a small heap), so a day of a busy cluster fits in memory.
+The Monitor keeps the aggregates (per host: jobs, failures, bytes and a histogram of compile
+times, which gives exact means and percentiles in memory that does not grow with the jobs; for
+the cluster: totals, the peak of jobs per second, the slowest compiles). :func:`report` turns a
+Monitor that has replayed a recording into the answer, as data; :func:`render_report` into text.
 """
 
 from __future__ import annotations
 
-import array
 import dataclasses
-import heapq
-from collections import Counter
 from typing import Any
 
-from .monitor import Event, EventKind, Monitor, Publisher
+from .monitor import HostCounters, Monitor
 
-SLOWEST_FILES = 10
 BUSIEST_HOSTS = 5
 
 
@@ -23,115 +20,85 @@ BUSIEST_HOSTS = 5
 class HostStats:
     name: str
     id: int
-    compiled: int = 0  # remote jobs compiled here for others
-    submitted: int = 0  # remote jobs requested from here
-    local: int = 0  # local jobs run here
-    failed: int = 0  # jobs compiled here that failed (lost ones included)
-    lost: int = 0  # failed because this host went away
-    in_bytes: int = 0
-    out_bytes: int = 0
-    compile_msec: array.array = dataclasses.field(default_factory=lambda: array.array("I"))
+    counters: HostCounters
 
     def to_json(self) -> dict[str, Any]:
-        times = self.compile_msec
+        c = self.counters
+        times = c.compile_times
+        count = sum(times.values())
         return {
             "id": self.id,
             "name": self.name,
-            "compiled": self.compiled,
-            "submitted": self.submitted,
-            "local": self.local,
-            "failed": self.failed,
-            "lost": self.lost,
-            "mean_msec": round(sum(times) / len(times), 1) if times else None,
+            "compiled": c.compiled,  # remote jobs compiled here for others
+            "submitted": c.submitted,  # remote jobs requested from here
+            "local": c.local,  # local jobs run here
+            "failed": c.failed,  # jobs compiled here that failed (lost ones included)
+            "lost": c.lost,  # failed because this host went away
+            "mean_msec": round(sum(v * n for v, n in times.items()) / count, 1) if count else None,
             "p95_msec": percentile(times, 95),
-            "in_bytes": self.in_bytes,
-            "out_bytes": self.out_bytes,
+            "in_bytes": c.in_bytes,
+            "out_bytes": c.out_bytes,
         }
 
 
-def percentile(values: array.array, pct: float) -> int | None:
-    """Nearest-rank percentile (no interpolation: an actual observed value)."""
-    if not values:
+def percentile(histogram: dict[int, int], pct: float) -> int | None:
+    """Nearest-rank percentile of the values a histogram (value -> count) counts: an actual
+    observed value, no interpolation."""
+    total = sum(histogram.values())
+    if not total:
         return None
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))  # ceil
-    return int(ordered[int(rank) - 1])
+    rank = max(1, -(-total * pct // 100))  # ceil
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    raise AssertionError("unreachable: the ranks add up to the total")
 
 
-class StatsCollector(Publisher):
-    """Adds to the Monitor's own per-host counters what it does not keep: every compile time
-    (for percentiles), jobs per second, the slowest files. It only listens to jobs finishing."""
+def host_stats(monitor: Monitor) -> list[HostStats]:
+    """Every host the Monitor has counted, by name (a daemon that logged in again is one host),
+    plus hosts it only knows by id."""
+    hosts = [
+        HostStats(name, monitor.host_ids.get(name, 0), counters)
+        for name, counters in monitor.host_counters.items()
+    ]
+    hosts += [
+        HostStats(f"#{host.id}", host.id, host.counters)
+        for host in monitor.hosts.values()
+        if not host.name and (host.counters.compiled or host.counters.submitted or host.counters.local)
+    ]
+    return sorted(hosts, key=lambda h: (h.id, h.name))
 
-    kinds = frozenset({EventKind.HOST_ADDED, EventKind.JOB_FINISHED})
 
-    def __init__(self) -> None:
-        self.compile_msec: dict[str, array.array] = {}
-        self.per_second: Counter[int] = Counter()
-        self.slowest: list[tuple[int, int, str, str]] = []  # (real_msec, job id, file, host)
-        self.first_t: float | None = None
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        if self.first_t is None:
-            self.first_t = event.t  # the first host or job: where the story starts
-        job = event.job
-        if job is None:
-            return
-        self.per_second[int(event.t)] += 1
-        if job.local or job.server_id is None:
-            return
-        host = monitor.hosts.get(job.server_id)
-        name = host.name if host is not None and host.name else f"#{job.server_id}"
-        if not job.lost:
-            times = self.compile_msec.get(name)
-            if times is None:
-                times = self.compile_msec[name] = array.array("I")
-            times.append(min(job.real_msec, 0xFFFFFFFF))
-        entry = (job.real_msec, job.id, job.file, name)
-        if len(self.slowest) < SLOWEST_FILES:
-            heapq.heappush(self.slowest, entry)
-        elif entry > self.slowest[0]:
-            heapq.heapreplace(self.slowest, entry)
-
-    def _hosts(self, monitor: Monitor) -> list[HostStats]:
-        hosts = []
-        names = set(monitor.host_counters) | set(self.compile_msec)
-        for name in names:
-            counters = monitor.host_counters.get(name)
-            stats = HostStats(name, monitor.host_ids.get(name, 0))
-            if counters is not None:
-                stats.compiled, stats.submitted, stats.local = counters.compiled, counters.submitted, counters.local
-                stats.failed, stats.lost = counters.failed, counters.lost
-                stats.in_bytes, stats.out_bytes = counters.in_bytes, counters.out_bytes
-            stats.compile_msec = self.compile_msec.get(name, array.array("I"))
-            hosts.append(stats)
-        return sorted(hosts, key=lambda h: (h.id, h.name))
-
-    def report(self, monitor: Monitor) -> dict[str, Any]:
-        hosts = self._hosts(monitor)
-        busiest = sorted(hosts, key=lambda h: (-h.compiled, h.name))[:BUSIEST_HOSTS]
-        peak_second, peak = max(self.per_second.items(), key=lambda kv: (kv[1], -kv[0]), default=(None, 0))
-        first = self.first_t or 0.0
-        t = monitor.totals
-        return {
-            "duration": round(monitor.now - first, 3),  # to the end of the recording
-            "jobs": {
-                "remote": t.remote_done,
-                "local": t.local_started,
-                "failed": t.remote_failed,
-                "lost": t.lost,
-                "rerun_locally": t.reruns,
-                "unseen": t.unseen,
-            },
-            "peak_jobs_per_second": peak,
-            "peak_second": peak_second,
-            "reconnects": t.resets,
-            "hosts": [h.to_json() for h in hosts],
-            "busiest_hosts": [{"name": h.name, "compiled": h.compiled} for h in busiest if h.compiled],
-            "slowest_files": [
-                {"file": file, "real_msec": msec, "job_id": job_id, "host": host}
-                for msec, job_id, file, host in sorted(self.slowest, reverse=True)
-            ],
-        }
+def report(monitor: Monitor) -> dict[str, Any]:
+    """The answer to "what happened", from a Monitor that replayed a recording."""
+    hosts = host_stats(monitor)
+    busiest = sorted(hosts, key=lambda h: (-h.counters.compiled, h.name))[:BUSIEST_HOSTS]
+    t = monitor.totals
+    first = t.first_host_seen or 0.0
+    return {
+        "duration": round(monitor.now - first, 3),  # to the end of the recording
+        "jobs": {
+            "remote": t.remote_done,
+            "local": t.local_started,
+            "failed": t.remote_failed,
+            "lost": t.lost,
+            "rerun_locally": t.reruns,
+            "unseen": t.unseen,
+        },
+        "peak_jobs_per_second": t.peak_jobs_per_second,
+        "peak_second": t.peak_second,
+        "reconnects": t.resets,
+        "hosts": [h.to_json() for h in hosts],
+        "busiest_hosts": [
+            {"name": h.name, "compiled": h.counters.compiled} for h in busiest if h.counters.compiled
+        ],
+        "slowest_files": [
+            {"file": file, "real_msec": msec, "job_id": job_id, "host": host}
+            for msec, job_id, file, host in sorted(monitor.slowest, reverse=True)
+        ],
+    }
 
 
 def render_report(report: dict[str, Any]) -> str:

@@ -14,8 +14,8 @@ from typing import Any
 from icetools.capture import CaptureReader
 from icetools.monitor import Monitor
 from icetools.render import decode_records, json_line
-from icetools.replay import replay
-from icetools.stats import StatsCollector
+from icetools.replay import replay, replay_fast
+from icetools.stats import report
 
 
 def golden_lines(reader: CaptureReader) -> Iterator[str]:
@@ -23,21 +23,25 @@ def golden_lines(reader: CaptureReader) -> Iterator[str]:
         yield json_line(item)
 
 
-def replay_state(path: Path) -> dict[str, Any]:
-    """What ``icetools replay --fast --json PATH`` prints, as data."""
+def replayed(path: Path, *, fast: bool = False) -> Monitor:
+    """A Monitor that replayed ``path``, record by record or (``fast``) as replay --fast does."""
     monitor = Monitor()
     with CaptureReader(path) as reader:
-        replay(monitor, reader)
-    return monitor.snapshot()
+        if fast:
+            replay_fast(monitor, reader)
+        else:
+            replay(monitor, reader)
+    return monitor
 
 
-def stats_report(path: Path) -> dict[str, Any]:
+def replay_state(path: Path, *, fast: bool = False) -> dict[str, Any]:
+    """What ``icetools replay --fast --json PATH`` prints, as data."""
+    return replayed(path, fast=fast).snapshot()
+
+
+def stats_report(path: Path, *, fast: bool = False) -> dict[str, Any]:
     """What ``icetools stats --json PATH`` prints, as data."""
-    collector = StatsCollector()
-    monitor = Monitor(publishers=[collector])
-    with CaptureReader(path) as reader:
-        replay(monitor, reader)
-    return collector.report(monitor)
+    return report(replayed(path, fast=fast))
 
 
 def write_goldens(path: Path) -> None:

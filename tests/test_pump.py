@@ -78,6 +78,21 @@ def test_pump_hands_out_what_iteration_decodes(path: Path) -> None:
             assert reader.position == path.stat().st_size
 
 
+@pytest.mark.parametrize("path", RECORDINGS[:3], ids=[p.stem for p in RECORDINGS[:3]])
+def test_fields_mode_hands_out_the_plain_field_tuples(path: Path) -> None:
+    with CaptureReader(path) as reader:
+        expected, _ = by_iteration(reader)
+    with CaptureReader(path) as reader:
+        got, _ = by_pump(reader, fields=True)
+    assert len(got) == len(expected)
+    for (kind, item, t), (want_kind, want, want_t) in zip(got, expected):
+        assert (kind, t) == (want_kind, want_t)
+        if kind == "frame":
+            assert type(item) is tuple and item == tuple(want)
+        else:
+            assert item == want
+
+
 @pytest.mark.parametrize("block", [1, 7, 21, 64, 4096])
 def test_records_across_block_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int) -> None:
     path = tmp_path / "a.icecap"

@@ -51,6 +51,9 @@ def test_replay_state_and_stats_match_their_goldens(path: Path) -> None:
     expected_stats = json.loads(path.with_suffix(".stats.json").read_text())
     assert replay_state(path) == expected_state
     assert stats_report(path) == expected_stats
+    # replay --fast and stats read through CaptureReader.pump(): the same story to the digit.
+    assert replay_state(path, fast=True) == expected_state
+    assert stats_report(path, fast=True) == expected_stats
 
 
 def test_the_packaged_demo_is_the_recording() -> None:
