@@ -163,18 +163,24 @@ class HostCounters:
 
 @dataclasses.dataclass(slots=True, eq=False)
 class Host:
+    """A daemon of the cluster. ``ip``, ``platform``, ``protocol`` (the daemon's own maximum,
+    "Version:"), ``features``, ``max_jobs``, ``no_remote``, ``speed``, ``load``, ``load_avg``
+    (x1000, as sent) and ``free_mem`` (MiB) come from its MON_STATS reports and are read through
+    properties: reports arrive by the thousand and most are superseded before anyone looks, so
+    the values of the last ones are only worked out when read (see :meth:`report`)."""
+
     id: int
     name: str = ""
-    ip: str = ""
-    platform: str = ""
-    protocol: int | None = None  # the daemon's own (maximum) protocol, "Version:" in MON_STATS
-    features: tuple[str, ...] = ()
-    max_jobs: int = 0
-    no_remote: bool = False
-    speed: float = 0.0
-    load: int = 1000
-    load_avg: tuple[int, int, int] | None = None  # x1000, as sent
-    free_mem: int | None = None  # MiB
+    _ip: str = ""
+    _platform: str = ""
+    _protocol: int | None = None
+    _features: tuple[str, ...] = ()
+    _max_jobs: int = 0
+    _no_remote: bool = False
+    _speed: float = 0.0
+    _load: int = 1000
+    _load_avg: tuple[int, int, int] | None = None
+    _free_mem: int | None = None
     online: bool = True
     first_seen: float | None = None
     last_seen: float | None = None
@@ -188,6 +194,9 @@ class Host:
     _prefix: str | None = dataclasses.field(default=None, repr=False)
     _prefix_keys: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
     _shapes: list[_Shape] = dataclasses.field(default_factory=list, repr=False)
+    #: Reports read but not applied yet, in order: (shape, lines after the prefix). None of them
+    #: has only keys that a later one has too (that one would supersede it).
+    _pending: list[tuple[_Shape, str]] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def stats(self) -> dict[str, str]:
@@ -198,21 +207,33 @@ class Host:
         """Take a MON_STATS report. A host's reports repeat their first lines (name, address,
         limits, features) and change only the last few (speed, load, memory); so once two
         reports have shown which lines stay, only the lines after them are read, by a regex of
-        their shape (:class:`_Shape`). The result is exactly that of :meth:`update` with the
-        whole report: the skipped lines are the same text it was already updated from."""
+        their shape (:class:`_Shape`). Those are not even applied until a field is read: a
+        report whose keys a later one has too is simply dropped. The values read are exactly
+        those of :meth:`update` with every whole report in turn: the skipped lines are the same
+        text the host was already updated from, and a missing key keeps its previous value."""
         prefix = self._prefix
         if prefix is not None and statmsg.startswith(prefix):
             tail = statmsg[len(prefix) :]
             for shape in self._shapes:
-                found = shape.fullmatch(tail)
-                if found is not None:
-                    shape.apply(self, *found.groups())
+                if shape.fullmatch(tail) is not None:
                     self.statmsg = statmsg
+                    pending = self._pending
+                    if shape.sets_name:  # the Monitor needs the name at once
+                        if pending:
+                            self._apply_pending()
+                        shape.apply(self, *shape.fullmatch(tail).groups())
+                    elif not pending:
+                        pending.append((shape, tail))
+                    elif len(pending) == 1 and pending[0][0].keyset <= shape.keyset:
+                        pending[0] = (shape, tail)
+                    else:
+                        pending[:] = [p for p in pending if not p[0].keyset <= shape.keyset]
+                        pending.append((shape, tail))
                     return
             stats = parse_statmsg(tail)
             if not self._prefix_keys.isdisjoint(stats):
-                # A key of the unchanged lines comes again after them: only a whole parse is
-                # exact for such a host (icecream never does this).
+                # A key of the stable lines comes again after them (see below): only a whole
+                # parse is exact for such reports.
                 self._prefix = None
                 stats = parse_statmsg(statmsg)
             elif (shape := _shape_of(tail, stats)) is not None:
@@ -221,8 +242,14 @@ class Host:
         else:
             stats = parse_statmsg(statmsg)
             if self.statmsg:
-                self._prefix = prefix = _common_lines(self.statmsg, statmsg)
-                self._prefix_keys = frozenset(parse_statmsg(prefix))
+                prefix = _common_lines(self.statmsg, statmsg)
+                prefix_keys = frozenset(parse_statmsg(prefix))
+                # Skipping the stable lines is exact only if no key of theirs comes again after
+                # them (the later value wins); icecream never does that.
+                if prefix_keys.isdisjoint(parse_statmsg(statmsg[len(prefix) :])):
+                    self._prefix, self._prefix_keys = prefix, prefix_keys
+                else:
+                    self._prefix = None
                 self._shapes.clear()
         self.update(stats)
         self.statmsg = statmsg
@@ -231,7 +258,14 @@ class Host:
         """Take the keys a MON_STATS report has; every key is optional (which ones come depends
         on the scheduler's version and on what triggered the report). A malformed number keeps
         the previous value; unknown keys are only kept in :attr:`statmsg`."""
+        if self._pending:
+            self._apply_pending()
         _applier(tuple(stats))(self, *stats.values())
+
+    def _apply_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for shape, tail in pending:
+            shape.apply(self, *shape.fullmatch(tail).groups())  # type: ignore[union-attr]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -254,19 +288,44 @@ class Host:
         }
 
 
+def _reported(name: str) -> property:
+    """The public face of the Host slot ``_name``: applies pending reports first."""
+    slot = Host.__dict__["_" + name]
+    get, put = slot.__get__, slot.__set__
+
+    def getter(self: Host) -> Any:
+        if self._pending:
+            self._apply_pending()
+        return get(self)
+
+    def setter(self: Host, value: Any) -> None:
+        if self._pending:
+            self._apply_pending()
+        put(self, value)
+
+    return property(getter, setter)
+
+
+for _name in (
+    "ip", "platform", "protocol", "features", "max_jobs", "no_remote", "speed", "load", "load_avg",
+    "free_mem",
+):
+    setattr(Host, _name, _reported(_name))
+
+
 #: How each known MON_STATS key updates a host: a statement, or (attribute, conversion) for
 #: numbers, which keep their previous value when malformed. LoadAvg1/5/10 make one tuple.
 _STAT_KEYS: dict[str, str | tuple[str, str]] = {
     "Name": "host.name = {v}",
-    "IP": "host.ip = {v}",
-    "Platform": "host.platform = {v}",
-    "Features": "host.features = () if {v} in ('', '--') else tuple({v}.split())",
-    "NoRemote": "host.no_remote = {v} == 'true'",
-    "Load": ("load", "int"),
-    "MaxJobs": ("max_jobs", "int"),
-    "Speed": ("speed", "float"),
-    "Version": ("protocol", "int"),
-    "FreeMem": ("free_mem", "int"),
+    "IP": "host._ip = {v}",
+    "Platform": "host._platform = {v}",
+    "Features": "host._features = () if {v} in ('', '--') else tuple({v}.split())",
+    "NoRemote": "host._no_remote = {v} == 'true'",
+    "Load": ("_load", "int"),
+    "MaxJobs": ("_max_jobs", "int"),
+    "Speed": ("_speed", "float"),
+    "Version": ("_protocol", "int"),
+    "FreeMem": ("_free_mem", "int"),
 }
 _LOAD_AVG_KEYS = ("LoadAvg1", "LoadAvg5", "LoadAvg10")
 _APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
@@ -289,14 +348,14 @@ def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
             attr, convert = code
             lines += ["    try:", f"        host.{attr} = {convert}({v})", "    except ValueError:", "        pass"]
     if any(key in keys for key in _LOAD_AVG_KEYS):
-        lines.append("    old = host.load_avg or (0, 0, 0)")
+        lines.append("    old = host._load_avg or (0, 0, 0)")
         for i, key in enumerate(_LOAD_AVG_KEYS):
             if key in keys:
                 v = names[keys.index(key)]
                 lines += ["    try:", f"        a{i} = int({v})", "    except ValueError:", f"        a{i} = old[{i}]"]
             else:
                 lines.append(f"    a{i} = old[{i}]")
-        lines.append("    host.load_avg = (a0, a1, a2)")
+        lines.append("    host._load_avg = (a0, a1, a2)")
     namespace: dict[str, Any] = {}
     exec("\n".join(lines), namespace)  # noqa: S102 - source built from our own table; keys are only compared
     apply = namespace["apply"]
@@ -319,6 +378,8 @@ class _Shape:
     keys: tuple[str, ...]
     fullmatch: Callable[[str], re.Match[str] | None]
     apply: Callable[..., None]  # apply(host, *groups)
+    keyset: frozenset[str]
+    sets_name: bool
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _shape_for, (self.keys,)  # (for checkpoints) rebuilt from its keys
@@ -330,7 +391,9 @@ def _shape_for(keys: tuple[str, ...]) -> _Shape:
         pattern = "".join(re.escape(key) + r":([^\n]*)\n" for key in keys)
         if len(_SHAPES) >= 1024:  # a stream of ever new keys: forget rather than grow
             _SHAPES.clear()
-        shape = _SHAPES[keys] = _Shape(keys, re.compile(pattern).fullmatch, _applier(keys))
+        shape = _SHAPES[keys] = _Shape(
+            keys, re.compile(pattern).fullmatch, _applier(keys), frozenset(keys), "Name" in keys
+        )
     return shape
 
 

@@ -171,6 +171,9 @@ def test_a_slow_client_skips_to_the_latest_state_without_slowing_others() -> Non
                 last = now
             assert max(gaps[1:]) < 1.0  # deltas kept coming every ~100 ms
             assert fast_model.seqs == list(range(fast_model.seqs[0], fast_model.seqs[0] + len(fast_model.seqs)))
+            # Back to a normal receive buffer: with the tiny one, the kernel would trickle the
+            # backlog out on its zero-window probes (seconds apart), which is not what is tested.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
             slow_transport.resume_reading()
             slow_model = Model()
             await until_ended(slow, slow_model)
