@@ -455,13 +455,14 @@ class CaptureReader:
         until: float | None = None,
         max_frames: int | None = None,
         fields: bool = False,
+        on_undecodable: Callable[[FrameRecord], object] | None = None,
     ) -> PumpResult:
         """Decode the frames from where iteration would start and hand each message to the
         handler of its class, with its time; hand connect, disconnect and end records to
         ``on_event``. This is the fast path under ``replay --fast``, ``stats`` and the seek index:
         no record objects, no per-frame copies, one dispatch per frame. Frames that cannot be
-        decoded (and classes without a handler) are skipped; ``PumpResult.undecodable`` counts
-        the former.
+        decoded are counted in ``PumpResult.undecodable`` and handed to ``on_undecodable`` (as a
+        FrameRecord) if given; frames of classes without a handler are skipped.
 
         It stops at the end of the file, before the first record later than ``until``, or
         after ``max_frames`` frames. The reader is then left where it stopped: ``position``,
@@ -534,6 +535,8 @@ class CaptureReader:
                         msg = None
                     if msg is None or msg.__class__ is int:
                         undecodable += 1
+                        if on_undecodable is not None:
+                            on_undecodable(tuple.__new__(FrameRecord, (t, data[body:stop], protocol)))
                     else:
                         handler(msg, t)
                     if frames == limit:

@@ -230,23 +230,31 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> Non
     dumper = Dumper(as_json=as_json, wanted=_type_filter(types))
     with CaptureReader(file, follow=follow) as reader:
         out = sys.stdout
-        with Progress(reader, sys.stderr) as progress:
-            records = reader if follow else progress.wrap(reader)
-            if follow:
-                for line in dumper.lines(records):
-                    out.write(line + "\n")
-                    out.flush()
-            else:
-                # Lines go out in batches (much faster than a write per line); whatever was
-                # decoded before a corrupt record is still printed.
-                batch: list[str] = []
+        if follow:
+            for line in dumper.lines(reader):
+                out.write(line + "\n")
+                out.flush()
+        else:
+            # The whole file: pumped (decoded in place), its lines written in batches; whatever
+            # was decoded before a corrupt record is still printed.
+            batch: list[str] = []
+            handlers = dumper.handlers(batch)
+            on_event = dumper.on_event(batch)
+            dumper.protocol = reader.protocol
+            with Progress(reader, sys.stderr) as progress:
                 try:
-                    for line in dumper.lines(records):
-                        batch.append(line)
-                        if len(batch) >= 1024:
+                    while True:
+                        pumped = reader.pump(
+                            handlers, on_event, max_frames=8192, fields=as_json,
+                            on_undecodable=on_event,
+                        )
+                        if batch:
                             batch.append("")
                             out.write("\n".join(batch))
-                            batch = []
+                            batch.clear()
+                        if pumped.stopped == "end":
+                            break
+                        progress.update()
                 finally:
                     if batch:
                         batch.append("")

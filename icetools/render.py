@@ -235,6 +235,60 @@ class Dumper:
         self.as_json = as_json
         self.wanted = wanted
         self.undecodable = 0
+        #: The protocol in force (pump() hands handlers messages, not records).
+        self.protocol = messages.PROTOCOL_VERSION
+
+    def handlers(self, out: list[str]) -> dict[type[Message], Callable[[Any, float], None]]:
+        """For :meth:`CaptureReader.pump`: per message class, append its line to ``out``. JSON
+        lines take the plain field tuples (``fields=True``), text lines the messages."""
+        wanted = self.wanted
+        append = out.append
+        table: dict[type[Message], Callable[[Any, float], None]] = {}
+        for cls in set(messages.MESSAGE_CLASSES.values()) | set(messages.MONITOR_TYPE_ALIASES.values()):
+            if wanted is not None and cls.TYPE.name not in wanted:
+                continue
+            if self.as_json:
+                table[cls] = self._json_handler(cls, append)
+            else:
+                table[cls] = self._text_handler(cls, append)
+        return table
+
+    def _json_handler(self, cls: type[Message], append: Callable[[str], None]) -> Callable[[Any, float], None]:
+        formatters: dict[int, Callable[[float, Any], str]] = {}  # by protocol
+
+        def handle(fields: Any, t: float) -> None:
+            formatter = formatters.get(self.protocol)
+            if formatter is None:
+                formatter = formatters[self.protocol] = _message_formatter(cls, self.protocol)
+            append(formatter(round(t, 6), fields))
+
+        return handle
+
+    def _text_handler(self, cls: type[Message], append: Callable[[str], None]) -> Callable[[Any, float], None]:
+        name = cls.TYPE.name
+        if cls.TYPE_WORD != cls.TYPE:
+            name += f" (type word 0x{cls.TYPE_WORD:02X})"
+
+        def handle(msg: Message, t: float) -> None:
+            append(f"{t:10.3f}  {name:<20}  {describe(msg)}")
+
+        return handle
+
+    def on_event(self, out: list[str]) -> Callable[[Record], None]:
+        """For pump(): connection events and undecodable frames, as lines in ``out``."""
+        render = json_line if self.as_json else text_line
+        wanted = self.wanted
+
+        def handle(record: Record) -> None:
+            if type(record) is ConnectRecord:
+                self.protocol = record.protocol
+            item = Decoded(record)
+            if item.name == "UNDECODABLE":
+                self.undecodable += 1
+            if wanted is None or item.name in wanted:
+                out.append(render(item))
+
+        return handle
 
     def lines(self, records: Iterable[Record]) -> Iterator[str]:
         decode = messages.decode
