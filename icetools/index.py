@@ -30,7 +30,9 @@ from .replay import replay_fast
 
 #: Frames between checkpoints: at most this many frames are replayed to reach any moment.
 CHECKPOINT_EVERY = 32768
-INDEX_MAGIC = b"ICETIDX1"
+#: Changes whenever the pickled Monitor state does (2: lazy host reports, plain jobs, stats
+#: aggregates), so that an index written by an older icetools is rebuilt, never misread.
+INDEX_MAGIC = b"ICETIDX2"
 
 
 class Checkpoint(NamedTuple):

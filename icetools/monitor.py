@@ -1,9 +1,15 @@
 """The cluster model: one Monitor, fed by decoded messages from a live connection or a recording.
 
 The Monitor keeps hosts, running jobs, a bounded window of finished jobs and aggregates that keep
-counting however long it runs. Publishers receive change events (host added/changed/offline, job
-submitted/started/finished, reset) rather than whole-state rebuilds; they read whatever else they
-need from the Monitor itself.
+counting however long it runs (per host: jobs, failures, bytes and a histogram of compile times;
+for the cluster: totals, the peak of jobs per second, the slowest compiles), in memory that does
+not grow with the number of jobs. Publishers receive change events (host added/changed/offline,
+job submitted/started/finished, reset) rather than whole-state rebuilds; they read whatever else
+they need from the Monitor itself.
+
+A busy cluster sends a frame every few microseconds of replay, so the handlers are written for
+speed (see bench/README.md): they unpack messages by position, jobs are plain instances, events
+nobody listens to are not built, and hosts apply their load reports only when read.
 
 It copes with what real schedulers do (see the real recordings and the real-cluster tests):
 
