@@ -412,10 +412,8 @@ class CaptureReader:
             body_start = pos + header_size
             body_end = body_start + length
             if kind == KIND_FRAME:
-                if not 8 <= length <= MAX_FRAME_BODY:
-                    self._corrupt(offset + pos, f"frame record of {length} bytes")
-                if us < last_us:
-                    self._corrupt(offset + pos, "record time goes backwards")
+                if not 8 <= length <= MAX_FRAME_BODY or us < last_us:
+                    self._check_frame_record(offset + pos, length, us, last_us)
                 if body_end > end:
                     break
                 body = data[body_start:body_end]
@@ -427,13 +425,7 @@ class CaptureReader:
                 self.position = offset + pos
                 yield new(FrameRecord, (us / 1_000_000, body, self._protocol))
                 continue
-            if kind < FIRST_OPTIONAL_KIND:
-                if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
-                    self._corrupt(offset + pos, f"unknown record kind 0x{kind:02x}")
-                if length > MAX_JSON_BODY:
-                    self._corrupt(offset + pos, f"event record of {length} bytes")
-            if us < last_us:
-                self._corrupt(offset + pos, "record time goes backwards")
+            self._check_event_record(offset + pos, kind, length, us, last_us)
             if body_end > end:
                 break
             if kind < FIRST_OPTIONAL_KIND:
@@ -543,16 +535,8 @@ class CaptureReader:
                         stopped = "max_frames"
                         break
                     continue
-                if kind < FIRST_OPTIONAL_KIND:
-                    if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
-                        self.frames = frames
-                        self._corrupt(base + pos, f"unknown record kind 0x{kind:02x}")
-                    if length > MAX_JSON_BODY:
-                        self.frames = frames
-                        self._corrupt(base + pos, f"event record of {length} bytes")
-                if us < last_us:
-                    self.frames = frames
-                    self._corrupt(base + pos, "record time goes backwards")
+                self.frames = frames
+                self._check_event_record(base + pos, kind, length, us, last_us)
                 if stop > end:
                     break
                 if us / 1_000_000 > stop_after:
@@ -591,7 +575,18 @@ class CaptureReader:
         self._start = (resume, protocol, frames)
         return PumpResult(frames - first_frames, undecodable, last_t, stopped if not self.ended else "end")
 
+    def _check_event_record(self, where: int, kind: int, length: int, us: int, last_us: int) -> None:
+        """Raise for a non-frame record header that cannot be right (both readers' check)."""
+        if kind < FIRST_OPTIONAL_KIND:
+            if kind not in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+                self._corrupt(where, f"unknown record kind 0x{kind:02x}")
+            if length > MAX_JSON_BODY:
+                self._corrupt(where, f"event record of {length} bytes")
+        if us < last_us:
+            self._corrupt(where, "record time goes backwards")
+
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
+        """Raise for a frame record header that cannot be right (both readers' check)."""
         if not 8 <= length <= MAX_FRAME_BODY:
             self._corrupt(where, f"frame record of {length} bytes")
         if us < last_us:

@@ -47,15 +47,23 @@ def paced(
         yield record
 
 
-def apply_record(monitor: Monitor, record: Record) -> None:
-    """Apply one record to the Monitor (what :func:`replay` does for each, minus its speed-ups)."""
+def apply_record(monitor: Monitor, record: Record) -> bool:
+    """Apply one record to the Monitor; False for a frame that could not be decoded (dump shows
+    and counts those; a replay skips what it cannot read)."""
     if type(record) is FrameRecord:
         try:
             msg = messages.decode(record.data, record.protocol, monitor=True)
         except ProtocolError:
-            return  # dump shows and counts these; a replay skips what it cannot read
+            return False
         monitor.feed(msg, record.t)
-    elif type(record) is ConnectRecord:
+    else:
+        apply_event(monitor, record)
+    return True
+
+
+def apply_event(monitor: Monitor, record: Record) -> None:
+    """Apply a connect, disconnect or end record."""
+    if type(record) is ConnectRecord:
         monitor.connected(record.protocol, record.t)
     elif type(record) is DisconnectRecord:
         monitor.disconnected(record.t)
@@ -74,10 +82,8 @@ def replay(
     one by one: for paced replays and anything that needs each record. (A whole file as fast
     as possible goes through :func:`replay_fast`.)"""
     result = ReplayResult()
-    decode = messages.decode
     for record in records:
-        t = record.t
-        if until is not None and t > until:
+        if until is not None and record.t > until:
             result.reached_until = True
             result.pending = record
             monitor.now = until
@@ -85,18 +91,8 @@ def replay(
         result.records += 1
         if type(record) is FrameRecord:
             result.frames += 1
-            try:
-                msg = decode(record.data, record.protocol, monitor=True)
-            except ProtocolError:
-                result.undecodable += 1
-            else:
-                monitor.feed(msg, t)
-        elif type(record) is ConnectRecord:
-            monitor.connected(record.protocol, t)
-        elif type(record) is DisconnectRecord:
-            monitor.disconnected(t)
-        else:
-            monitor.now = t
+        if not apply_record(monitor, record):
+            result.undecodable += 1
         if on_record is not None:
             on_record(record)  # after the record was applied
     return result
@@ -126,12 +122,7 @@ def replay_fast(
 
     def on_event(record: Record) -> None:
         result.records += 1
-        if type(record) is ConnectRecord:
-            monitor.connected(record.protocol, record.t)
-        elif type(record) is DisconnectRecord:
-            monitor.disconnected(record.t)
-        else:
-            monitor.now = record.t
+        apply_event(monitor, record)
 
     while True:
         # The Monitor's handlers read messages by position: plain field tuples will do.
