@@ -63,14 +63,20 @@ def test_round_trip(tmp_path: Path) -> None:
     assert reader.ended and reader.torn_bytes == 0 and reader.frames == 4
 
 
-def test_torn_tail_keeps_every_complete_frame(tmp_path: Path) -> None:
+def torn_samples(tmp_path: Path) -> list[Path]:
+    """The sample cut inside its end record, inside its last frame record, inside a header."""
     path = tmp_path / "a.icecap"
     write_sample(path)
     data = path.read_bytes()
-    # Cut inside the end record, then inside the last frame record, then inside a header.
+    torn = []
     for cut in (len(data) - 5, len(data) - 60, len(data) - 100):
-        torn = tmp_path / f"torn{cut}.icecap"
-        torn.write_bytes(data[:cut])
+        torn.append(tmp_path / f"torn{cut}.icecap")
+        torn[-1].write_bytes(data[:cut])
+    return torn
+
+
+def test_torn_tail_keeps_every_complete_frame(tmp_path: Path) -> None:
+    for torn in torn_samples(tmp_path):
         with CaptureReader(torn) as reader:
             records = list(reader)
         assert records, "a torn file must not read as empty"

@@ -16,7 +16,7 @@ from icetools import messages as m
 from icetools.capture import CaptureReader, CaptureWriter, FrameRecord, Record
 from icetools.errors import CaptureError, ProtocolError
 
-from .test_capture import FRAMES_43, write_sample
+from .test_capture import FRAMES_43, torn_samples, write_sample
 
 RECORDINGS = sorted((Path(__file__).resolve().parent.parent / "recordings").glob("*.icecap"))
 Seen = list[tuple[str, Any, float]]
@@ -182,12 +182,7 @@ def test_corruption_is_the_same_error_at_the_same_record(tmp_path: Path, case: s
 
 
 def test_torn_tail_is_reported_as_iteration_reports_it(tmp_path: Path) -> None:
-    path = tmp_path / "a.icecap"
-    write_sample(path)
-    data = path.read_bytes()
-    for cut in (len(data) - 5, len(data) - 60, len(data) - 100):
-        torn = tmp_path / f"torn{cut}.icecap"
-        torn.write_bytes(data[:cut])
+    for torn in torn_samples(tmp_path):
         with CaptureReader(torn) as reader:
             expected = by_iteration(reader)
             warning = reader.warning()
