@@ -22,7 +22,7 @@ from .defaults import SERVE_LISTEN as DEFAULT_LISTEN
 from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
 from .discovery import locate_scheduler, parse_hostport
-from .errors import IcetoolsError
+from .errors import IcetoolsError, OptionError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
 from .progress import Progress
@@ -583,6 +583,51 @@ def anonymize(source: Path, target: Path, overwrite: bool) -> None:
     if undecodable:
         warn(f"{undecodable} frames could not be decoded and were copied unchanged: check them before sharing")
     click.echo(f"icetools: {target}: {anon.summary()}", err=True)
+
+
+# ------------------------------------------------------------------------------------ jobs
+
+
+def _time_window(since: float | None, until: float | None) -> None:
+    if since is not None and until is not None and since > until:
+        raise OptionError(f"--since {since:g} is after --until {until:g}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per job.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option(
+    "--since", type=click.FloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or later."
+)
+@click.option(
+    "--until", type=click.FloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or earlier."
+)
+def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: float | None) -> None:
+    """One row per job of a recording, remote and local, in order of request.
+
+    Each row says which file, who asked, who compiled it, how it ended (ok, failed, lost with
+    its host, unfinished at the end of the recording), which failed remote compile a local job
+    re-runs, when it was requested, started and ended (seconds since the recording started),
+    how long it waited and ran, and what the compile host measured. The columns are defined
+    in docs/analysis.md; --csv and --json load as they are into DuckDB, pandas or a
+    spreadsheet. Rows are written as jobs end, so any length of recording streams through.
+
+    \b
+    Examples:
+      icetools jobs build.icecap
+      icetools jobs build.icecap --csv > jobs.csv
+      icetools jobs day.icecap --json --since 3600 --until 7200 | jq 'select(.outcome != "ok")'
+    """
+    from .jobs import write_jobs
+
+    if as_json and as_csv:
+        raise OptionError("choose one of --json and --csv")
+    _time_window(since, until)
+    form = "json" if as_json else "csv" if as_csv else "text"
+    with _open_capture(file) as reader:
+        _, result = write_jobs(reader, sys.stdout, form, since=since, until=until, progress_stream=sys.stderr)
+        _finish_reading(reader, result.undecodable)
 
 
 def main() -> None:

@@ -58,6 +58,14 @@ class NewerFormatError(CaptureError):
     """The capture was written by a newer icetools with a format this one cannot read."""
 
 
+class OptionError(IcetoolsError):
+    """Options that are each valid but contradict each other (e.g. --since after --until)."""
+
+
+class OutputError(IcetoolsError):
+    """A file icetools was asked to write cannot be written."""
+
+
 def describe_os_error(error: OSError) -> str:
     """An OSError in a few words, for the end of a one-line message (asyncio's own text
     repeats the address the caller already names)."""

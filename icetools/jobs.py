@@ -1,0 +1,343 @@
+"""``icetools jobs``: one row per job of a recording, remote and local, in order of request.
+
+The rows come from the Monitor's change events (a :class:`JobsPublisher` on a Monitor that
+replays the capture), not from a model of their own: the Monitor decides what a job is, when it
+ends, whether it was lost with its host and which failed compile a local job re-runs.
+
+It streams: a row is written when its job ends, so memory holds only the jobs in flight and a
+reorder buffer. Rows come out in order of request although jobs end in any order: a finished
+job waits in the buffer until every job requested before it has been written. A job that is
+still running when more than ``reorder_limit`` later jobs wait behind it (a job that never
+ends would otherwise hold back every row after it, and memory with them) steps out of the
+order: the rows behind it are written, and its own row comes when it ends (or at the end of the
+recording). So the buffer holds at most ``reorder_limit`` rows plus the jobs in flight, which
+the Monitor bounds. ``ORDER BY requested`` restores the order of such a late row.
+
+The columns and their definitions are in docs/analysis.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from . import messages as m
+from .capture import CaptureReader
+from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
+from .replay import ReplayResult, replay_file
+
+#: The columns of a row, in order (the CSV header and the JSON keys).
+COLUMNS = (
+    "id", "file", "lang", "submitter", "server", "kind", "outcome", "rerun_of",
+    "requested", "started", "ended", "wait_ms", "run_ms",
+    "real_msec", "user_msec", "sys_msec", "in_bytes", "out_bytes", "exit_code",
+)
+
+#: Finished rows that may wait behind one running job before it steps out of the order.
+REORDER_LIMIT = 10_000
+
+Row = tuple[Any, ...]
+
+
+class _Pending:
+    """A job between its first event and its row."""
+
+    __slots__ = ("seq", "job", "requested", "first_seen", "submitter", "server", "done", "selected", "late")
+
+    def __init__(self, seq: int, job: Job, requested: float | None, first_seen: float, selected: bool) -> None:
+        self.seq = seq
+        self.job = job
+        self.requested = requested
+        self.first_seen = first_seen
+        self.submitter: str | None = None
+        self.server: str | None = None
+        self.done = False
+        self.selected = selected
+        self.late = False  # stepped out of the order (see the module docstring)
+
+
+def _host_name(monitor: Monitor, host_id: int | None) -> str | None:
+    """The host's name, or None if the Monitor does not know one (yet)."""
+    if host_id is None:
+        return None
+    host = monitor.hosts.get(host_id)
+    return host.name if host is not None and host.name else None
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round((b - a) * 1000, 3)
+
+
+def _t(t: float | None) -> float | None:
+    return None if t is None else round(t, 6)
+
+
+class JobsPublisher(Publisher):
+    """Turns the Monitor's job events into rows, in order of request (see the module docstring),
+    handing each to ``emit``. Call :meth:`finish` after the last record: it writes the rows of
+    the jobs still running as ``unfinished``.
+
+    ``since``/``until`` select jobs by request time (seconds since the recording started, both
+    ends included): the time of their MON_GET_CS (MON_LOCAL_JOB_BEGIN for a local job), or for
+    a job whose request the recording did not see, the time of its first event.
+    """
+
+    kinds = frozenset({EventKind.JOB_SUBMITTED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED, EventKind.RESET})
+
+    def __init__(
+        self,
+        emit: Callable[[Row], None],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        reorder_limit: int = REORDER_LIMIT,
+    ) -> None:
+        self._emit_row = emit
+        self.since = since
+        self.until = until
+        self.reorder_limit = reorder_limit
+        self._seq = 0
+        #: Jobs in flight by id (the Monitor's ids; they start over after a reset).
+        self._open: dict[int, _Pending] = {}
+        #: Selected jobs in order of request, until their row is written.
+        self._queue: deque[_Pending] = deque()
+        self.rows = 0
+        self.late_rows = 0
+
+    # -- events ---------------------------------------------------------------------------
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        kind, t, _, job = event
+        if kind is EventKind.RESET:
+            # The Monitor forgot its jobs: those in flight will never be seen to end.
+            for pending in self._open.values():
+                self._end(pending, monitor)
+            self._open.clear()
+            self._flush(monitor)
+            return
+        assert job is not None
+        pending = self._open.get(job.id)
+        if pending is not None and pending.job is not job:
+            if not job.seen_submit:
+                # The Monitor dropped the job (too many in flight) and met it again: same job.
+                pending.job = job
+            else:
+                # The id was reused without the old job ending: that one is over, unseen.
+                self._end(pending, monitor)
+                pending = None
+        if pending is None:
+            pending = self._start(job, t)
+        if pending.submitter is None:
+            pending.submitter = _host_name(monitor, job.client_id)
+        if pending.server is None:
+            pending.server = _host_name(monitor, job.server_id)
+        if kind is EventKind.JOB_FINISHED:
+            del self._open[job.id]
+            self._end(pending, monitor)
+        if self._queue and self._queue[0].done:
+            self._flush(monitor)
+
+    def _start(self, job: Job, t: float) -> _Pending:
+        # A remote job's request is its MON_GET_CS, a local job's its MON_LOCAL_JOB_BEGIN (both
+        # set job.submitted); a job already running when the recording began has none.
+        requested = job.submitted if job.seen_submit else None
+        at = requested if requested is not None else t
+        selected = (self.since is None or at >= self.since) and (self.until is None or at <= self.until)
+        self._seq += 1
+        pending = _Pending(self._seq, job, requested, t, selected)
+        self._open[job.id] = pending
+        if selected:
+            queue = self._queue
+            queue.append(pending)
+            if len(queue) > self.reorder_limit:
+                head = queue.popleft()
+                if head.done:
+                    self._write(head, None)
+                else:
+                    head.late = True
+                    self.late_rows += 1
+        return pending
+
+    def _end(self, pending: _Pending, monitor: Monitor) -> None:
+        """The job's row is complete: a late one is written at once, others when their turn
+        comes in the queue."""
+        pending.done = True
+        if pending.late:
+            self._write(pending, monitor)
+
+    def _flush(self, monitor: Monitor | None) -> None:
+        queue = self._queue
+        while queue and queue[0].done:
+            self._write(queue.popleft(), monitor)
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: every row not written yet, in order of request."""
+        rest = [p for p in self._open.values() if p.late and p.selected]
+        rest += self._queue
+        self._queue.clear()
+        self._open.clear()
+        for pending in sorted(rest, key=lambda p: p.seq):
+            self._write(pending, monitor)
+
+    # -- rows -----------------------------------------------------------------------------
+
+    def _write(self, pending: _Pending, monitor: Monitor | None) -> None:
+        if not pending.selected:
+            return
+        self.rows += 1
+        self._emit_row(self.row(pending, monitor))
+
+    @staticmethod
+    def row(pending: _Pending, monitor: Monitor | None) -> Row:
+        job = pending.job
+        submitter, server = pending.submitter, pending.server
+        if monitor is not None:
+            submitter = submitter or _host_name(monitor, job.client_id)
+            server = server or _host_name(monitor, job.server_id)
+        if submitter is None and job.client_id is not None:
+            submitter = f"#{job.client_id}"
+        if server is None and job.server_id is not None:
+            server = f"#{job.server_id}"
+        state = job.state
+        measured = state is JobState.DONE or state is JobState.FAILED  # a MON_JOB_DONE was seen
+        if state is JobState.DONE or state is JobState.LOCAL_DONE:
+            outcome = "lost" if job.lost else "ok"
+        elif state is JobState.FAILED:
+            outcome = "lost" if job.lost else "failed"
+        else:
+            outcome = "unfinished"
+        started = job.started
+        ended = job.ended if outcome != "unfinished" else None
+        requested = pending.requested
+        return (
+            job.id,
+            job.file,
+            m.LANG_NAMES.get(job.lang, str(job.lang)) if job.lang is not None else None,
+            submitter,
+            server,
+            "local" if job.local else "remote",
+            outcome,
+            job.rerun_of,
+            _t(requested),
+            _t(started),
+            _t(ended),
+            _ms(requested, started),
+            _ms(started, ended),
+            job.real_msec if measured else None,
+            job.user_msec if measured else None,
+            job.sys_msec if measured else None,
+            job.in_uncompressed if measured else None,
+            job.out_uncompressed if measured else None,
+            job.exit_code if measured else None,
+        )
+
+
+# ---- output -------------------------------------------------------------------------------
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"})
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (and backslashes doubled, so escapes are not
+    ambiguous): a host or file name cannot move the cursor or break a line of a table."""
+    return text.translate(_CONTROL)
+
+
+class RowWriter:
+    """Writes rows to a stream as CSV (with a header row), JSON Lines or a text table, in
+    batches (one write per ``batch`` rows)."""
+
+    def __init__(self, out: TextIO, form: str, *, batch: int = 512) -> None:
+        if form not in ("csv", "json", "text"):
+            raise ValueError(f"unknown form {form!r}")
+        self.out = out
+        self.form = form
+        self._batch_size = batch
+        self._lines: list[str] = []
+        if form == "csv":
+            self._buffer = io.StringIO()
+            self._csv = csv.writer(self._buffer, lineterminator="\n")
+            self._csv.writerow(COLUMNS)
+            self._take_csv()
+        elif form == "text":
+            self._lines.append(_TEXT_HEADER)
+
+    def _take_csv(self) -> None:
+        self._lines.append(self._buffer.getvalue()[:-1])
+        self._buffer.seek(0)
+        self._buffer.truncate()
+
+    def write(self, row: Row) -> None:
+        if self.form == "json":
+            self._lines.append(json.dumps(dict(zip(COLUMNS, row)), ensure_ascii=False))
+        elif self.form == "csv":
+            self._csv.writerow(row)  # None is written as an empty field
+            self._take_csv()
+        else:
+            self._lines.append(_text_line(row))
+        if len(self._lines) >= self._batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            self._lines.append("")
+            self.out.write("\n".join(self._lines))
+            self._lines.clear()
+        self.out.flush()
+
+
+_TEXT_HEADER = (
+    f"{'id':>7} {'kind':<6} {'outcome':<10} {'submitter':<14} {'server':<14} {'requested':>10} "
+    f"{'wait ms':>9} {'run ms':>9} {'real ms':>8} {'exit':>4} {'rerun of':>8}  file"
+)
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _name_cell(value: str | None) -> str:
+    if value is None:
+        return "-"
+    text = printable(value)
+    return text if len(text) <= 14 else text[:13] + "~"
+
+
+def _text_line(row: Row) -> str:
+    (job_id, file, _lang, submitter, server, kind, outcome, rerun_of, requested, _started, _ended,
+     wait_ms, run_ms, real_msec, *_, exit_code) = row
+    requested_cell = "-" if requested is None else f"{requested:.3f}"
+    wait_cell = "-" if wait_ms is None else f"{wait_ms:.1f}"
+    run_cell = "-" if run_ms is None else f"{run_ms:.1f}"
+    return (
+        f"{job_id:>7} {kind:<6} {outcome:<10} {_name_cell(submitter):<14} {_name_cell(server):<14} "
+        f"{requested_cell:>10} {wait_cell:>9} {run_cell:>9} {_cell(real_msec):>8} {_cell(exit_code):>4} {_cell(rerun_of):>8}  "
+        f"{printable(file) if file else '-'}"
+    )
+
+
+def write_jobs(
+    reader: CaptureReader,
+    out: TextIO,
+    form: str,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    progress_stream: TextIO | None = None,
+) -> tuple[JobsPublisher, ReplayResult]:
+    """Replay the capture as fast as possible and write its job rows to ``out`` (``form``:
+    ``csv``, ``json`` or ``text``). Rows written before a damaged record stay written."""
+    writer = RowWriter(out, form)
+    publisher = JobsPublisher(writer.write, since=since, until=until)
+    monitor = Monitor(publishers=[publisher])
+    try:
+        result = replay_file(monitor, reader, progress_stream=progress_stream)
+        publisher.finish(monitor)
+    finally:
+        writer.flush()
+    return publisher, result
