@@ -6,12 +6,14 @@ normalising, and any change in how a frame decodes shows up as a golden mismatch
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from icetools.capture import CaptureReader
+from icetools.jobs import write_jobs
 from icetools.monitor import Monitor
 from icetools.render import decode_records, json_line
 from icetools.replay import replay, replay_fast
@@ -44,10 +46,20 @@ def stats_report(path: Path, *, fast: bool = False) -> dict[str, Any]:
     return report(replayed(path, fast=fast))
 
 
+def jobs_csv(path: Path) -> str:
+    """What ``icetools jobs --csv PATH`` prints."""
+    out = io.StringIO()
+    with CaptureReader(path) as reader:
+        write_jobs(reader, out, "csv")
+    return out.getvalue()
+
+
 def write_goldens(path: Path) -> None:
-    """NAME.golden.jsonl (dump --json), NAME.replay.json and NAME.stats.json beside NAME.icecap."""
+    """NAME.golden.jsonl (dump --json), NAME.replay.json, NAME.stats.json and NAME.jobs.csv
+    (jobs --csv) beside NAME.icecap."""
     with CaptureReader(path) as reader:
         lines = list(golden_lines(reader))
     path.with_suffix(".golden.jsonl").write_text("".join(line + "\n" for line in lines))
     path.with_suffix(".replay.json").write_text(json.dumps(replay_state(path), indent=1) + "\n")
     path.with_suffix(".stats.json").write_text(json.dumps(stats_report(path), indent=1) + "\n")
+    path.with_suffix(".jobs.csv").write_text(jobs_csv(path))
