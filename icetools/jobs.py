@@ -60,7 +60,7 @@ class _Pending:
         self.late = False  # stepped out of the order (see the module docstring)
 
 
-def _host_name(monitor: Monitor, host_id: int | None) -> str | None:
+def host_name(monitor: Monitor, host_id: int | None) -> str | None:
     """The host's name, or None if the Monitor does not know one (yet)."""
     if host_id is None:
         return None
@@ -132,9 +132,9 @@ class JobsPublisher(Publisher):
         if pending is None:
             pending = self._start(job, t)
         if pending.submitter is None:
-            pending.submitter = _host_name(monitor, job.client_id)
+            pending.submitter = host_name(monitor, job.client_id)
         if pending.server is None:
-            pending.server = _host_name(monitor, job.server_id)
+            pending.server = host_name(monitor, job.server_id)
         if kind is EventKind.JOB_FINISHED:
             del self._open[job.id]
             self._end(pending, monitor)
@@ -196,44 +196,49 @@ class JobsPublisher(Publisher):
         job = pending.job
         submitter, server = pending.submitter, pending.server
         if monitor is not None:
-            submitter = submitter or _host_name(monitor, job.client_id)
-            server = server or _host_name(monitor, job.server_id)
-        if submitter is None and job.client_id is not None:
-            submitter = f"#{job.client_id}"
-        if server is None and job.server_id is not None:
-            server = f"#{job.server_id}"
-        state = job.state
-        measured = state is JobState.DONE or state is JobState.FAILED  # a MON_JOB_DONE was seen
-        if state is JobState.DONE or state is JobState.LOCAL_DONE:
-            outcome = "lost" if job.lost else "ok"
-        elif state is JobState.FAILED:
-            outcome = "lost" if job.lost else "failed"
-        else:
-            outcome = "unfinished"
-        started = job.started
-        ended = job.ended if outcome != "unfinished" else None
-        requested = pending.requested
-        return (
-            job.id,
-            job.file,
-            m.LANG_NAMES.get(job.lang, str(job.lang)) if job.lang is not None else None,
-            submitter,
-            server,
-            "local" if job.local else "remote",
-            outcome,
-            job.rerun_of,
-            _t(requested),
-            _t(started),
-            _t(ended),
-            _ms(requested, started),
-            _ms(started, ended),
-            job.real_msec if measured else None,
-            job.user_msec if measured else None,
-            job.sys_msec if measured else None,
-            job.in_uncompressed if measured else None,
-            job.out_uncompressed if measured else None,
-            job.exit_code if measured else None,
-        )
+            submitter = submitter or host_name(monitor, job.client_id)
+            server = server or host_name(monitor, job.server_id)
+        return job_row(job, pending.requested, submitter, server)
+
+
+def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
+    """The row of a job as it stands (see COLUMNS): ``requested`` as seen (None if the recording
+    did not see the request), host names where known (else ``#ID``)."""
+    if submitter is None and job.client_id is not None:
+        submitter = f"#{job.client_id}"
+    if server is None and job.server_id is not None:
+        server = f"#{job.server_id}"
+    state = job.state
+    measured = state is JobState.DONE or state is JobState.FAILED  # a MON_JOB_DONE was seen
+    if state is JobState.DONE or state is JobState.LOCAL_DONE:
+        outcome = "lost" if job.lost else "ok"
+    elif state is JobState.FAILED:
+        outcome = "lost" if job.lost else "failed"
+    else:
+        outcome = "unfinished"
+    started = job.started
+    ended = job.ended if outcome != "unfinished" else None
+    return (
+        job.id,
+        job.file,
+        m.LANG_NAMES.get(job.lang, str(job.lang)) if job.lang is not None else None,
+        submitter,
+        server,
+        "local" if job.local else "remote",
+        outcome,
+        job.rerun_of,
+        _t(requested),
+        _t(started),
+        _t(ended),
+        _ms(requested, started),
+        _ms(started, ended),
+        job.real_msec if measured else None,
+        job.user_msec if measured else None,
+        job.sys_msec if measured else None,
+        job.in_uncompressed if measured else None,
+        job.out_uncompressed if measured else None,
+        job.exit_code if measured else None,
+    )
 
 
 # ---- output -------------------------------------------------------------------------------
