@@ -630,6 +630,41 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
         _finish_reading(reader, result.undecodable)
 
 
+# ----------------------------------------------------------------------------------- trace
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, allow_dash=True),
+    required=True,
+    help="Trace file to write (replaced if it exists); - for standard output.",
+)
+def trace(file: Path, output: Path) -> None:
+    """The recording as a Chrome trace, for ui.perfetto.dev or chrome://tracing.
+
+    A process per host, a thread per slot, a slice per job (file, submitter, wait, exit
+    code, bytes, user and sys time in its args), a "waiting" slice on the submitter with an
+    arrow to the compile host, counters for the cluster's busy slots and waiting jobs and for
+    each host's load. The mapping is in docs/analysis.md.
+
+    \b
+    Examples:
+      icetools trace build.icecap -o build.trace.json    # then open it in ui.perfetto.dev
+      icetools trace day.icecap -o - | gzip > day.trace.json.gz
+    """
+    from .trace import write_trace, write_trace_file
+
+    with _open_capture(file) as reader:
+        if str(output) == "-":
+            _, result = write_trace(reader, sys.stdout, progress_stream=sys.stderr)
+        else:
+            _, result = write_trace_file(reader, output, progress_stream=sys.stderr)
+        _finish_reading(reader, result.undecodable)
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning icetools' errors into one line and exit 1."""
     try:

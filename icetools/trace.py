@@ -1,0 +1,380 @@
+"""``icetools trace``: a recording as a Chrome trace (the Trace Event Format's JSON object form),
+for ui.perfetto.dev and chrome://tracing.
+
+A process per host, a thread per slot (lanes that never overlap: a job takes the lowest lane
+free on its host when it starts), a complete event ("X") per job, a "wait" slice on the
+submitter from request to start with a flow arrow (flow v2: ``bind_id`` with ``flow_out`` and
+``flow_in``) to the compile, counters for the cluster's busy slots and waiting jobs and for each
+host's load. The mapping is documented in docs/analysis.md.
+
+Like ``jobs`` it reads the Monitor's change events and streams: each event is written when it
+is complete (a job's slice when the job ends), so memory holds only the jobs in flight and the
+lanes of each host. Events are therefore not in time order; the format does not ask for it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from .capture import CaptureReader
+from .errors import OutputError
+from .jobs import COLUMNS, host_name, job_row
+from .monitor import Event, EventKind, Job, Monitor, Publisher
+from .replay import ReplayResult, replay_file
+
+#: The process that holds the cluster-wide counters.
+CLUSTER_PID = 1
+#: Request lanes (waiting jobs) of a host are threads from here on, below them its slots.
+WAIT_TID = 1001
+#: Jobs whose start and request the recording never saw (only their end) go here.
+UNPLACED_TID = 9999
+
+#: Row columns that go into a job slice's args (the rest are its name, place and times).
+_ARG_COLUMNS = tuple(
+    c for c in COLUMNS if c not in ("started", "ended", "run_ms")
+)
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _us(t: float) -> int:
+    """Seconds -> whole microseconds (the capture's resolution: exact)."""
+    return int(round(t * 1_000_000))
+
+
+class _Lanes:
+    """Numbered lanes of one host: the lowest free one is taken, so a lane's jobs never
+    overlap and lanes stay as few as the most jobs at a time."""
+
+    __slots__ = ("free", "count", "first")
+
+    def __init__(self, first: int) -> None:
+        self.free: list[int] = []
+        self.count = 0
+        self.first = first
+
+    def take(self) -> tuple[int, bool]:
+        """A lane, and whether it is new (needs its thread_name)."""
+        if self.free:
+            return heapq.heappop(self.free), False
+        self.count += 1
+        return self.first + self.count - 1, True
+
+    def give(self, lane: int) -> None:
+        heapq.heappush(self.free, lane)
+
+
+class _InFlight:
+    __slots__ = ("job", "requested", "submitter", "server", "wait_pid", "wait_tid", "pid", "tid", "flow")
+
+    def __init__(self, job: Job, requested: float | None) -> None:
+        self.job = job
+        self.requested = requested
+        #: Host names as known while the job runs (a reset makes the Monitor forget them).
+        self.submitter: str | None = None
+        self.server: str | None = None
+        self.wait_pid = 0  # the submitter's process and lane while it waits (0: not waiting)
+        self.wait_tid = 0
+        self.pid = 0  # the compile host's process and lane once started (0: not started)
+        self.tid = 0
+        self.flow = 0  # bind_id of the wait -> compile arrow (0: none)
+
+
+class TracePublisher(Publisher):
+    """Writes trace events for the Monitor's changes through ``write`` (one JSON object text
+    per call). Call :meth:`finish` after the last record."""
+
+    kinds = frozenset(EventKind)
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self._pids: dict[str, int] = {}  # host name (or #id) -> pid
+        self._pid_of_id: dict[int, int] = {}  # the Monitor's host id -> pid (until a reset)
+        self._slots: dict[int, _Lanes] = {}
+        self._waits: dict[int, _Lanes] = {}
+        self._open: dict[int, _InFlight] = {}
+        self._loads: dict[int, int] = {}  # pid -> last load written
+        self._busy = self._waiting = 0
+        self._counted: tuple[int, int] | None = None  # the counters as last written
+        self._counter_ts: int | None = None
+        self._flows = 0
+        self._unplaced = False
+        self.jobs = 0  # job slices written
+        self._write(self._meta("process_name", CLUSTER_PID, 0, "cluster"))
+        self._write(self._meta("process_sort_index", CLUSTER_PID, 0, None, sort_index=0))
+
+    # -- processes and threads ----------------------------------------------------------------
+
+    @staticmethod
+    def _meta(name: str, pid: int, tid: int, value: str | None, **args: Any) -> str:
+        if value is not None:
+            args["name"] = value
+        return _json({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
+
+    def _pid(self, monitor: Monitor, host_id: int) -> int:
+        pid = self._pid_of_id.get(host_id)
+        if pid is not None:
+            return pid
+        # Keyed by name: a daemon that logs in again (new id) stays one process.
+        key = host_name(monitor, host_id) or f"#{host_id}"
+        pid = self._pids.get(key)
+        if pid is None:
+            pid = self._pids[key] = len(self._pids) + 2
+            self._write(self._meta("process_name", pid, 0, key))
+            self._write(self._meta("process_sort_index", pid, 0, None, sort_index=pid))
+            self._slots[pid] = _Lanes(1)
+            self._waits[pid] = _Lanes(WAIT_TID)
+        self._pid_of_id[host_id] = pid
+        return pid
+
+    def _lane(self, pid: int, lanes: _Lanes, label: str) -> int:
+        tid, new = lanes.take()
+        if new:
+            number = tid - lanes.first + 1
+            self._write(self._meta("thread_name", pid, tid, f"{label} {number}"))
+            self._write(self._meta("thread_sort_index", pid, tid, None, sort_index=tid))
+        return tid
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def _at(self, ts: int) -> None:
+        """Counters change many times within one instant of a recording (a scheduler sends in
+        batches): write them once per instant, as they stood at its end."""
+        if ts != self._counter_ts:
+            self._flush_counters()
+            self._counter_ts = ts
+
+    def _flush_counters(self) -> None:
+        if self._counter_ts is None:
+            return
+        now = (self._busy, self._waiting)
+        if now != self._counted:
+            ts = self._counter_ts
+            before = self._counted or (-1, -1)  # (both are written at the first instant)
+            if now[0] != before[0]:
+                self._write(f'{{"ph":"C","name":"busy slots","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"busy":{now[0]}}}}}')
+            if now[1] != before[1]:
+                self._write(f'{{"ph":"C","name":"jobs waiting","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"waiting":{now[1]}}}}}')
+            self._counted = now
+
+    # -- events -------------------------------------------------------------------------------
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        kind, t, host, job = event
+        ts = _us(t)
+        self._at(ts)
+        if kind is EventKind.JOB_SUBMITTED:
+            assert job is not None
+            self._submitted(job, ts, monitor)
+        elif kind is EventKind.JOB_STARTED:
+            assert job is not None
+            self._started(job, ts, monitor)
+        elif kind is EventKind.JOB_FINISHED:
+            assert job is not None
+            self._finished(job, ts, monitor)
+        elif kind is EventKind.HOST_ADDED or kind is EventKind.HOST_CHANGED:
+            assert host is not None
+            pid = self._pid(monitor, host.id)
+            load = host.load
+            if self._loads.get(pid) != load:
+                self._loads[pid] = load
+                self._write(f'{{"ph":"C","name":"load","pid":{pid},"tid":0,"ts":{ts},"args":{{"load":{load}}}}}')
+        elif kind is EventKind.HOST_OFFLINE:
+            assert host is not None
+            pid = self._pid(monitor, host.id)
+            self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
+        elif kind is EventKind.RESET:
+            # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
+            for flight in list(self._open.values()):
+                self._end(flight, ts, monitor)
+            self._open.clear()
+            self._pid_of_id.clear()
+
+    def _orphan(self, job: Job, ts: int, monitor: Monitor) -> _InFlight | None:
+        """The job in flight under this id, if it is this job; an older job under the same id
+        (the Monitor lost track of it) is ended here."""
+        flight = self._open.get(job.id)
+        if flight is not None and flight.job is not job:
+            if not job.seen_submit:
+                flight.job = job  # the Monitor dropped it and met it again: the same job
+                return flight
+            self._end(flight, ts, monitor)
+            return None
+        return flight
+
+    def _submitted(self, job: Job, ts: int, monitor: Monitor) -> None:
+        self._orphan(job, ts, monitor)
+        flight = self._open[job.id] = _InFlight(job, job.submitted)
+        flight.submitter = host_name(monitor, job.client_id)
+        if job.client_id is not None:
+            pid = flight.wait_pid = self._pid(monitor, job.client_id)
+            flight.wait_tid = self._lane(pid, self._waits[pid], "waiting")
+            self._waiting += 1  # (while it holds a waiting lane)
+
+    def _started(self, job: Job, ts: int, monitor: Monitor) -> None:
+        flight = self._orphan(job, ts, monitor)
+        if flight is None:
+            # A local job, or a remote one requested before the recording began.
+            flight = self._open[job.id] = _InFlight(job, job.submitted if job.local else None)
+        elif flight.wait_pid:
+            self._waiting -= 1
+            self._flows += 1
+            flight.flow = self._flows
+            self._wait_slice(flight, ts, monitor)
+        flight.submitter = flight.submitter or host_name(monitor, job.client_id)
+        flight.server = host_name(monitor, job.server_id)
+        if job.server_id is None:
+            return
+        pid = flight.pid = self._pid(monitor, job.server_id)
+        flight.tid = self._lane(pid, self._slots[pid], "slot")
+        self._busy += 1
+
+    def _wait_slice(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
+        """The submitter waiting for a compile host: from the request to the start."""
+        job = flight.job
+        assert flight.requested is not None
+        start = _us(flight.requested)
+        self._write(_json({
+            "ph": "X", "cat": "wait", "name": _short(job.file), "pid": flight.wait_pid,
+            "tid": flight.wait_tid, "ts": start, "dur": end - start,
+            "bind_id": flight.flow, "flow_out": True,
+            "args": {"id": job.id, "file": job.file,
+                     "server": host_name(monitor, job.server_id) if job.server_id is not None else None},
+        }))
+        self._waits[flight.wait_pid].give(flight.wait_tid)
+        flight.wait_pid = flight.wait_tid = 0
+
+    def _finished(self, job: Job, ts: int, monitor: Monitor) -> None:
+        flight = self._orphan(job, ts, monitor)
+        if flight is None:
+            flight = _InFlight(job, None)  # only its end was seen
+        else:
+            del self._open[job.id]
+        self._end(flight, ts, monitor)
+
+    def _end(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
+        """Write the job's slice, ending at ``end``, and free its lanes."""
+        job = flight.job
+        row = job_row(
+            job, flight.requested,
+            flight.submitter or host_name(monitor, job.client_id),
+            flight.server or host_name(monitor, job.server_id),
+        )
+        args = dict(zip(_ARG_COLUMNS, (row[COLUMNS.index(c)] for c in _ARG_COLUMNS)))
+        event: dict[str, Any] = {"ph": "X", "cat": "local" if job.local else "remote", "name": _short(job.file)}
+        if flight.pid:  # it ran: on its compile host's slot
+            start = _us(job.started) if job.started is not None else end
+            event.update(pid=flight.pid, tid=flight.tid, ts=start, dur=max(0, end - start))
+            self._slots[flight.pid].give(flight.tid)
+            self._busy -= 1
+            if flight.flow:
+                event.update(bind_id=flight.flow, flow_in=True)
+        elif flight.wait_pid:  # it never started: on the submitter's waiting lane
+            assert flight.requested is not None
+            start = _us(flight.requested)
+            event.update(pid=flight.wait_pid, tid=flight.wait_tid, ts=start, dur=end - start)
+            self._waits[flight.wait_pid].give(flight.wait_tid)
+            self._waiting -= 1
+        else:  # only its end was seen
+            if not self._unplaced:
+                self._unplaced = True
+                self._write(self._meta("thread_name", CLUSTER_PID, UNPLACED_TID, "seen only at their end"))
+            event.update(pid=CLUSTER_PID, tid=UNPLACED_TID, ts=end, dur=0)
+        event["args"] = args
+        self._write(_json(event))
+        self.jobs += 1
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: the jobs still in flight end there, as unfinished."""
+        ts = _us(monitor.now)
+        self._at(ts)
+        for flight in list(self._open.values()):
+            self._end(flight, max(ts, _us(flight.job.started or flight.requested or 0.0)), monitor)
+        self._open.clear()
+        self._flush_counters()
+
+
+def _short(path: str) -> str:
+    """A slice's title: the file name without its folders (the whole path is in args)."""
+    return path.rsplit("/", 1)[-1] or "(no file)"
+
+
+# ---- writing the file -----------------------------------------------------------------------
+
+
+class _EventStream:
+    """The JSON object form, written as events come: ``{"traceEvents":[`` ... ``]}``."""
+
+    def __init__(self, out: TextIO, batch: int = 1024) -> None:
+        self.out = out
+        self.lines: list[str] = []
+        self.batch = batch
+        self.first = True
+        out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
+
+    def write(self, event: str) -> None:
+        self.lines.append(event)
+        if len(self.lines) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            text = ",\n".join(self.lines)
+            self.out.write(text if self.first else ",\n" + text)
+            self.first = False
+            self.lines.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.out.write("\n]}\n")
+
+
+def write_trace(
+    reader: CaptureReader,
+    out: TextIO,
+    *,
+    progress_stream: TextIO | None = None,
+) -> tuple[TracePublisher, ReplayResult]:
+    """Replay the capture as fast as possible and write its trace to ``out``."""
+    stream = _EventStream(out)
+    publisher = TracePublisher(stream.write)
+    monitor = Monitor(publishers=[publisher])
+    result = replay_file(monitor, reader, progress_stream=progress_stream)
+    publisher.finish(monitor)
+    stream.close()
+    return publisher, result
+
+
+def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: TextIO | None = None) -> tuple[TracePublisher, ReplayResult]:
+    """:func:`write_trace` into ``target``, replaced atomically: a damaged capture or a failure
+    leaves no half-written trace (and any previous file as it was)."""
+    target = Path(target)
+    if target.is_dir():
+        raise OutputError(f"{target} is a directory")
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path("."))
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            done = write_trace(reader, out, progress_stream=progress_stream)
+        os.chmod(temp, 0o666 & ~_umask())
+        os.replace(temp, target)
+    except OSError as e:
+        Path(temp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {e.strerror}") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return done
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

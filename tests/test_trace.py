@@ -1,0 +1,283 @@
+"""``icetools trace``: the output follows the Trace Event Format (JSON object form) and agrees with
+``icetools jobs`` and ``dump --json`` of the same recording."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from icetools import messages as m
+from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord, Record
+from icetools.monitor import Monitor
+from icetools.replay import replay
+from icetools.trace import TracePublisher, write_trace
+
+from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
+
+#: Keys every event of a phase must have (the format's required fields for what we write).
+REQUIRED = {
+    "X": {"ph", "name", "cat", "pid", "tid", "ts", "dur", "args"},
+    "M": {"ph", "name", "pid", "tid", "args"},
+    "C": {"ph", "name", "pid", "ts", "args"},
+    "i": {"ph", "name", "pid", "ts", "s"},
+}
+
+
+def trace_of(path: Path, tmp_path: Path) -> list[dict[str, Any]]:
+    out = tmp_path / (path.stem + ".trace.json")
+    result = icetools("trace", str(path), "-o", str(out))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    document = json.loads(out.read_text())
+    assert set(document) == {"traceEvents", "displayTimeUnit"} and document["displayTimeUnit"] == "ms"
+    return document["traceEvents"]
+
+
+def check_format(events: list[dict[str, Any]]) -> None:
+    """What a trace viewer needs: known phases with their keys, whole non-negative microseconds,
+    named processes and threads, lanes whose slices never overlap, flows with both ends."""
+    names: dict[int, str] = {}
+    threads: set[tuple[int, int]] = set()
+    for e in events:
+        assert e["ph"] in REQUIRED, e
+        assert REQUIRED[e["ph"]] <= set(e), e
+        assert isinstance(e["pid"], int) and isinstance(e.get("tid", 0), int)
+        if "ts" in e:
+            assert isinstance(e["ts"], int) and e["ts"] >= 0, e
+        if e["ph"] == "X":
+            assert isinstance(e["dur"], int) and e["dur"] >= 0, e
+        if e["ph"] == "M":
+            assert e["name"] in ("process_name", "thread_name", "process_sort_index", "thread_sort_index"), e
+            if e["name"] == "process_name":
+                assert e["pid"] not in names, f"process {e['pid']} named twice"
+                names[e["pid"]] = e["args"]["name"]
+            elif e["name"] == "thread_name":
+                threads.add((e["pid"], e["tid"]))
+        if e["ph"] == "C":
+            assert e["args"] and all(isinstance(v, int) and v >= 0 for v in e["args"].values()), e
+    lanes: dict[tuple[int, int], list[tuple[int, int]]] = collections.defaultdict(list)
+    flows: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+    for e in events:
+        if e["ph"] in "XCi":
+            assert e["pid"] in names, f"process {e['pid']} has no name"
+        if e["ph"] == "X":
+            assert (e["pid"], e["tid"]) in threads, f"thread {e['pid']}/{e['tid']} has no name"
+            lanes[e["pid"], e["tid"]].append((e["ts"], e["ts"] + e["dur"]))
+            if "bind_id" in e:
+                flows[e["bind_id"]].append(e)
+    for lane, spans in lanes.items():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert start >= end, f"slices overlap on {lane}: one ends at {end}, the next starts at {start}"
+    for bind_id, ends in flows.items():
+        assert sorted(("flow_out" in e, "flow_in" in e) for e in ends) == [(False, True), (True, False)], ends
+        out, into = sorted(ends, key=lambda e: "flow_in" in e)
+        assert out["cat"] == "wait" and into["cat"] == "remote" and out["args"]["id"] == into["args"]["id"]
+        assert names[out["pid"]] == into["args"]["submitter"] and names[into["pid"]] == into["args"]["server"]
+        assert out["ts"] + out["dur"] == into["ts"]  # the arrow goes from the end of the wait
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=[p.name for p in CAPTURES])
+def test_trace_follows_the_format_and_agrees_with_jobs(path: Path, tmp_path: Path) -> None:
+    events = trace_of(path, tmp_path)
+    check_format(events)
+    rows = jobs_json(path)
+    end = round(dumped(path)[-1]["t"] * 1e6)  # the end record
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    jobs = [e for e in events if e["ph"] == "X" and e["cat"] in ("remote", "local")]
+    # Every job once, with the times and args of its jobs row.
+    assert sorted((e["args"]["id"], e["cat"]) for e in jobs) == sorted((r["id"], r["kind"]) for r in rows)
+    by_id = {(e["args"]["id"], e["cat"]): e for e in jobs}
+    for row in rows:
+        e = by_id[row["id"], row["kind"]]
+        assert {k: row[k] for k in e["args"]} == e["args"]
+        if row["started"] is not None:
+            assert names[e["pid"]] == row["server"]
+            assert e["ts"] == round(row["started"] * 1e6)
+            stop = end if row["ended"] is None else round(row["ended"] * 1e6)
+            assert e["ts"] + e["dur"] == stop
+        if row["kind"] == "remote" and row["started"] is not None and row["requested"] is not None:
+            assert "bind_id" in e  # an arrow from its submitter's wait
+            waits = [w for w in events if w.get("cat") == "wait" and w["args"]["id"] == row["id"]]
+            assert len(waits) == 1 and names[waits[0]["pid"]] == row["submitter"]
+            assert waits[0]["ts"] == round(row["requested"] * 1e6)
+            assert waits[0]["dur"] == pytest.approx(row["wait_ms"] * 1000, abs=1)
+    check_counters(events, end)
+
+
+def check_counters(events: list[dict[str, Any]], end: int) -> None:
+    """Each busy-slots / jobs-waiting value is the number of slices running at the end of its
+    instant: started at or before it, ending after it."""
+    jobs = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X" and e["cat"] in ("remote", "local")]
+    waits = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X" and (e["cat"] == "wait" or e["tid"] > 1000)]
+    counters = [e for e in events if e["ph"] == "C" and e["pid"] == 1]
+    assert {e["name"] for e in counters} == {"busy slots", "jobs waiting"}
+    for e in counters:
+        spans, (value,) = (jobs if e["name"] == "busy slots" else waits), e["args"].values()
+        if e["ts"] < end:
+            assert value == sum(1 for a, b in spans if a <= e["ts"] < b), e
+
+
+def test_load_counters_follow_each_hosts_reports(tmp_path: Path) -> None:
+    path = RECORDINGS / "demo.icecap"
+    events = trace_of(path, tmp_path)
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    loads: dict[str, list[int]] = collections.defaultdict(list)
+    for e in events:
+        if e["ph"] == "C" and e["name"] == "load":
+            loads[names[e["pid"]]].append(e["args"]["load"])
+    host_names: dict[int, str] = {}
+    reported: dict[str, list[int]] = collections.defaultdict(list)
+    for msg in dumped(path):
+        if msg["type"] == "MON_STATS":
+            stats = msg["stats"]
+            if "Name" in stats:
+                host_names[msg["host_id"]] = stats["Name"]
+            if "Load" in stats:
+                seq = reported[host_names[msg["host_id"]]]
+                if not seq or seq[-1] != int(stats["Load"]):
+                    seq.append(int(stats["Load"]))
+    assert loads == reported
+    assert len(loads) >= 5 and sum(map(len, loads.values())) > 50
+    offline = [e for e in events if e["ph"] == "i"]
+    assert [(names[e["pid"]], e["name"]) for e in offline] == [
+        (host_names[msg["host_id"]], "offline") for msg in dumped(path)
+        if msg["type"] == "MON_STATS" and msg["stats"].get("State") == "Offline"
+    ]
+
+
+def test_lanes_are_as_few_as_the_most_jobs_at_once(tmp_path: Path) -> None:
+    events = trace_of(RECORDINGS / "demo.icecap", tmp_path)
+    check_format(events)
+    slots: dict[int, set[int]] = collections.defaultdict(set)
+    for e in events:
+        if e["ph"] == "X" and e["cat"] in ("remote", "local"):
+            slots[e["pid"]].add(e["tid"])
+    for pid, tids in slots.items():
+        assert tids == set(range(1, len(tids) + 1))  # lowest free lane first: no gaps
+        spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e["ph"] == "X" and e["pid"] == pid and e["tid"] in tids]
+        most = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+        assert len(tids) <= max(most, 1) + 1  # zero-length jobs at one instant may take one more
+
+
+def _stream(frames: list[tuple[float, m.Message]], reconnect_at: float) -> list[Record]:
+    records: list[Record] = [ConnectRecord(0.0, 43, 43, 44, "s:1", False)]
+    for t, message in frames:
+        if reconnect_at is not None and t >= reconnect_at:
+            records.append(ConnectRecord(reconnect_at, 43, 43, 44, "s:1", True))
+            reconnect_at = None  # type: ignore[assignment]
+        records.append(FrameRecord(t, m.encode(message, 43), 43))
+    return records
+
+
+def test_a_reconnect_ends_the_jobs_in_flight() -> None:
+    node = "Name:node{}\nIP:10.0.0.{}\nMaxJobs:4\n"
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, node.format(1, 1))),
+        (0.0, m.MonStats(2, node.format(2, 2))),
+        (1.0, m.MonGetCS(filename="old.c", job_id=1, client_id=1)),
+        (1.5, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.6, m.MonGetCS(filename="waits.c", job_id=2, client_id=1)),
+        (3.0, m.MonStats(1, node.format(2, 2))),  # node2 is host 1 now
+        (3.0, m.MonGetCS(filename="new.c", job_id=1, client_id=1)),
+        (3.5, m.MonJobBegin(job_id=1, stime=0, host_id=1)),
+        (4.0, m.MonJobDone(job_id=1, exitcode=0)),
+    ]
+    events: list[dict[str, Any]] = []
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    monitor = Monitor(publishers=[publisher])
+    replay(monitor, _stream(frames, reconnect_at=2.0))
+    publisher.finish(monitor)
+    check_format(events)
+    names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    jobs = {e["name"]: e for e in events if e["ph"] == "X" and e["cat"] == "remote"}
+    assert (jobs["old.c"]["ts"], jobs["old.c"]["dur"], names[jobs["old.c"]["pid"]]) == (1_500_000, 500_000, "node2")
+    assert jobs["old.c"]["args"]["outcome"] == "unfinished"
+    assert (jobs["waits.c"]["ts"], jobs["waits.c"]["dur"], names[jobs["waits.c"]["pid"]]) == (1_600_000, 400_000, "node1")
+    assert jobs["waits.c"]["tid"] > 1000  # never started: on its submitter's waiting lane
+    # node2 is one process though its host id changed.
+    assert names[jobs["new.c"]["pid"]] == "node2" and jobs["new.c"]["pid"] == jobs["old.c"]["pid"]
+    assert (jobs["new.c"]["ts"], jobs["new.c"]["dur"], jobs["new.c"]["args"]["outcome"]) == (3_500_000, 500_000, "ok")
+
+
+def test_memory_stays_bounded_on_a_long_stream() -> None:
+    with CaptureReader(RECORDINGS / "demo.icecap") as reader:
+        template = [m.decode(r.data, r.protocol) for r in reader if isinstance(r, FrameRecord)]
+    max_job = max(getattr(msg, "job_id", 0) for msg in template)
+    written = 0
+
+    def sink(text: str) -> None:
+        nonlocal written
+        written += 1
+
+    publisher = TracePublisher(sink)
+    monitor = Monitor(max_finished=100, publishers=[publisher])
+    monitor.connected(43, 0.0)
+
+    def cycle(n: int) -> None:
+        for msg in template:
+            if hasattr(msg, "job_id"):
+                msg = msg.replace(job_id=msg.job_id + n * max_job)
+            monitor.feed(msg, float(n))
+
+    tracemalloc.start()
+    try:
+        for n in range(10):
+            cycle(n)
+        early, _ = tracemalloc.get_traced_memory()
+        for n in range(10, 50):
+            cycle(n)
+        late, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert publisher.jobs == 50 * (442 + 34)
+    assert late - early < 200_000, (early, late)
+
+
+def test_stdout_and_file_are_the_same_trace(tmp_path: Path) -> None:
+    path = RECORDINGS / "daemon-dies.icecap"
+    to_stdout = icetools("trace", str(path), "-o", "-")
+    assert to_stdout.returncode == 0, to_stdout.stderr
+    buffer = io.StringIO()
+    with CaptureReader(path) as reader:
+        write_trace(reader, buffer)
+    assert to_stdout.stdout == buffer.getvalue()
+    assert json.loads(buffer.getvalue())["traceEvents"] == trace_of(path, tmp_path)
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    demo = str(RECORDINGS / "demo.icecap")
+    out = tmp_path / "t.json"
+    assert_one_line_error(icetools("trace", str(tmp_path / "nope.icecap"), "-o", str(out)), "no such file")
+    assert not out.exists()
+    assert_one_line_error(icetools("trace", demo, "-o", str(tmp_path / "no" / "such" / "dir.json")), "cannot write")
+    assert_one_line_error(icetools("trace", demo, "-o", str(tmp_path)), "is a directory")
+    result = icetools("trace", demo)
+    assert result.returncode == 2 and "Missing option '-o'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_damaged_capture_leaves_the_previous_trace_alone(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.icecap"
+    frames = [
+        m.encode(m.MonStats(1, "Name:node1\n"), 43),
+        m.encode(m.MonGetCS(filename="a.c", job_id=1, client_id=1), 43),
+        m.encode(m.MonGetCS(filename="b.c", job_id=2, client_id=1), 43),
+    ]
+    with CaptureWriter(path) as writer:
+        writer.connected(43, 43, 44, "x:1")
+        writer.frames(frames)
+    data = bytearray(path.read_bytes())
+    data[data.index(frames[2]) - 13] = 0x22
+    path.write_bytes(bytes(data))
+    out = tmp_path / "t.json"
+    out.write_text("previous")
+    assert_one_line_error(icetools("trace", str(path), "-o", str(out)), "corrupt capture")
+    assert out.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".t.json")] == []
