@@ -24,7 +24,8 @@ from typing import Any, TextIO
 
 from .capture import CaptureReader
 from .errors import OutputError
-from .jobs import COLUMNS, host_name, job_row
+from .jobs import host_name, job_row
+from .jobs import json_line
 from .monitor import Event, EventKind, Job, Monitor, Publisher
 from .replay import ReplayResult, replay_file
 
@@ -35,11 +36,8 @@ WAIT_TID = 1001
 #: Jobs whose start and request the recording never saw (only their end) go here.
 UNPLACED_TID = 9999
 
-#: Row columns that go into a job slice's args (the rest are its name, place and times).
-_ARG_COLUMNS = tuple(
-    c for c in COLUMNS if c not in ("started", "ended", "run_ms")
-)
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def _us(t: float) -> int:
@@ -239,13 +237,12 @@ class TracePublisher(Publisher):
         job = flight.job
         assert flight.requested is not None
         start = _us(flight.requested)
-        self._write(_json({
-            "ph": "X", "cat": "wait", "name": _short(job.file), "pid": flight.wait_pid,
-            "tid": flight.wait_tid, "ts": start, "dur": end - start,
-            "bind_id": flight.flow, "flow_out": True,
-            "args": {"id": job.id, "file": job.file,
-                     "server": host_name(monitor, job.server_id) if job.server_id is not None else None},
-        }))
+        server = flight.server or (host_name(monitor, job.server_id) if job.server_id is not None else None)
+        self._write(
+            f'{{"ph":"X","cat":"wait","name":{_str(_short(job.file))},"pid":{flight.wait_pid},'
+            f'"tid":{flight.wait_tid},"ts":{start},"dur":{end - start},"bind_id":{flight.flow},"flow_out":true,'
+            f'"args":{{"id":{job.id},"file":{_str(job.file)},"server":{"null" if server is None else _str(server)}}}}}'
+        )
         self._waits[flight.wait_pid].give(flight.wait_tid)
         flight.wait_pid = flight.wait_tid = 0
 
@@ -265,28 +262,30 @@ class TracePublisher(Publisher):
             flight.submitter or host_name(monitor, job.client_id),
             flight.server or host_name(monitor, job.server_id),
         )
-        args = dict(zip(_ARG_COLUMNS, (row[COLUMNS.index(c)] for c in _ARG_COLUMNS)))
-        event: dict[str, Any] = {"ph": "X", "cat": "local" if job.local else "remote", "name": _short(job.file)}
+        flow = ""
         if flight.pid:  # it ran: on its compile host's slot
+            pid, tid = flight.pid, flight.tid
             start = _us(job.started) if job.started is not None else end
-            event.update(pid=flight.pid, tid=flight.tid, ts=start, dur=max(0, end - start))
-            self._slots[flight.pid].give(flight.tid)
+            self._slots[pid].give(tid)
             self._busy -= 1
             if flight.flow:
-                event.update(bind_id=flight.flow, flow_in=True)
+                flow = f',"bind_id":{flight.flow},"flow_in":true'
         elif flight.wait_pid:  # it never started: on the submitter's waiting lane
             assert flight.requested is not None
+            pid, tid = flight.wait_pid, flight.wait_tid
             start = _us(flight.requested)
-            event.update(pid=flight.wait_pid, tid=flight.wait_tid, ts=start, dur=end - start)
-            self._waits[flight.wait_pid].give(flight.wait_tid)
+            self._waits[pid].give(tid)
             self._waiting -= 1
         else:  # only its end was seen
             if not self._unplaced:
                 self._unplaced = True
                 self._write(self._meta("thread_name", CLUSTER_PID, UNPLACED_TID, "seen only at their end"))
-            event.update(pid=CLUSTER_PID, tid=UNPLACED_TID, ts=end, dur=0)
-        event["args"] = args
-        self._write(_json(event))
+            pid, tid, start = CLUSTER_PID, UNPLACED_TID, end
+        self._write(
+            f'{{"ph":"X","cat":"{"local" if job.local else "remote"}","name":{_str(_short(job.file))},'
+            f'"pid":{pid},"tid":{tid},"ts":{start},"dur":{max(0, end - start)}{flow},'
+            f'"args":{json_line(row)[:-1]}}}'
+        )
         self.jobs += 1
 
     def finish(self, monitor: Monitor) -> None:
@@ -356,6 +355,13 @@ def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: Te
     target = Path(target)
     if target.is_dir():
         raise OutputError(f"{target} is a directory")
+    if target.exists() and not target.is_file():
+        # A device or a pipe (-o /dev/null, a FIFO): written into, never replaced.
+        try:
+            with open(target, "w", encoding="utf-8") as out:
+                return write_trace(reader, out, progress_stream=progress_stream)
+        except OSError as e:
+            raise OutputError(f"cannot write {target}: {e.strerror}") from None
     try:
         fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path("."))
     except OSError as e:

@@ -429,3 +429,17 @@ def test_damaged_capture_keeps_the_rows_before_the_damage(tmp_path: Path) -> Non
     result = icetools("jobs", "--csv", str(path))
     assert_one_line_error(result, "corrupt capture")
     assert [row["file"] for row in csv.DictReader(io.StringIO(result.stdout))] == ["a.c"]
+
+
+def test_json_lines_are_what_json_dumps_would_write() -> None:
+    from icetools.jobs import json_line
+
+    rows = [tuple(r.values()) for r in jobs_json(RECORDINGS / "demo.icecap")]
+    rows += [
+        (1, 'quo"te\\and\x01ctl ü.c', "C++", "h\u2028ost", None, "remote", "unfinished", None, 1.5, None,
+         None, None, None, None, None, None, None, None, None),
+        (2, "", None, None, None, "local", "lost", 7, 0.000001, 1e-06, 12345.678901, 0.0, 0.001,
+         None, None, None, None, None, None),
+    ]
+    for row in rows:
+        assert json_line(row) == json.dumps(dict(zip(COLUMNS, row)), ensure_ascii=False) + "\n"
