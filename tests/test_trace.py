@@ -281,3 +281,12 @@ def test_a_damaged_capture_leaves_the_previous_trace_alone(tmp_path: Path) -> No
     assert_one_line_error(icetools("trace", str(path), "-o", str(out)), "corrupt capture")
     assert out.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".t.json")] == []
+
+
+def test_a_device_is_written_into_not_replaced(tmp_path: Path) -> None:
+    import stat
+
+    result = icetools("trace", str(RECORDINGS / "build.icecap"), "-o", "/dev/null")
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+    assert not [p for p in Path("/dev").iterdir() if p.name.startswith(".null.")]
