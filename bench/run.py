@@ -366,6 +366,8 @@ def bench_size(runner: Runner, n: int, ref_skip: str | None) -> SizeResult:
     figs["dump"] = measure(lambda: cli_figure(runner, ["dump", "--json"], capture, n),
                            "dump --json")
     figs["stats"] = measure(lambda: cli_figure(runner, ["stats"], capture, n), "stats")
+    figs["jobs"] = measure(lambda: cli_figure(runner, ["jobs", "--json"], capture, n), "jobs --json")
+    figs["trace"] = measure(lambda: cli_figure(runner, ["trace", "-o", "-"], capture, n), "trace")
     if ref_skip is not None:
         figs["ref"] = Figure(error="skipped")
     elif len(protocols) != 1:
@@ -462,6 +464,8 @@ ROWS = [
     ("replay", "replay --fast", "frames", 500_000, True),
     ("dump", "dump --json", "lines", 250_000, True),
     ("stats", "stats", "frames", 500_000, True),
+    ("jobs", "jobs --json", "frames", 300_000, True),
+    ("trace", "trace -o -", "frames", 300_000, True),
     ("ref", "C++ ref (libicecc)", "frames", None, False),
 ]
 
@@ -550,7 +554,7 @@ def render(results: list[SizeResult], ref_skip: str | None, startup: Figure | No
 
     notes = []
     notes.append(
-        "rate: frames/s (dump: JSON lines/s). replay/dump/stats/grow: wall time of the whole "
+        "rate: frames/s (dump: JSON lines/s). replay/dump/stats/jobs/trace/grow: wall time of the whole "
         "command (interpreter start included); read-only, decode-only: the loop only; C++ ref: "
         "its get_msg() loop, socket transfer included."
     )
@@ -562,12 +566,13 @@ def render(results: list[SizeResult], ref_skip: str | None, startup: Figure | No
     if startup is not None and startup.seconds:
         notes.append(
             f"CLI start-up (`python -m icetools --version`): {startup.seconds:.2f} s, "
-            f"{fmt_mb(startup.rss_mb)}; it is inside every replay/dump/stats figure."
+            f"{fmt_mb(startup.rss_mb)}; it is inside every replay/dump/stats/jobs/trace figure."
         )
     for res in results:
         if startup is not None and startup.seconds:
             net = []
-            for key, name in (("replay", "replay"), ("dump", "dump"), ("stats", "stats")):
+            for key, name in (("replay", "replay"), ("dump", "dump"), ("stats", "stats"),
+                              ("jobs", "jobs"), ("trace", "trace")):
                 f = res.figures.get(key)
                 if f and not f.error and f.seconds and f.seconds > startup.seconds:
                     net.append(f"{name} {fmt_rate(res.frames / (f.seconds - startup.seconds))}")
