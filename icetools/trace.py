@@ -224,6 +224,11 @@ class TracePublisher(Publisher):
             self._flows += 1
             flight.flow = self._flows
             self._wait_slice(flight, ts, monitor)
+        elif flight.pid:
+            # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
+            self._slots[flight.pid].give(flight.tid)
+            self._busy -= 1
+            flight.pid = flight.tid = 0
         flight.submitter = flight.submitter or host_name(monitor, job.client_id)
         flight.server = host_name(monitor, job.server_id)
         if job.server_id is None:
