@@ -50,13 +50,12 @@ _LOCAL_DONE = JobState.LOCAL_DONE
 class _Pending:
     """A job between its first event and its row."""
 
-    __slots__ = ("seq", "job", "requested", "first_seen", "submitter", "server", "done", "selected", "late")
+    __slots__ = ("seq", "job", "requested", "submitter", "server", "done", "selected", "late")
 
-    def __init__(self, seq: int, job: Job, requested: float | None, first_seen: float, selected: bool) -> None:
+    def __init__(self, seq: int, job: Job, requested: float | None, selected: bool) -> None:
         self.seq = seq
         self.job = job
         self.requested = requested
-        self.first_seen = first_seen
         self.submitter: str | None = None
         self.server: str | None = None
         self.done = False
@@ -155,7 +154,7 @@ class JobsPublisher(Publisher):
         at = requested if requested is not None else t
         selected = (self.since is None or at >= self.since) and (self.until is None or at <= self.until)
         self._seq += 1
-        pending = _Pending(self._seq, job, requested, t, selected)
+        pending = _Pending(self._seq, job, requested, selected)
         self._open[job.id] = pending
         if selected:
             queue = self._queue
@@ -178,8 +177,12 @@ class JobsPublisher(Publisher):
 
     def _flush(self, monitor: Monitor | None) -> None:
         queue = self._queue
+        emit = self._emit_row
         while queue and queue[0].done:
-            self._write(queue.popleft(), monitor)
+            pending = queue.popleft()
+            if pending.selected:  # (always, in the queue: inlined _write)
+                self.rows += 1
+                emit(self.row(pending, monitor))
 
     def finish(self, monitor: Monitor) -> None:
         """The end of the recording: every row not written yet, in order of request."""
@@ -203,8 +206,10 @@ class JobsPublisher(Publisher):
         job = pending.job
         submitter, server = pending.submitter, pending.server
         if monitor is not None:
-            submitter = submitter or host_name(monitor, job.client_id)
-            server = server or host_name(monitor, job.server_id)
+            if submitter is None:
+                submitter = host_name(monitor, job.client_id)
+            if server is None:
+                server = host_name(monitor, job.server_id)
         return job_row(job, pending.requested, submitter, server)
 
 
@@ -223,7 +228,9 @@ def job_row(job: Job, requested: float | None, submitter: str | None, server: st
         return (
             job.id, job.file, _LANGS[job.lang] if job.lang in _LANGS else str(job.lang), submitter, server,
             "local" if job.local else "remote", outcome, job.rerun_of,
-            requested, started, ended, _ms(requested, started), _ms(started, ended),
+            requested, started, ended,
+            None if requested is None or started is None else round((started - requested) * 1000, 3),
+            None if started is None or ended is None else round((ended - started) * 1000, 3),
             job.real_msec, job.user_msec, job.sys_msec, job.in_uncompressed, job.out_uncompressed,
             job.exit_code,
         )
