@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler: ProcSampler | None = None
     try:
         t_start = time.monotonic()
-        log(f"starting a {args.daemons}-daemon cluster in network namespaces")
+        log(f"work folder {work}; starting a {args.daemons}-daemon cluster in network namespaces")
         cluster.start()
         log(f"cluster up in {cluster.startup_seconds:.1f} s; warming up (node1 builds the compiler environment)")
         warm = cluster.compile_files(2, work / "warm", tag="warm")
