@@ -32,7 +32,7 @@ KEYS = {
                 "max_client_recv_queue"},
     "serve": {"cpu_seconds_burst", "cpu_seconds_total", "cpu_share_burst", "rss_mb_before", "peak_rss_mb",
               "alive_at_end", "exit_status"},
-    "seconds": {"burst_clients", "burst_to_done", "viewers_settled", "whole_run"},
+    "seconds": {"burst_clients", "monitor_last_done", "viewers_last_seen", "whole_run"},
 }
 
 
@@ -68,7 +68,7 @@ def test_quick_load_run_gives_sane_figures() -> None:
     report = json.loads(out)
     for section, keys in KEYS.items():
         assert keys <= report[section].keys(), (section, keys - report[section].keys())
-    assert {"p50", "p99", "max", "samples"} <= report["viewers"]["latency_ms"].keys()
+    assert {"min", "p50", "p99", "max", "samples"} <= report["viewers"]["latency_ms"].keys()
 
     p = report["params"]
     assert (p["jobs"], p["viewers"], p["stalled"]) == (300, 4, 1)
@@ -91,7 +91,8 @@ def test_quick_load_run_gives_sane_figures() -> None:
     latency = viewers["latency_ms"]
     assert latency["samples"] == 3 * 300
     # Deltas go out every 100 ms; a viewer seeing a job seconds after the monitor would be a bug.
-    assert latency["p50"] <= latency["p99"] <= latency["max"] < 5000
+    # (min can dip a few ms below 0: the monitor's own hop to the bench is not free.)
+    assert -50 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 5000
 
     stalled = report["stalled"]
     assert stalled["count"] == 1
@@ -102,7 +103,8 @@ def test_quick_load_run_gives_sane_figures() -> None:
     assert serve["alive_at_end"] and serve["exit_status"] == 0
     assert 0 < serve["cpu_seconds_burst"] <= serve["cpu_seconds_total"]
     assert 10 < serve["rss_mb_before"] <= serve["peak_rss_mb"] < 500
-    assert report["seconds"]["whole_run"] < 120
+    seconds = report["seconds"]
+    assert 0 < seconds["monitor_last_done"] < seconds["viewers_last_seen"] + 0.2 < seconds["whole_run"] < 120
 
 
 def test_interrupted_load_run_leaves_nothing_behind() -> None:
