@@ -183,7 +183,7 @@ async def _read_viewer(port: int, reader: _Reader, connected: asyncio.Event) -> 
         connected.set()
 
 
-async def _viewers_main(port: int, readers_n: int, stalled_n: int, hosts: int, results: Path) -> None:
+async def _viewers_main(port: int, readers_n: int, stalled_n: int, results: Path) -> None:
     loop = asyncio.get_running_loop()
     readers = [_Reader() for _ in range(readers_n)]
     events = [asyncio.Event() for _ in readers]
@@ -392,25 +392,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"warm-up compile failed: {warm[0].stderr.strip()[-300:]}")
         (work / "burst").mkdir()
         (work / "burst" / "tiny.c").write_text("int tiny(int x) { return x + 1; }\n")
-        os.chmod(work, 0o755)
 
         tap = cluster.monitor()
         tap.wait_connected()
         env = cluster.client_env({"PYTHONPATH": os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])})
         recording = work / "served.icecap"
-        serve = cluster.popen_in_a(
-            [sys.executable, "-m", "icetools", "serve", "-s", f"127.0.0.1:{cluster.scheduler_port}",
-             "--listen", f"127.0.0.1:{args.port}", "--record", str(recording)],
-            cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(work / "serve.err", "w"), text=True)
+        with open(work / "serve.err", "w") as err:
+            serve = cluster.popen_in_a(
+                [sys.executable, "-m", "icetools", "serve", "-s", f"127.0.0.1:{cluster.scheduler_port}",
+                 "--listen", f"127.0.0.1:{args.port}", "--record", str(recording)],
+                cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, text=True)
         sampler = ProcSampler(serve.pid)  # `ip netns exec` execs: this is serve's own pid
         sampler.start()
-        viewers = cluster.popen_in_a(
-            [sys.executable, "-u", str(Path(__file__).resolve()), "_viewers", str(args.port), str(readers_n),
-             str(args.stalled), str(args.daemons), str(work / "viewers.json")],
-            cwd=str(ROOT), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=open(work / "viewers.err", "w"), text=True)
+        with open(work / "viewers.err", "w") as err:
+            viewers = cluster.popen_in_a(
+                [sys.executable, "-u", str(Path(__file__).resolve()), "_viewers", str(args.port), str(readers_n),
+                 str(args.stalled), str(args.daemons), str(work / "viewers.json")],
+                cwd=str(ROOT), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
         assert viewers.stdin is not None and viewers.stdout is not None
         ready_line = viewers.stdout.readline()
         if not ready_line:
@@ -444,7 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         done_at: dict[str, float] = {}
         for f in done_frames(tap.frames()):
             key = job_key(f.type == JOB_LOCAL_DONE, int.from_bytes(f.payload[:4], "big"))
-            done_at.setdefault(key, f.t)
+            done_at.setdefault(key, f.t_recv if f.t_recv is not None else f.t)
         log(f"{len(done_at)} jobs done in {t_done - t_burst:.1f} s; waiting for the viewers to see them")
         viewers.stdin.write(json.dumps({"cmd": "finish", "expect": sorted(done_at), "timeout": args.settle}) + "\n")
         viewers.stdin.flush()
@@ -619,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_viewers"]:
         port, readers_n, stalled_n, hosts, results = argv[1:6]
         _wait_served(int(port), int(hosts), 60)
-        asyncio.run(_viewers_main(int(port), int(readers_n), int(stalled_n), int(hosts), Path(results)))
+        asyncio.run(_viewers_main(int(port), int(readers_n), int(stalled_n), Path(results)))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=11_000, help="jobs in the burst (default 11000)")

@@ -91,8 +91,8 @@ def test_quick_load_run_gives_sane_figures() -> None:
     latency = viewers["latency_ms"]
     assert latency["samples"] == 3 * 300
     # Deltas go out every 100 ms; a viewer seeing a job seconds after the monitor would be a bug.
-    # (min can dip a few ms below 0: the monitor's own hop to the bench is not free.)
-    assert -50 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 5000
+    # (min may dip below 0 by scheduling noise: the monitor process is not always first to run.)
+    assert -100 < latency["min"] <= latency["p50"] <= latency["p99"] <= latency["max"] < 5000
 
     stalled = report["stalled"]
     assert stalled["count"] == 1
