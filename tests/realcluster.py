@@ -28,7 +28,7 @@ API summary::
       .log_tail(lines=25) -> str / .leftovers() -> [str]
     MonitorTap: .frames(*types), .count(t), .wait_for(pred, timeout, what), .wait_quiet(),
                 .hosts(), .host_ids(), .offline_hosts(), .close()
-    MonFrame: .type, .payload, .t, .name, .stats(), .job_done(), .job_begin(), .get_cs(),
+    MonFrame: .type, .payload, .t, .t_recv, .name, .stats(), .job_done(), .job_begin(), .get_cs(),
               .local_job_begin(), .local_job_done()
     require_real_cluster_support() -> str | None; skip_or_fail_if_unsupported();
     make_cluster_fixture(name="real_cluster", *, scope="session", daemons=3, **kw);
@@ -240,6 +240,10 @@ class MonFrame:
     type: int
     payload: bytes
     t: float  # time.monotonic() in the parent process when the line arrived
+    # time.monotonic() in the monitor process when the frame's last byte was read: without the
+    # pipe hop and the parent's reader thread, which lag by hundreds of ms on a loaded machine
+    # (bench/load.py measures other processes' latency against it). One clock for every netns.
+    t_recv: float | None = None
 
     @property
     def name(self) -> str:
@@ -334,7 +338,7 @@ def _monitor_main(host: str, port: int, version: int, connect_timeout: float) ->
                 return 1
             body = _recv_exact(sock, length)
             (mtype,) = struct.unpack_from(">I", body)
-            emit({"ev": "frame", "type": mtype, "payload": body[4:].hex()})
+            emit({"ev": "frame", "type": mtype, "payload": body[4:].hex(), "t": time.monotonic()})
     except EOFError:
         emit({"ev": "closed"})
         return 0
@@ -393,7 +397,8 @@ class MonitorTap:
                 continue
             with self._cond:
                 if msg["ev"] == "frame":
-                    self._frames.append(MonFrame(msg["type"], bytes.fromhex(msg["payload"]), time.monotonic()))
+                    self._frames.append(MonFrame(msg["type"], bytes.fromhex(msg["payload"]), time.monotonic(),
+                                                 msg.get("t")))
                 else:
                     self._events.append(msg)
                     if msg["ev"] == "connected":
