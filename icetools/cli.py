@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import click
@@ -19,6 +20,7 @@ import click
 from . import __version__
 from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
 from .defaults import SERVE_LISTEN as DEFAULT_LISTEN
+from .defaults import SERVE_MAX_CLIENTS
 from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
 from .discovery import locate_scheduler, parse_hostport
@@ -87,6 +89,35 @@ _protocol_option = click.option(
     metavar="V",
     help="Protocol version to offer; the scheduler answers with the lower of its own and V.",
 )
+
+
+def _web_options(f):  # type: ignore[no-untyped-def]
+    """--allow-origin, --allow-host and --max-clients of the web server (serve, replay --serve)."""
+    f = click.option(
+        "--max-clients",
+        type=click.IntRange(min=1),
+        default=SERVE_MAX_CLIENTS,
+        show_default=True,
+        metavar="N",
+        help="Browsers (websockets) served at once; more are answered 503.",
+    )(f)
+    f = click.option(
+        "--allow-host",
+        "allow_hosts",
+        multiple=True,
+        metavar="NAME",
+        help="Also answer requests for this host name (e.g. a reverse proxy's); repeatable. "
+        "By default only the names it listens as: localhost and the address, or for 0.0.0.0 "
+        "the machine's names and addresses.",
+    )(f)
+    f = click.option(
+        "--allow-origin",
+        "allow_origins",
+        multiple=True,
+        metavar="ORIGIN",
+        help="Also accept websockets from pages of this origin (e.g. https://ice.example.com); repeatable.",
+    )(f)
+    return f
 
 
 def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tuple[str, int], Callable[[], tuple[str, int]]]:
@@ -332,6 +363,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
     metavar="N",
     help="Finished jobs to keep in the model (aggregates count them all).",
 )
+@_web_options
 def replay(
     file: Path | None,
     speed: float,
@@ -345,6 +377,9 @@ def replay(
     loop: bool,
     netname: str | None,
     max_finished: int,
+    allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    max_clients: int,
 ) -> None:
     """Drive the cluster model from a recording and print the cluster at the end (or at --until).
 
@@ -366,8 +401,11 @@ def replay(
         raise click.UsageError("--start, --loop and --netname go with --as-scheduler")
     if listen and not (serve or as_scheduler):
         raise click.UsageError("--listen goes with --serve or --as-scheduler")
+    if not serve and (allow_origins or allow_hosts or max_clients != SERVE_MAX_CLIENTS):
+        raise click.UsageError("--allow-origin, --allow-host and --max-clients go with --serve")
     if serve:
-        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN)
+        web = {"allow_origins": allow_origins, "allow_hosts": allow_hosts, "max_clients": max_clients}
+        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN, web)
         return
     if as_scheduler:
         _stand_in(DEMO if file is None else file, speed, listen or STANDIN_LISTEN, start, loop, netname)
@@ -410,7 +448,7 @@ def _announce(host: str, port: int, what: str) -> None:
     click.echo(f"icetools: {what} at http://{shown}:{port}/  (Ctrl-C to stop)", err=True)
 
 
-def _serve_replay(file: Path, speed: float, listen: str) -> None:
+def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any]) -> None:
     import asyncio
 
     from .server import ClusterServer, ReplayDriver, Status, run_until_stopped
@@ -420,7 +458,7 @@ def _serve_replay(file: Path, speed: float, listen: str) -> None:
     status = Status(mode="replay")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status)
+        server = ClusterServer(monitor, status, **web)
         driver = ReplayDriver(file, status, server.hub, speed=speed)
         server.commands = driver.command
         await run_until_stopped(
@@ -523,7 +561,17 @@ def stats(file: Path, as_json: bool) -> None:
     help="Also record everything the scheduler sends to FILE.",
 )
 @_protocol_option
-def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
+@_web_options
+def serve(
+    scheduler: str | None,
+    netname: str | None,
+    listen: str,
+    record_to: Path | None,
+    protocol: int,
+    allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    max_clients: int,
+) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
     It logs in to the scheduler as a monitor and reconnects when the scheduler restarts (the
@@ -545,7 +593,9 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
     status = Status(mode="live")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status)
+        server = ClusterServer(
+            monitor, status, allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients
+        )
         driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer)
         await run_until_stopped(
             server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
