@@ -33,8 +33,10 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
 
 from . import messages
 from .capture import CaptureReader, CaptureWriter, Record
@@ -592,10 +594,7 @@ class ClusterServer:
                 f"this server already has {self.max_clients} viewers (see --max-clients)",
                 ("Retry-After", "10"),
             )
-        for name, value in SECURITY_HEADERS:
-            response.headers[name] = value
-        response.headers["Connection"] = "close"  # one request per connection
-        return response
+        return _with_security_headers(response)
 
     async def handler(self, ws: ServerConnection) -> None:
         try:
@@ -636,12 +635,69 @@ class ClusterServer:
             await self.server.wait_closed()
 
 
+def _with_security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS:
+        response.headers[name] = value
+    response.headers["Connection"] = "close"  # one request per connection
+    return response
+
+
+class _HttpProtocol(ServerProtocol):
+    """websockets' server protocol, answering the requests its parser drops without a word.
+
+    websockets parses only what a websocket handshake can be: a request with a body
+    (Content-Length, Transfer-Encoding), as a POST usually has, or an unknown HTTP version fails
+    its parser, and it just closes the connection. Those get a 405 (with Allow) or a 400 here;
+    everything else goes on exactly as in websockets.
+    """
+
+    def parse(self) -> Iterator[None]:  # type: ignore[override]
+        if self.state is State.CONNECTING:
+            lines: list[bytes] = []
+
+            def read_line(m: int, too_long: type[Exception]) -> Iterator[None]:  # type: ignore[misc]
+                line = yield from self.reader.read_line(m, too_long)
+                lines.append(bytes(line))
+                return line
+
+            try:
+                request = yield from Request.parse(read_line)  # type: ignore[arg-type]
+            except (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders) as e:
+                status = HTTPStatus.REQUEST_URI_TOO_LONG if isinstance(e, RequestLineTooLong) else HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                self.handshake_exc = e
+                self.send_response(_with_security_headers(_refusal(status, str(e))))
+                yield
+                return
+            except Exception as e:  # what websockets' parser does not take (its own words)
+                self.handshake_exc = e
+                method = lines[0].split(b" ", 1)[0].decode("ascii", "replace") if lines else ""
+                if lines and method not in ALLOWED_METHODS:
+                    response = _refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not served here", ("Allow", ", ".join(ALLOWED_METHODS)))
+                else:
+                    response = _refusal(HTTPStatus.BAD_REQUEST, f"not a request this server takes: {e}")
+                if lines:  # nothing to answer if the connection closed before a request line
+                    self.send_response(_with_security_headers(response))
+                else:
+                    self.send_eof()
+                    self.parser = self.discard()
+                    next(self.parser)
+                yield
+                return
+            self.events.append(request)
+        yield from Protocol.parse(self)
+
+
 class _CountedConnection(ServerConnection):
     """websockets' connection, counted by its server: beyond its clients and MAX_PENDING
     requests in progress, a new TCP connection is cut before anything is read from it."""
 
-    def __init__(self, owner: ClusterServer, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, owner: ClusterServer, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        # serve() builds websockets' ServerProtocol itself, with no hook for the class: make it
+        # ours before it has seen a byte, restarting its parser (a generator of that class).
+        protocol.__class__ = _HttpProtocol
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
+        super().__init__(protocol, *args, **kwargs)
         self.owner = owner
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
