@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -91,6 +92,17 @@ _protocol_option = click.option(
 )
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange without nan and inf, which it lets through (nan compares false with
+    any bound): a NaN speed would pace nothing and end up in the page's JSON."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def _web_options(f):  # type: ignore[no-untyped-def]
     """--allow-origin, --allow-host and --max-clients of the web server (serve, replay --serve)."""
     f = click.option(
@@ -143,7 +155,7 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
+    "--duration", type=FiniteFloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
 )
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N frames.")
 @_protocol_option
@@ -314,7 +326,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 @click.argument("file", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--speed",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     metavar="X",
@@ -322,7 +334,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option("--fast", is_flag=True, help="As fast as possible (no pacing).")
 @click.option(
-    "--until", type=click.FloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
+    "--until", type=FiniteFloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON document.")
 @click.option(
@@ -344,7 +356,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option(
     "--start",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=0.0,
     metavar="T",
     help="With --as-scheduler: begin at T seconds (monitors first get the hosts as they were).",
