@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import fcntl
 import ipaddress
+import itertools
 import json
 import math
 import mimetypes
@@ -32,8 +32,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+from websockets.exceptions import ConnectionClosed, HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
@@ -675,7 +674,7 @@ class _HttpProtocol(ServerProtocol):
                     response = _refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not served here", ("Allow", ", ".join(ALLOWED_METHODS)))
                 else:
                     response = _refusal(HTTPStatus.BAD_REQUEST, f"not a request this server takes: {e}")
-                if lines:  # nothing to answer if the connection closed before a request line
+                if lines and not isinstance(e, EOFError):  # else nobody is there to answer
                     self.send_response(_with_security_headers(response))
                 else:
                     self.send_eof()
