@@ -166,7 +166,8 @@ def listening_names(host: str) -> set[str]:
 
     Loopback: ``localhost`` and the loopback address. A wildcard (0.0.0.0, ::, empty): the machine's
     own names (hostname, fully qualified name), its interface addresses and the loopback ones. Any
-    other address or name: itself. A DNS-rebinding page sends its own name, which is never among them.
+    other address: itself; a name: itself and its addresses. A DNS-rebinding page sends its own
+    name, which is never among them.
     """
     name = host.strip("[]").lower()
     if name in ("", "0.0.0.0", "::"):
@@ -177,11 +178,16 @@ def listening_names(host: str) -> set[str]:
             names |= {info[4][0] for info in socket.getaddrinfo(hostname, None)}
         return {n.lower() for n in names if n}
     try:
-        address = ipaddress.ip_address(name)
+        addresses = [ipaddress.ip_address(name)]
+        names = set()
     except ValueError:
-        return {name}  # --listen by name
-    names = {str(address)}
-    if address.is_loopback:
+        # --listen by name: the server listens on what it resolves to (as for binding).
+        names = {name}
+        addresses = []
+        with contextlib.suppress(OSError, ValueError):
+            addresses = [ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(name, None)]
+    names |= {str(a) for a in addresses}
+    if any(a.is_loopback for a in addresses):
         names.add("localhost")
     return names
 
