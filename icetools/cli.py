@@ -8,10 +8,12 @@ traceback.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import click
@@ -19,6 +21,7 @@ import click
 from . import __version__
 from .capture import FILE_SUFFIX, CaptureReader, CaptureWriter
 from .defaults import SERVE_LISTEN as DEFAULT_LISTEN
+from .defaults import SERVE_MAX_CLIENTS
 from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
 from .discovery import locate_scheduler, parse_hostport
@@ -89,6 +92,46 @@ _protocol_option = click.option(
 )
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange without nan and inf, which it lets through (nan compares false with
+    any bound): a NaN speed would pace nothing and end up in the page's JSON."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def _web_options(f):  # type: ignore[no-untyped-def]
+    """--allow-origin, --allow-host and --max-clients of the web server (serve, replay --serve)."""
+    f = click.option(
+        "--max-clients",
+        type=click.IntRange(min=1),
+        default=SERVE_MAX_CLIENTS,
+        show_default=True,
+        metavar="N",
+        help="Browsers (websockets) served at once; more are answered 503.",
+    )(f)
+    f = click.option(
+        "--allow-host",
+        "allow_hosts",
+        multiple=True,
+        metavar="NAME",
+        help="Also answer requests for this host name (e.g. a reverse proxy's); repeatable. "
+        "By default only the names it listens as: localhost and the address, or for 0.0.0.0 "
+        "the machine's names and addresses.",
+    )(f)
+    f = click.option(
+        "--allow-origin",
+        "allow_origins",
+        multiple=True,
+        metavar="ORIGIN",
+        help="Also accept websockets from pages of this origin (e.g. https://ice.example.com); repeatable.",
+    )(f)
+    return f
+
+
 def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tuple[str, int], Callable[[], tuple[str, int]]]:
     """The scheduler's address now (so a bad one fails before anything starts), and a function
     that gives it for each later (re)connection, asking discovery again if that is how it was
@@ -112,7 +155,7 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option(
-    "--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
+    "--duration", type=FiniteFloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
 )
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N frames.")
 @_protocol_option
@@ -283,7 +326,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 @click.argument("file", type=click.Path(path_type=Path), required=False)
 @click.option(
     "--speed",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
     metavar="X",
@@ -291,7 +334,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option("--fast", is_flag=True, help="As fast as possible (no pacing).")
 @click.option(
-    "--until", type=click.FloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
+    "--until", type=FiniteFloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON document.")
 @click.option(
@@ -313,7 +356,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option(
     "--start",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=0.0,
     metavar="T",
     help="With --as-scheduler: begin at T seconds (monitors first get the hosts as they were).",
@@ -332,6 +375,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
     metavar="N",
     help="Finished jobs to keep in the model (aggregates count them all).",
 )
+@_web_options
 def replay(
     file: Path | None,
     speed: float,
@@ -345,6 +389,9 @@ def replay(
     loop: bool,
     netname: str | None,
     max_finished: int,
+    allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    max_clients: int,
 ) -> None:
     """Drive the cluster model from a recording and print the cluster at the end (or at --until).
 
@@ -366,8 +413,11 @@ def replay(
         raise click.UsageError("--start, --loop and --netname go with --as-scheduler")
     if listen and not (serve or as_scheduler):
         raise click.UsageError("--listen goes with --serve or --as-scheduler")
+    if not serve and (allow_origins or allow_hosts or max_clients != SERVE_MAX_CLIENTS):
+        raise click.UsageError("--allow-origin, --allow-host and --max-clients go with --serve")
     if serve:
-        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN)
+        web = {"allow_origins": allow_origins, "allow_hosts": allow_hosts, "max_clients": max_clients}
+        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN, web)
         return
     if as_scheduler:
         _stand_in(DEMO if file is None else file, speed, listen or STANDIN_LISTEN, start, loop, netname)
@@ -410,7 +460,7 @@ def _announce(host: str, port: int, what: str) -> None:
     click.echo(f"icetools: {what} at http://{shown}:{port}/  (Ctrl-C to stop)", err=True)
 
 
-def _serve_replay(file: Path, speed: float, listen: str) -> None:
+def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any]) -> None:
     import asyncio
 
     from .server import ClusterServer, ReplayDriver, Status, run_until_stopped
@@ -420,7 +470,7 @@ def _serve_replay(file: Path, speed: float, listen: str) -> None:
     status = Status(mode="replay")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status)
+        server = ClusterServer(monitor, status, **web)
         driver = ReplayDriver(file, status, server.hub, speed=speed)
         server.commands = driver.command
         await run_until_stopped(
@@ -523,7 +573,17 @@ def stats(file: Path, as_json: bool) -> None:
     help="Also record everything the scheduler sends to FILE.",
 )
 @_protocol_option
-def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
+@_web_options
+def serve(
+    scheduler: str | None,
+    netname: str | None,
+    listen: str,
+    record_to: Path | None,
+    protocol: int,
+    allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    max_clients: int,
+) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
     It logs in to the scheduler as a monitor and reconnects when the scheduler restarts (the
@@ -545,7 +605,9 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
     status = Status(mode="live")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status)
+        server = ClusterServer(
+            monitor, status, allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients
+        )
         driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer)
         await run_until_stopped(
             server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")

@@ -8,3 +8,5 @@ SERVE_PORT = 8770
 SERVE_LISTEN = f"127.0.0.1:{SERVE_PORT}"
 #: ``replay --as-scheduler``: where monitors look for a scheduler.
 STANDIN_LISTEN = f"127.0.0.1:{SCHEDULER_PORT}"
+#: Websocket clients (browsers) a web server serves at once (--max-clients).
+SERVE_MAX_CLIENTS = 100

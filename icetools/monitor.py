@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 import os
 import re
 import time
@@ -329,12 +330,21 @@ _STAT_KEYS: dict[str, str | tuple[str, str]] = {
     "NoRemote": "host._no_remote = {v} == 'true'",
     "Load": ("_load", "int"),
     "MaxJobs": ("_max_jobs", "int"),
-    "Speed": ("_speed", "float"),
+    "Speed": ("_speed", "_finite_float"),
     "Version": ("_protocol", "int"),
     "FreeMem": ("_free_mem", "int"),
 }
 _LOAD_AVG_KEYS = ("LoadAvg1", "LoadAvg5", "LoadAvg10")
 _APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
+
+
+def _finite_float(value: str) -> float:
+    """float() without NaN and Infinity: a hostile or broken scheduler's "nan" keeps the previous
+    value, as any malformed number does (the state goes out as strict JSON)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
 
 
 def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
@@ -362,7 +372,7 @@ def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
             else:
                 lines.append(f"    a{i} = old[{i}]")
         lines.append("    host._load_avg = (a0, a1, a2)")
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"_finite_float": _finite_float}
     exec("\n".join(lines), namespace)  # noqa: S102 - source built from our own table; keys are only compared
     apply = namespace["apply"]
     if len(_APPLIERS) >= 1024:  # a stream of ever new keys: forget rather than grow

@@ -14,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import ipaddress
 import itertools
 import json
+import math
 import mimetypes
 import socket
+import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -28,13 +32,15 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
 
 from . import messages
 from .capture import CaptureReader, CaptureWriter, Record
 from .connection import AsyncConnection
-from .defaults import SERVE_LISTEN, SERVE_PORT
+from .defaults import SERVE_LISTEN, SERVE_MAX_CLIENTS, SERVE_PORT
 from .errors import IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .metrics import DurationHistogram, metrics_text
@@ -50,10 +56,180 @@ RECENT_JOBS = 200
 MAX_CLIENT_MESSAGE = 4096
 CLIENT_SNDBUF = 128 * 1024
 RATE_WINDOW = 10.0  # seconds of state time over which jobs per second is measured
+#: Websocket clients at once (--max-clients); the next ones are answered 503 before the upgrade.
+MAX_CLIENTS = SERVE_MAX_CLIENTS
+#: Connections still sending their HTTP request (or being answered) at once, beyond the clients:
+#: more are cut at once, so that half-open requests cannot pile up until OPEN_TIMEOUT.
+MAX_PENDING = 64
+#: Seconds a connection may take to send its whole HTTP request (slowloris).
+OPEN_TIMEOUT = 10.0
+#: Seconds a websocket client may take to accept one message: a client that does not read for
+#: that long is closed (1008) and dropped, so it holds at most one message and a kernel buffer.
+SEND_TIMEOUT = 10.0
+#: High-water mark of a client's user-space write buffer: above it, a send waits for the client.
+WRITE_LIMIT = 32 * 1024
+#: Security headers on every HTTP answer. The CSP is the page's own <meta> policy (everything
+#: from this server, d3 included, so it works offline) plus what only a header can say: no
+#: framing by other sites (clickjacking). No referrer leaks host names to links.
+SECURITY_HEADERS = (
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; "
+        "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+)
+ALLOWED_METHODS = ("GET", "HEAD")
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: NaN and Infinity are not JSON, and browsers' JSON.parse rejects them, so a
+    # message holding one would freeze every viewer. State never holds one; this makes sure.
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_command(raw: str | bytes) -> dict[str, Any]:
+    """A client's message as a JSON object, strictly: text only, no NaN/Infinity, not nested
+    deeper than Python's parser can go. Raises ValueError with the reason to send back."""
+    if not isinstance(raw, str):
+        raise ValueError("binary messages are not accepted: send JSON text")
+    try:
+        command = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("message nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"messages must be JSON objects: {e}") from None
+    if not isinstance(command, dict):
+        raise ValueError("messages must be JSON objects")
+    return command
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number: not a bool (an int to Python), not NaN or Infinity."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+# ---- who may ask ---------------------------------------------------------------------------
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``name``, ``name:port``, ``[v6]:port`` -> (lowercase name, v6 without brackets; port), or
+    None if it is not a host."""
+    value = value.strip().lower()
+    port: int | None = None
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        rest = rest[1:]
+    elif value.count(":") > 1:
+        name, rest = value, ""  # a bare IPv6 address (only in --allow-host)
+    else:
+        name, _, rest = value.partition(":")
+    if rest:
+        if not rest.isdigit() or not 0 < int(rest) < 65536:
+            return None
+        port = int(rest)
+    name = name.rstrip(".")
+    if not name or any(c.isspace() or c in "/@?#\\" for c in name):
+        return None
+    return name, port
+
+
+def _interface_addresses() -> set[str]:
+    """This machine's interface addresses (IPv4 through SIOCGIFADDR, IPv6 from /proc/net/if_inet6;
+    link-local ones are left out: browsers do not take zone ids in URLs)."""
+    addresses: set[str] = set()
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                request = struct.pack("256s", name.encode()[:15])
+                reply = fcntl.ioctl(s.fileno(), 0x8915, request)  # SIOCGIFADDR
+                addresses.add(socket.inet_ntoa(reply[20:24]))
+    with contextlib.suppress(OSError), open("/proc/net/if_inet6") as f:
+        for line in f:
+            address = ipaddress.IPv6Address(bytes.fromhex(line.split()[0]))
+            if not address.is_link_local:
+                addresses.add(str(address))
+    return addresses
+
+
+def listening_names(host: str) -> set[str]:
+    """The Host names a server listening on ``host`` answers to (ports are not compared).
+
+    Loopback: ``localhost`` and the loopback address. A wildcard (0.0.0.0, ::, empty): the machine's
+    own names (hostname, fully qualified name), its interface addresses and the loopback ones. Any
+    other address: itself; a name: itself and its addresses. A DNS-rebinding page sends its own
+    name, which is never among them.
+    """
+    name = host.strip("[]").lower()
+    if name in ("", "0.0.0.0", "::"):
+        names = {"localhost", "127.0.0.1", "::1", *_interface_addresses()}
+        hostname = socket.gethostname()
+        names |= {hostname.lower(), socket.getfqdn(hostname).lower()}
+        with contextlib.suppress(OSError):
+            names |= {info[4][0] for info in socket.getaddrinfo(hostname, None)}
+        return {n.lower() for n in names if n}
+    try:
+        addresses = [ipaddress.ip_address(name)]
+        names = set()
+    except ValueError:
+        # --listen by name: the server listens on what it resolves to (as for binding).
+        names = {name}
+        addresses = []
+        with contextlib.suppress(OSError, ValueError):
+            addresses = [ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(name, None)]
+    names |= {str(a) for a in addresses}
+    if any(a.is_loopback for a in addresses):
+        names.add("localhost")
+    return names
+
+
+class Access:
+    """Which requests are answered: the DNS-rebinding and cross-site websocket defences."""
+
+    def __init__(self, names: Iterable[str], allow_hosts: Iterable[str] = (), allow_origins: Iterable[str] = ()) -> None:
+        self.names = {n.lower() for n in names}
+        for value in allow_hosts:
+            parsed = split_host(value)
+            if parsed is None:
+                raise IcetoolsError(f"--allow-host {value!r}: not a host name")
+            self.names.add(parsed[0])
+        self.origins = {o.lower().rstrip("/") for o in allow_origins}
+
+    def host_refusal(self, request: Request) -> str | None:
+        """Why the Host header is refused, or None."""
+        values = request.headers.get_all("Host")
+        if len(values) != 1:
+            return "a request needs exactly one Host header"
+        parsed = split_host(values[0])
+        if parsed is None or parsed[0] not in self.names:
+            return (
+                f"Host {values[0]!r} is not a name this server listens as "
+                "(start it with --allow-host NAME to add one)"
+            )
+        return None
+
+    def origin_refusal(self, request: Request) -> str | None:
+        """Why the Origin header of a websocket handshake is refused, or None (after host_refusal).
+
+        Browsers send Origin on every websocket; without one it is not a browser, and not a page
+        of another site. The page's own origin is http(s):// and the Host it was asked by."""
+        values = request.headers.get_all("Origin")
+        if not values:
+            return None
+        origin = values[0].lower().rstrip("/")
+        host = request.headers["Host"].strip().lower()
+        if len(values) == 1 and (origin in (f"http://{host}", f"https://{host}") or origin in self.origins):
+            return None
+        return f"Origin {values[0]!r} is not this page's (start icetools with --allow-origin ORIGIN to add one)"
 
 
 # ---- status --------------------------------------------------------------------------------
@@ -210,7 +386,12 @@ class Hub(Publisher):
             await asyncio.sleep(FLUSH_INTERVAL)
 
     # Clients
-    async def serve_client(self, ws: ServerConnection, on_command: Callable[[dict[str, Any]], str | None]) -> None:
+    async def serve_client(
+        self,
+        ws: ServerConnection,
+        on_command: Callable[[dict[str, Any]], str | None],
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         sock = ws.transport.get_extra_info("socket")
         if sock is not None:
             # A fixed, modest kernel buffer per client (as the scheduler gives its monitors):
@@ -219,19 +400,17 @@ class Hub(Publisher):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
         client = Client(ws)
         self.clients.add(client)
-        sender = asyncio.create_task(self._send_loop(client))
+        sender = asyncio.create_task(self._send_loop(client, send_timeout))
         try:
             async for raw in ws:
                 try:
-                    command = json.loads(raw)
-                    if not isinstance(command, dict):
-                        raise ValueError
-                except ValueError:
-                    await ws.close(1003, "messages must be JSON objects")
+                    command = parse_command(raw)
+                except ValueError as e:
+                    await ws.close(1003, str(e)[:120])  # a close reason is at most 123 bytes
                     return
                 error = on_command(command)
                 if error is not None:
-                    await ws.send(_json({"type": "error", "message": error}))
+                    await self._send(ws, _json({"type": "error", "message": error}), send_timeout)
         except ConnectionClosed:
             pass
         finally:
@@ -240,8 +419,28 @@ class Hub(Publisher):
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await sender
 
-    async def _send_loop(self, client: Client) -> None:
-        await client.ws.send(self.snapshot_text())
+    @staticmethod
+    async def _send(ws: ServerConnection, text: str, timeout: float) -> None:
+        """Send, or drop a client that has not taken the message within ``timeout`` seconds.
+
+        A send waits while more than WRITE_LIMIT bytes wait for the client, so what a client
+        holds back is one message, its write buffer and its kernel buffer, for a bounded time.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await ws.send(text)
+        except TimeoutError:
+            # It does not read, so a closing handshake would wait for it too: send the close
+            # frame for the record and cut the connection.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(0.1):
+                    await ws.close(1008, f"too slow: a message was not taken within {timeout:g} s")
+            ws.transport.abort()
+            raise ConnectionClosed(None, None) from None
+
+    async def _send_loop(self, client: Client, timeout: float) -> None:
+        ws = client.ws
+        await self._send(ws, self.snapshot_text(), timeout)
         client.sent_seq = self.seq
         while True:
             await client.wake.wait()
@@ -254,7 +453,7 @@ class Hub(Publisher):
                 text = delta[1]
             else:
                 text = self.snapshot_text()  # it missed something: the whole state instead
-            await client.ws.send(text)
+            await self._send(ws, text, timeout)
             client.sent_seq = seq
 
 
@@ -293,39 +492,84 @@ def load_assets(root: Path) -> dict[str, tuple[bytes, str]]:
     return assets
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
+def _response(status: HTTPStatus, body: bytes, content_type: str, *extra: tuple[str, str]) -> Response:
     headers = Headers(
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
+            *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def _refusal(status: HTTPStatus, reason: str, *extra: tuple[str, str]) -> Response:
+    return _response(status, f"{status.value} {status.phrase}: {reason}\n".encode(), "text/plain; charset=utf-8", *extra)
 
 
 # ---- the server ----------------------------------------------------------------------------
 
 
 class ClusterServer:
-    """The HTTP + websocket server around a Monitor and its Hub."""
+    """The HTTP + websocket server around a Monitor and its Hub.
 
-    def __init__(self, monitor: Monitor, status: Status, *, commands: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+    What it answers (README "Errors"): GET and HEAD only; requests whose Host is a name it listens
+    as (or --allow-host); websockets from its own page or no page (or --allow-origin); at most
+    ``max_clients`` websockets, each dropped when it does not take a message within
+    ``send_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        monitor: Monitor,
+        status: Status,
+        *,
+        commands: Callable[[dict[str, Any]], str | None] | None = None,
+        allow_hosts: Iterable[str] = (),
+        allow_origins: Iterable[str] = (),
+        max_clients: int = MAX_CLIENTS,
+        send_timeout: float = SEND_TIMEOUT,
+    ) -> None:
         self.status = status
         self.hub = Hub(monitor, status)
         self.assets = load_assets(web_root())
         self.commands = commands or self._no_commands
         self.server: Server | None = None
+        self.allow_hosts = tuple(allow_hosts)
+        self.allow_origins = tuple(allow_origins)
+        self.access = Access((), self.allow_hosts, self.allow_origins)  # checks the options now
+        self.max_clients = max_clients
+        self.send_timeout = send_timeout
+        #: Websocket connections admitted (101 sent or about to be), until they are closed.
+        self._admitted: set[ServerConnection] = set()
+        #: Every TCP connection, to cut a flood of half-open HTTP requests.
+        self._connections: set[ServerConnection] = set()
 
     @staticmethod
     def _no_commands(command: dict[str, Any]) -> str | None:
         return "replay controls are only accepted by icetools replay --serve"
 
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.method not in ALLOWED_METHODS:
+            return _refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here", ("Allow", ", ".join(ALLOWED_METHODS)))
+        refusal = self.access.host_refusal(request)
+        if refusal is not None:
+            status = HTTPStatus.BAD_REQUEST if "Host" not in request.headers else HTTPStatus.FORBIDDEN
+            return _refusal(status, refusal)
         path = request.path.split("?", 1)[0]
-        if path == "/ws":
-            return None  # on to the websocket handshake
+        if path == "/ws" and request.method == "GET":
+            refusal = self.access.origin_refusal(request)
+            if refusal is not None:
+                return _refusal(HTTPStatus.FORBIDDEN, refusal)
+            return None  # on to the websocket handshake (the client count is in process_response)
+        response = self._get(path)
+        if request.method == "HEAD":
+            # The headers of the GET (Content-Length included), without its body.
+            response = Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    def _get(self, path: str) -> Response:
         if path == "/api/state":
             body = _json({**self.hub.state(), "status": self.status.to_json()}).encode()
             return _response(HTTPStatus.OK, body, "application/json")
@@ -335,22 +579,50 @@ class ClusterServer:
                 metrics_text(self.hub.monitor, self.status, self.hub.durations),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
+        if path == "/ws":
+            return _refusal(HTTPStatus.UPGRADE_REQUIRED, "/ws is a websocket", ("Upgrade", "websocket"))
         asset = self.assets.get(path)
         if asset is None:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
         return _response(HTTPStatus.OK, *asset)
 
+    def process_response(self, connection: ServerConnection, request: Request, response: Response) -> Response | None:
+        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+            # Counted here, where the upgrade is certain, rather than in process_request: a
+            # handshake can still fail between the two.
+            self._admitted = {c for c in self._admitted if c.protocol.state is not State.CLOSED}
+            if len(self._admitted) < self.max_clients:
+                self._admitted.add(connection)
+                return None
+            response = _refusal(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"this server already has {self.max_clients} viewers (see --max-clients)",
+                ("Retry-After", "10"),
+            )
+        return _with_security_headers(response)
+
     async def handler(self, ws: ServerConnection) -> None:
-        await self.hub.serve_client(ws, self.commands)
+        try:
+            await self.hub.serve_client(ws, self.commands, self.send_timeout)
+        finally:
+            self._admitted.discard(ws)
+
+    def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
+        return _CountedConnection(self, *args, **kwargs)
 
     async def start(self, host: str, port: int) -> None:
+        self.access = Access(listening_names(host), self.allow_hosts, self.allow_origins)
         try:
             self.server = await serve(
                 self.handler,
                 host,
                 port,
                 process_request=self.process_request,
+                process_response=self.process_response,
+                create_connection=self._connection,
                 max_size=MAX_CLIENT_MESSAGE,
+                open_timeout=OPEN_TIMEOUT,
+                write_limit=WRITE_LIMIT,
                 compression=None,  # deltas are small; deflate would cost CPU per client
                 server_header=f"icetools/{__import__('icetools').__version__}",
             )
@@ -366,6 +638,83 @@ class ClusterServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+
+def _with_security_headers(response: Response) -> Response:
+    for name, value in SECURITY_HEADERS:
+        response.headers[name] = value
+    response.headers["Connection"] = "close"  # one request per connection
+    return response
+
+
+class _HttpProtocol(ServerProtocol):
+    """websockets' server protocol, answering the requests its parser drops without a word.
+
+    websockets parses only what a websocket handshake can be: a request with a body
+    (Content-Length, Transfer-Encoding), as a POST usually has, or an unknown HTTP version fails
+    its parser, and it just closes the connection. Those get a 405 (with Allow) or a 400 here;
+    everything else goes on exactly as in websockets.
+    """
+
+    def parse(self) -> Iterator[None]:  # type: ignore[override]
+        if self.state is State.CONNECTING:
+            lines: list[bytes] = []
+
+            def read_line(m: int, too_long: type[Exception]) -> Iterator[None]:  # type: ignore[misc]
+                line = yield from self.reader.read_line(m, too_long)
+                lines.append(bytes(line))
+                return line
+
+            try:
+                request = yield from Request.parse(read_line)  # type: ignore[arg-type]
+            except (RequestLineTooLong, HeaderLineTooLong, TooManyHeaders) as e:
+                status = HTTPStatus.REQUEST_URI_TOO_LONG if isinstance(e, RequestLineTooLong) else HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                self.handshake_exc = e
+                self.send_response(_with_security_headers(_refusal(status, str(e))))
+                yield
+                return
+            except Exception as e:  # what websockets' parser does not take (its own words)
+                self.handshake_exc = e
+                method = lines[0].split(b" ", 1)[0].decode("ascii", "replace") if lines else ""
+                if lines and method not in ALLOWED_METHODS:
+                    response = _refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not served here", ("Allow", ", ".join(ALLOWED_METHODS)))
+                else:
+                    response = _refusal(HTTPStatus.BAD_REQUEST, f"not a request this server takes: {e}")
+                if lines and not isinstance(e, EOFError):  # else nobody is there to answer
+                    self.send_response(_with_security_headers(response))
+                else:
+                    self.send_eof()
+                    self.parser = self.discard()
+                    next(self.parser)
+                yield
+                return
+            self.events.append(request)
+        yield from Protocol.parse(self)
+
+
+class _CountedConnection(ServerConnection):
+    """websockets' connection, counted by its server: beyond its clients and MAX_PENDING
+    requests in progress, a new TCP connection is cut before anything is read from it."""
+
+    def __init__(self, owner: ClusterServer, protocol: ServerProtocol, *args: Any, **kwargs: Any) -> None:
+        # serve() builds websockets' ServerProtocol itself, with no hook for the class: make it
+        # ours before it has seen a byte, restarting its parser (a generator of that class).
+        protocol.__class__ = _HttpProtocol
+        protocol.parser = protocol.parse()
+        next(protocol.parser)
+        super().__init__(protocol, *args, **kwargs)
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        connections = self.owner._connections
+        connections.add(self)
+        if len(connections) > self.owner.max_clients + MAX_PENDING:
+            transport.abort()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._connections.discard(self)
+        super().connection_lost(exc)
 
 
 # ---- drivers: what feeds the Monitor -----------------------------------------------------
@@ -397,12 +746,12 @@ class ReplayDriver:
             self.status.state = "playing"
         elif cmd == "speed":
             value = command.get("value")
-            if not isinstance(value, (int, float)) or not 0.1 <= value <= 1000:
+            if not _is_number(value) or not 0.1 <= value <= 1000:
                 return "speed must be a number from 0.1 to 1000"
             self.status.speed = float(value)
         elif cmd == "seek":
             t = command.get("t")
-            if not isinstance(t, (int, float)) or t < 0:
+            if not _is_number(t) or t < 0:
                 return "seek needs a time t >= 0 in seconds"
             self._seek_to = float(t)
         else:

@@ -8,9 +8,11 @@ package the tests skip (and fail on CI).
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import signal
+import threading
 import socket
 import subprocess
 import sys
@@ -42,6 +44,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
     "--disable-sync",
+    # A name of "another site" that resolves to loopback, as a DNS-rebinding attacker's would
+    # (and nothing is ever looked up outside).
+    "--host-resolver-rules=MAP evil.example 127.0.0.1",
 ]
 TIMEOUT_MS = 15_000  # for any awaited condition
 SERVER_START_S = 20.0
@@ -506,4 +511,69 @@ def test_host_table_sorts(serve: Callable[..., Server], tab: Tab) -> None:
     page.click('th[data-sort="compiled"]')
     expect(page.locator('th[data-sort="compiled"]')).to_have_attribute("aria-sort", "ascending")
     expect(compiled).to_have_text([str(n) for n in counts])
+    tab.assert_clean()
+
+
+# ---- 6. other sites can neither read nor drive the server ---------------------------------------
+
+EVIL_PAGE = """<!doctype html><meta charset="utf-8"><title>evil</title><script>
+window.result = {opened: false, messages: 0, closed: null, fetched: null};
+const ws = new WebSocket("ws://127.0.0.1:PORT/ws");
+ws.onopen = () => { window.result.opened = true; ws.send(JSON.stringify({cmd: "pause"})); };
+ws.onmessage = () => { window.result.messages++; };
+ws.onclose = (e) => { window.result.closed = e.code; };
+fetch("http://127.0.0.1:PORT/api/state").then(
+  (r) => r.text().then((t) => { window.result.fetched = "read " + t.length; }),
+  (e) => { window.result.fetched = "refused: " + e; });
+</script>"""
+
+
+def test_other_sites_cannot_read_or_drive_the_server(serve: Callable[..., Server], tab: Tab, tmp_path: Path) -> None:
+    server = serve(DEMO, 5)
+    # another origin: a second loopback server (another port) serving a page that tries
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(EVIL_PAGE.replace("PORT", str(server.port)))
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    evil = tab.page.context.new_page()
+    try:
+        evil.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+        evil.wait_for_function("() => window.result.closed !== null && window.result.fetched !== null", polling=50)
+        result = evil.evaluate("() => window.result")
+        assert result["opened"] is False and result["messages"] == 0, result
+        assert result["closed"] == 1006 and result["fetched"].startswith("refused"), result
+
+        # DNS rebinding: evil.example now resolves to 127.0.0.1, so its page is "same origin"
+        # with the server and its requests say Host: evil.example:PORT.
+        rebound = f"http://evil.example:{server.port}/"
+        response = evil.goto(rebound)
+        assert response is not None and response.status == 403
+        assert "--allow-host" in evil.content() and "node1" not in evil.content()
+        got = evil.evaluate(
+            """async () => { const r = await fetch("/api/state"); return [r.status, await r.text()]; }"""
+        )
+        assert got[0] == 403 and "node1" not in got[1], got
+        closed = evil.evaluate(
+            """(url) => new Promise((done) => { const ws = new WebSocket(url);
+                 ws.onopen = () => done("opened"); ws.onclose = (e) => done(e.code); })""",
+            rebound.replace("http:", "ws:") + "ws",
+        )
+        assert closed == 1006
+    finally:
+        evil.close()
+        other.shutdown()
+        other.server_close()
+
+    # the page itself still works, with its security headers, and nobody paused the replay
+    page = tab.page
+    response = page.goto(server.url)
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    expect(page.locator("#replay-controls")).to_be_visible()
+    tab.wait("() => window.icetools && window.icetools.snapshots >= 1")
+    expect(page.locator("#status")).to_have_attribute("data-state", "playing")
+    seq = tab.js("() => window.icetools.seq")
+    tab.wait("(s) => window.icetools.seq > s + 3", seq)
     tab.assert_clean()

@@ -476,3 +476,26 @@ def test_record_shows_a_status_line_on_a_terminal(tmp_path: Path) -> None:
     assert f"recording {out}: {len(BUILD)} frames" in text
     assert "protocol 43, connected" in text and "0:00:01" in text
     assert text.rstrip().endswith("stopped")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["replay", "--fast", "--speed", "nan"], ["replay", "--serve", "--speed", "inf"],
+     ["replay", "--until", "nan"], ["replay", "--as-scheduler", "--start", "inf"]],
+    ids=["speed-nan", "serve-speed-inf", "until-nan", "start-inf"],
+)  # fmt: skip
+def test_times_and_speeds_are_finite(args: list[str]) -> None:
+    """click's FloatRange lets nan and inf through; a NaN speed ended up in the page's JSON."""
+    result = icetools(*args)
+    assert result.returncode == 2, result.stderr
+    assert "is not a finite number" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_web_options() -> None:
+    result = icetools("replay", "--serve", "--allow-host", "a b", "--listen", "127.0.0.1:1")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["icetools: error: --allow-host 'a b': not a host name"]
+    result = icetools("replay", "--fast", "--max-clients", "5")
+    assert result.returncode == 2 and "go with --serve" in result.stderr
+    result = icetools("serve", "--max-clients", "0", "-s", "127.0.0.1:1")
+    assert result.returncode == 2 and "--max-clients" in result.stderr

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from icetools import messages as m
 from icetools.monitor import Monitor
-from icetools.server import ClusterServer, ReplayDriver, Status
+from icetools.server import MAX_PENDING, ClusterServer, ReplayDriver, Status, listening_names
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 DEMO = RECORDINGS / "demo.icecap"
@@ -32,9 +33,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 class Running:
     """A replay server on 127.0.0.1 and an ephemeral port, inside the test's event loop."""
 
-    def __init__(self, capture: Path = DEMO, speed: float = 20.0, mode: str = "replay") -> None:
+    def __init__(self, capture: Path = DEMO, speed: float = 20.0, mode: str = "replay", **options: Any) -> None:
         self.status = Status(mode=mode)
-        self.server = ClusterServer(Monitor(), self.status)
+        self.server = ClusterServer(Monitor(), self.status, **options)
         self.driver = ReplayDriver(capture, self.status, self.server.hub, speed=speed)
         if mode == "replay":
             self.server.commands = self.driver.command
@@ -97,18 +98,34 @@ async def until_ended(ws: Any, model: Model, timeout: float = 60.0) -> None:
         model.apply(await receive(ws))
 
 
-def http_get(port: int, raw_path: str) -> tuple[int, dict[str, str], bytes]:
-    """A raw HTTP/1.1 GET, so that paths like /static/../x reach the server unnormalised."""
+def http_request(port: int, head: str) -> tuple[int, dict[str, str], bytes]:
+    """Send a raw request head and read the whole answer (the server closes after it): the
+    status, the headers and everything after them, Content-Length or not."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(head.encode())
         data = b""
         while chunk := s.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def http_get(port: int, raw_path: str, host: str | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 request, so that paths like /static/../x reach the server unnormalised."""
+    host = f"127.0.0.1:{port}" if host is None else host
+    status, headers, body = http_request(port, f"{method} {raw_path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
     length = int(headers.get("content-length", len(body)))
-    return int(lines[0].split()[1]), headers, body[:length]
+    return status, headers, body[:length]
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as browsers' JSON.parse reads it: NaN and Infinity are errors."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in the server's JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_snapshot_then_deltas_rebuild_the_servers_state() -> None:
@@ -297,3 +314,308 @@ def test_metrics_are_valid_prometheus_text() -> None:
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 
+
+
+# ---- who may ask (issue 10) --------------------------------------------------------------------
+
+
+def test_only_the_names_it_listens_as_are_answered() -> None:
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 sends
+    ``Host: evil.example``; it must not read the cluster."""
+
+    async def main() -> None:
+        async with Running(speed=50, allow_hosts=["Proxy.Example."]) as run:
+            get = lambda path, host: asyncio.to_thread(http_get, run.port, path, host)  # noqa: E731
+            for host in (f"127.0.0.1:{run.port}", f"localhost:{run.port}", "LOCALHOST", "localhost:9999",
+                         "proxy.example", "proxy.example:443"):  # fmt: skip
+                status, _, body = await get("/api/state", host)
+                assert status == 200, host
+                assert "hosts" in strict_json(body)
+            for host in ("evil.example", f"evil.example:{run.port}", f"127.0.0.2:{run.port}",
+                         "localhost.evil.example", f"[::1]:{run.port}", "", "127.0.0.1:x", "a b"):  # fmt: skip
+                for path in ("/api/state", "/", "/metrics", "/ws"):
+                    status, headers, body = await get(path, host)
+                    assert status == 403, (host, path)
+                    assert b"--allow-host" in body and b"node1" not in body
+                    assert headers["content-type"].startswith("text/plain")
+            # no Host at all (HTTP/1.0): refused too, as HTTP/1.1 says
+            status, _, body = await asyncio.to_thread(http_request, run.port, "GET /api/state HTTP/1.0\r\n\r\n")
+            assert status == 400 and b"Host" in body
+            # the websocket handshake is refused the same way
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(run.url, additional_headers={"Host": "evil.example"})
+            assert refused.value.response.status_code == 403
+
+    asyncio.run(main())
+
+
+def test_listening_names() -> None:
+    assert listening_names("127.0.0.1") == {"127.0.0.1", "localhost"}
+    assert listening_names("::1") == {"::1", "localhost"}
+    assert listening_names("[::1]") == {"::1", "localhost"}
+    assert listening_names("192.0.2.7") == {"192.0.2.7"}
+    assert listening_names("localhost") >= {"localhost", "127.0.0.1"}
+    hostname = socket.gethostname().lower()
+    # by name: the name and what it resolves to (what the server binds)
+    assert listening_names(hostname.upper()) >= {hostname, *(i[4][0] for i in socket.getaddrinfo(hostname, None))}
+    every = listening_names("0.0.0.0")
+    assert listening_names("") == every == listening_names("::")
+    assert {"localhost", "127.0.0.1", "::1", hostname, socket.getfqdn(hostname).lower()} <= every
+    # the machine's interface addresses, as `ip` lists them (link-local ones left out)
+    listed = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    for line in listed.splitlines():
+        fields = line.split()
+        address = fields[3].split("/")[0]
+        if not address.startswith("fe80:"):
+            assert address in every, address
+    assert "evil.example" not in every
+
+
+def test_websockets_only_from_the_page_itself() -> None:
+    async def main() -> None:
+        async with Running(speed=50, allow_origins=["https://ice.example.com/"]) as run:
+            own = [f"http://127.0.0.1:{run.port}", f"HTTP://127.0.0.1:{run.port}/", None, "https://ice.example.com"]
+            for origin in own:
+                async with connect(run.url, origin=origin) as ws:  # type: ignore[arg-type]
+                    assert (await receive(ws))["type"] == "snapshot", origin
+            async with connect(run.url.replace("127.0.0.1", "localhost"), origin=f"http://localhost:{run.port}") as ws:  # type: ignore[arg-type]
+                assert (await receive(ws))["type"] == "snapshot"
+            for origin in ("http://evil.example", "null", f"http://127.0.0.1:{run.port + 1}", f"http://localhost:{run.port}",
+                           "http://ice.example.com", f"http://127.0.0.1:{run.port}.evil.example"):  # fmt: skip
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(run.url, origin=origin)  # type: ignore[arg-type]
+                response = refused.value.response
+                assert response.status_code == 403, origin
+                assert b"--allow-origin" in response.body and b"node1" not in response.body
+            # nothing was changed by the refused ones
+            assert run.status.state == "playing"
+
+    asyncio.run(main())
+
+
+def test_security_headers() -> None:
+    async def main() -> None:
+        async with Running(speed=50) as run:
+            for path in ("/", "/api/state", "/nope", "/static/app.js"):
+                _, headers, _ = await asyncio.to_thread(http_get, run.port, path)
+                csp = headers["content-security-policy"]
+                assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "default-src 'self'" in csp
+                assert headers["x-frame-options"] == "DENY"
+                assert headers["referrer-policy"] == "no-referrer"
+                assert headers["x-content-type-options"] == "nosniff"
+
+    asyncio.run(main())
+
+
+# ---- methods (issue 13) -------------------------------------------------------------------------
+
+
+def test_only_get_and_head() -> None:
+    async def main() -> None:
+        async with Running(speed=50) as run:
+            for method in ("POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT", "BREW"):
+                for path in ("/", "/api/state", "/ws"):
+                    status, headers, body = await asyncio.to_thread(http_get, run.port, path, None, method)
+                    assert status == 405, (method, path)
+                    assert headers["allow"] == "GET, HEAD"
+                    assert method.encode() in body and b"node1" not in body
+            # with a body (a form, a fetch POST): websockets' own parser refuses those, and
+            # used to close the connection without an answer
+            for head in (f"POST /api/state HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nContent-Length: 5\r\n\r\nhello",
+                         f"PUT / HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                         f"DELETE /ws HTTP/1.0\r\nContent-Length: 2\r\n\r\n{{}}"):  # fmt: skip
+                status, headers, body = await asyncio.to_thread(http_request, run.port, head)
+                assert status == 405, head
+                assert headers["allow"] == "GET, HEAD" and headers["x-frame-options"] == "DENY"
+            for head in (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nContent-Length: 5\r\n\r\nhello",
+                         f"GET / HTTP/2.0\r\nHost: 127.0.0.1:{run.port}\r\n\r\n"):  # fmt: skip
+                status, headers, body = await asyncio.to_thread(http_request, run.port, head)
+                assert status == 400 and b"not a request this server takes" in body, head
+            for path in ("/", "/api/state", "/static/vendor/d3.v7.min.js", "/nope"):
+                get_status, get_headers, get_body = await asyncio.to_thread(http_get, run.port, path)
+                head = f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1:{run.port}\r\nConnection: close\r\n\r\n"
+                status, headers, rest = await asyncio.to_thread(http_request, run.port, head)
+                assert status == get_status
+                assert rest == b""  # no body after the headers, the connection just ends
+                if path != "/api/state":  # (the state moves on between the two requests)
+                    assert headers["content-length"] == get_headers["content-length"] == str(len(get_body))
+                assert headers["content-type"] == get_headers["content-type"]
+
+    asyncio.run(main())
+
+
+# ---- strict JSON both ways (issue 11) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ['{"cmd":"seek","t":NaN}', '{"cmd":"seek","t":Infinity}', '{"cmd":"speed","value":-Infinity}',
+     "[" * 2000 + "]" * 2000, '{"":[' * 580 + "]}" * 580, b'{"cmd":"pause"}'],
+    ids=["nan", "infinity", "minus-infinity", "deep-list", "deep-object", "binary"],
+)  # fmt: skip
+def test_not_strict_json_text_closes_the_client(payload: str | bytes, capfd: pytest.CaptureFixture[str]) -> None:
+    async def main() -> None:
+        async with Running(speed=5) as run, connect(run.url) as good, connect(run.url) as bad:
+            await receive(good)
+            await receive(bad)
+            await bad.send(json.dumps({"cmd": "pause"}))
+            while run.status.state != "paused":
+                await receive(good)
+            await bad.send(payload)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await receive(bad)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1003
+            assert closed.value.rcvd.reason
+            assert run.status.state == "paused"  # the binary pause was not obeyed either
+            # every message and the state stay strict JSON
+            await good.send(json.dumps({"cmd": "play"}))
+            for _ in range(3):
+                strict_json(await asyncio.wait_for(good.recv(), 10))
+            _, _, body = await asyncio.to_thread(http_get, run.port, "/api/state")
+            assert strict_json(body)["status"]["position"] >= 0
+
+    asyncio.run(main())
+    assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [({"cmd": "speed", "value": True}, "speed must be"), ({"cmd": "seek", "t": True}, "seek needs"),
+     ({"cmd": "speed", "value": "2"}, "speed must be"), ({"cmd": "seek", "t": -1}, "seek needs")],
+    ids=["bool-speed", "bool-seek", "string-speed", "negative-seek"],
+)  # fmt: skip
+def test_replay_commands_take_only_numbers(command: dict[str, Any], error: str) -> None:
+    async def main() -> None:
+        async with Running(speed=5) as run, connect(run.url) as ws:
+            await receive(ws)
+            await ws.send(json.dumps(command))
+            while (message := await receive(ws))["type"] != "error":
+                pass
+            assert message["message"].startswith(error)
+            assert run.status.speed == 5 and run.status.state == "playing"
+
+    asyncio.run(main())
+
+
+def test_driver_commands_refuse_nan_and_infinity() -> None:
+    """Whatever parses the message: the driver itself takes only finite numbers."""
+    status = Status(mode="replay")
+    server = ClusterServer(Monitor(), status)
+    driver = ReplayDriver(DEMO, status, server.hub, speed=3)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        assert driver.command({"cmd": "seek", "t": value}) is not None
+        assert driver.command({"cmd": "speed", "value": value}) is not None
+    assert status.speed == 3 and driver._seek_to is None
+
+
+def test_a_hostile_speed_report_does_not_put_nan_into_the_state() -> None:
+    monitor = Monitor()
+    status = Status(mode="live")
+    server = ClusterServer(monitor, status)
+    monitor.feed(m.MonStats(1, "Name:node1\nIP:10.0.0.1\nMaxJobs:4\nSpeed:12.5\n"), 1.0)
+    for bad in ("nan", "NaN", "inf", "-Infinity"):
+        monitor.feed(m.MonStats(1, f"Speed:{bad}\nLoad:100\n"), 2.0)
+    assert [h.to_json()["speed"] for h in monitor.hosts.values()] == [12.5]
+    strict_json(server.hub.snapshot_text())
+
+
+# ---- slow and too many clients (issue 12) -------------------------------------------------------
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_others_go_on() -> None:
+    async def main() -> None:
+        async with Running(speed=50, send_timeout=1.0) as run:
+            fast = await connect(run.url)
+            # A real websocket client that stops reading at once, with a tiny receive buffer.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect(("127.0.0.1", run.port))
+            stalled = await connect(run.url, sock=sock, max_queue=1)
+            stalled.transport.pause_reading()
+            assert len(run.server.hub.clients) == 2
+            model = Model()
+            deadline = time.monotonic() + 30
+            while len(run.server.hub.clients) > 1:
+                assert time.monotonic() < deadline, "the stalled client was never dropped"
+                model.apply(await receive(fast))
+            # its TCP connection is gone too: the server holds nothing of it
+            while len(run.server._connections) > 1:
+                assert time.monotonic() < deadline, "the stalled connection was kept"
+                model.apply(await receive(fast))
+            seq = model.seqs[-1]
+            model.apply(await receive(fast))
+            assert model.seqs[-1] == seq + 1  # the others still get every update
+            await fast.close()
+            stalled.transport.abort()
+
+    asyncio.run(main())
+
+
+def test_max_clients() -> None:
+    async def main() -> None:
+        async with Running(speed=50, max_clients=3) as run:
+            admitted = [await connect(run.url) for _ in range(3)]
+            for ws in admitted:
+                assert (await receive(ws))["type"] == "snapshot"
+            for _ in range(2):
+                with pytest.raises(InvalidStatus) as refused:
+                    await connect(run.url)
+                assert refused.value.response.status_code == 503
+                assert b"--max-clients" in refused.value.response.body
+            # plain HTTP is still answered
+            status, _, _ = await asyncio.to_thread(http_get, run.port, "/api/state")
+            assert status == 200
+            # one leaves, one more gets in
+            await admitted.pop().close()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    admitted.append(await connect(run.url))
+                    break
+                except InvalidStatus:
+                    assert time.monotonic() < deadline, "the freed place was not given out"
+                    await asyncio.sleep(0.05)
+            assert (await receive(admitted[-1]))["type"] == "snapshot"
+            assert len(run.server.hub.clients) == 3
+            await asyncio.gather(*(ws.close() for ws in admitted))
+
+    asyncio.run(main())
+
+
+def test_half_open_requests_are_capped() -> None:
+    """A flood of connections that never finish their request (slowloris): beyond the clients
+    and MAX_PENDING, new ones are cut at once, and the server still answers when they go."""
+
+    async def main() -> None:
+        async with Running(speed=50, max_clients=2) as run:
+            loop = asyncio.get_running_loop()
+            socks = []
+            for _ in range(2 + MAX_PENDING + 10):
+                s = socket.socket()
+                s.setblocking(False)
+                await loop.sock_connect(s, ("127.0.0.1", run.port))
+                await loop.sock_sendall(s, b"GET / HTTP/1.1\r\n")  # and never the rest
+                socks.append(s)
+            cut = 0
+            for s in socks[-10:]:
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(s, 100), 5)
+                except ConnectionResetError:
+                    data = b""
+                cut += data == b""
+            assert cut == 10
+            assert len(run.server._connections) <= 2 + MAX_PENDING
+            for s in socks:
+                s.close()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    status, _, _ = await asyncio.to_thread(http_get, run.port, "/api/state")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.05)
+            assert status == 200
+
+    asyncio.run(main())
