@@ -161,6 +161,7 @@ def record(
         count=count,
         reconnect=not no_reconnect,
         status_stream=sys.stderr if interactive else None,
+        log_stream=None if interactive else sys.stderr,
     )
     reason = "error"
     try:
@@ -526,8 +527,10 @@ def stats(file: Path, as_json: bool) -> None:
 def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
-    It logs in to the scheduler as a monitor and reconnects when the scheduler restarts (the
-    page says so meanwhile). With --record it keeps a capture at the same time.
+    It logs in to the scheduler as a monitor and reconnects with backoff when the scheduler
+    restarts (the page says so meanwhile). With --record it keeps a capture at the same time;
+    if the capture cannot be written (a full disk) the recording stops with an error in the log,
+    the page's status and /metrics, and serving goes on.
 
     \b
     Examples:
@@ -544,9 +547,12 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
     monitor = Monitor()
     status = Status(mode="live")
 
+    def log(line: str) -> None:
+        click.echo(f"icetools: {line}", err=True)
+
     async def main() -> None:
         server = ClusterServer(monitor, status)
-        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer)
+        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer, log=log)
         await run_until_stopped(
             server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
         )

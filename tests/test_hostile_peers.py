@@ -1,0 +1,230 @@
+"""`record` and `serve` against schedulers that misbehave on purpose (tests/scripted.py's
+hostile peers), and the connection classes under the same resets: real processes, real TCP,
+real signals. Whatever the peer does: no traceback, no hot loop, every complete frame kept, and
+SIGTERM ends the process promptly with the end record written."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from icetools import messages as m
+from icetools.capture import CaptureReader, DisconnectRecord, EndRecord, FrameRecord
+from icetools.connection import AsyncConnection, Connection
+from icetools.errors import ConnectionClosed
+
+from . import scripted
+from .scripted import ScriptedScheduler
+from .test_cli import BUILD, assert_one_line_error, icetools, serve, start_icetools, wait_for
+
+#: A scheduler that was fine for the first connection (two frames, then it "restarted")...
+GOOD_ONCE = serve(BUILD[:2], then="close")
+#: ...and is hostile from then on.
+HOSTILE = {
+    "reset-after-handshake": scripted.reset_after_handshake,
+    "close-after-login": scripted.close_after_login,
+    "huge-length": scripted.frames_then_huge_length(BUILD[2:3]),
+}
+
+#: Seconds over which reconnections are counted. With the backoff (0.5, 1, 2, 4 s ...) a
+#: recorder tries at most 3 times in it; without one it tried thousands of times.
+WINDOW = 2.0
+MAX_IN_WINDOW = 3
+
+
+def records_of(path: Path) -> tuple[list[Any], CaptureReader]:
+    with CaptureReader(path) as reader:
+        return list(reader), reader
+
+
+def stop(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGTERM) -> tuple[str, float]:
+    """Signal ``proc`` and wait for it (generously); return its stderr and how long it took."""
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        raise AssertionError(f"{sig.name} did not end the process within 10 s: {stderr[-2000:]}") from None
+    return stderr, time.monotonic() - started
+
+
+def assert_reconnects_are_bounded(server: ScriptedScheduler) -> None:
+    wait_for(lambda: server.connections >= 3, what="the hostile reconnections")
+    start = time.monotonic()
+    time.sleep(WINDOW)  # a window of time to count in, not a condition to wait for
+    seen = server.connections_since(start)
+    assert seen <= MAX_IN_WINDOW, f"{seen} connections in {WINDOW} s: no backoff"
+
+
+# ---- record --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE))
+def test_record_backs_off_from_a_hostile_scheduler_and_stops_on_sigterm(tmp_path: Path, hostile: str) -> None:
+    out = tmp_path / "hostile.icecap"
+    with ScriptedScheduler(scripted.first_then(GOOD_ONCE, HOSTILE[hostile])) as server:
+        proc = start_icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out))
+        try:
+            assert_reconnects_are_bounded(server)
+        finally:
+            stderr, took = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert took < 5, f"SIGTERM took {took:.1f} s"
+    # The repeated failure is told (one line per attempt, not silence)...
+    retries = [line for line in stderr.splitlines() if "retrying in" in line]
+    assert len(retries) >= 2 and "failures in a row" in retries[-1], stderr
+    assert retries[0].startswith("icetools: ")
+    # ...and the recording has everything, ends with its end record, and holds no flood of
+    # connect/disconnect records.
+    records, reader = records_of(out)
+    assert reader.ended and isinstance(records[-1], EndRecord) and records[-1].reason == "signal"
+    frames = [r.data for r in records if isinstance(r, FrameRecord)]
+    assert frames[:2] == BUILD[:2]
+    if hostile == "huge-length":
+        assert set(frames[2:]) == {BUILD[2]}  # the whole frame before the bad length, each time
+    assert sum(isinstance(r, DisconnectRecord) for r in records) <= server.connections
+    assert out.stat().st_size < 20_000
+
+
+def test_reset_after_the_handshake_on_the_first_connection(tmp_path: Path) -> None:
+    """Where the reset lands is up to the kernels: in the login (then the first connection
+    failed: an error, no file) or in the first read (a recording of one connection). Both are
+    clean; neither is a traceback or an empty file."""
+    out = tmp_path / "reset.icecap"
+    for _ in range(5):
+        with ScriptedScheduler(scripted.reset_after_handshake) as server:
+            result = icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out), "--no-reconnect")
+        assert "Traceback" not in result.stderr
+        if result.returncode == 1:
+            assert_one_line_error(result, "connection reset by peer")
+            assert not out.exists()
+        else:
+            assert result.returncode == 0, result.stderr
+            records, reader = records_of(out)
+            assert [type(r).__name__ for r in records] == ["ConnectRecord", "DisconnectRecord", "EndRecord"]
+            out.unlink()
+
+
+def test_frames_before_a_bad_length_in_the_same_read_are_kept(tmp_path: Path) -> None:
+    out = tmp_path / "huge.icecap"
+    with ScriptedScheduler(scripted.frames_then_huge_length(BUILD[:2])) as server:
+        result = icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out), "--no-reconnect")
+    assert result.returncode == 0, result.stderr
+    assert "recorded 2 frames" in result.stderr
+    records, _ = records_of(out)
+    assert [r.data for r in records if isinstance(r, FrameRecord)] == BUILD[:2]
+    disconnect = next(r for r in records if isinstance(r, DisconnectRecord))
+    assert "declares 2147483648 bytes" in disconnect.reason
+
+
+# ---- serve ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(*args: str) -> tuple[subprocess.Popen[str], int]:
+    """``icetools serve`` on a free port; returns the process and the port it announced."""
+    proc = start_icetools("serve", "--listen", f"127.0.0.1:{free_port()}", *args)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    if found is None:
+        proc.kill()
+        raise AssertionError(f"serve did not announce its port: {line}{proc.communicate()[1]}")
+    return proc, int(found.group(1))
+
+
+def get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str) -> float | None:
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return None if found is None else float(found.group(1))
+
+
+@pytest.mark.parametrize("hostile", list(HOSTILE))
+def test_serve_backs_off_shows_the_failures_and_stops_on_sigterm(tmp_path: Path, hostile: str) -> None:
+    out = tmp_path / "served.icecap"
+    with ScriptedScheduler(scripted.first_then(GOOD_ONCE, HOSTILE[hostile])) as server:
+        proc, port = start_serve("-s", f"127.0.0.1:{server.port}", "--record", str(out))
+        try:
+            assert_reconnects_are_bounded(server)
+            status = json.loads(get(port, "/api/state"))["status"]
+            # Between two short-lived connections the page says it is retrying, and why.
+            wait_for(lambda: json.loads(get(port, "/api/state"))["status"]["state"] == "retrying",
+                     what="the page to say retrying")
+            status = json.loads(get(port, "/api/state"))["status"]
+            assert status["failures"] >= 2 and "failures in a row" in status["message"], status
+            assert status["recording"] == "recording"
+            metrics = get(port, "/metrics")
+            assert (metric(metrics, "icetools_monitor_failures") or 0) >= 2, metrics
+            assert (metric(metrics, "icetools_monitor_connections_total") or 0) >= 1
+            assert metric(metrics, "icetools_recording") == 1
+        finally:
+            stderr, took = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert took < 5, f"SIGTERM took {took:.1f} s"
+    assert sum("retrying in" in line for line in stderr.splitlines()) >= 2, stderr
+    records, reader = records_of(out)
+    assert reader.ended and records[-1].reason == "signal"
+    assert [r.data for r in records if isinstance(r, FrameRecord)][:2] == BUILD[:2]
+
+
+# ---- the connection classes ------------------------------------------------------------------
+
+
+def test_blocking_connection_turns_resets_into_connection_closed() -> None:
+    """A reset peer ends a blocking Connection with ConnectionClosed wherever it lands: in the
+    handshake, in a send, in a read. Never a bare OSError."""
+    for _ in range(10):
+        with ScriptedScheduler(scripted.reset_after_handshake) as server:
+            try:
+                conn = Connection("127.0.0.1", server.port)
+            except ConnectionClosed:
+                continue
+            with conn, pytest.raises(ConnectionClosed):
+                for _ in range(1000):  # the first send may still succeed; later ones cannot
+                    conn.login()
+                    time.sleep(0.001)
+                conn.get_frame(timeout=5)
+
+
+def test_async_connection_turns_resets_into_connection_closed() -> None:
+    async def main() -> None:
+        for _ in range(10):
+            with ScriptedScheduler(scripted.reset_after_handshake) as server:
+                try:
+                    conn = await AsyncConnection.open("127.0.0.1", server.port)
+                except ConnectionClosed:
+                    continue
+                with pytest.raises(ConnectionClosed):
+                    for _ in range(1000):
+                        await conn.send_message(m.MonLogin())
+                        await asyncio.sleep(0.001)
+                    await conn.read_frames()
+                await conn.close()
+
+    asyncio.run(main())
+
+
