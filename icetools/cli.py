@@ -110,7 +110,11 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
     type=click.Path(dir_okay=False, path_type=Path),
     help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the output file if it exists (once the scheduler has answered).",
+)
 @click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
 )
@@ -166,12 +170,8 @@ def record(
     reason = "error"
     try:
         reason = run_recorder(recorder)
-    except IcetoolsError:
-        if writer.header is None:
-            writer.close(reason)
-            output.unlink(missing_ok=True)  # nothing was recorded: leave no empty file
-        raise
     finally:
+        # With nothing recorded the writer leaves no file behind (and an old one in place).
         writer.close(reason)
     if not interactive:
         click.echo(
@@ -523,8 +523,20 @@ def stats(file: Path, as_json: bool) -> None:
     metavar="FILE",
     help="Also record everything the scheduler sends to FILE.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --record: replace FILE if it exists (once the scheduler has answered).",
+)
 @_protocol_option
-def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Path | None, protocol: int) -> None:
+def serve(
+    scheduler: str | None,
+    netname: str | None,
+    listen: str,
+    record_to: Path | None,
+    overwrite: bool,
+    protocol: int,
+) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
     It logs in to the scheduler as a monitor and reconnects with backoff when the scheduler
@@ -541,9 +553,11 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
 
     from .server import ClusterServer, LiveDriver, Status, run_until_stopped
 
+    if overwrite and record_to is None:
+        raise click.UsageError("--overwrite goes with --record")
     host, port = _listen_address(listen)
     first, locate = _scheduler_locator(scheduler, netname)
-    writer = CaptureWriter(record_to) if record_to is not None else None
+    writer = CaptureWriter(record_to, overwrite=overwrite) if record_to is not None else None
     monitor = Monitor()
     status = Status(mode="live")
 
@@ -561,9 +575,7 @@ def serve(scheduler: str | None, netname: str | None, listen: str, record_to: Pa
         asyncio.run(main())
     finally:
         if writer is not None:
-            writer.close("signal")
-            if writer.header is None and record_to is not None:
-                record_to.unlink(missing_ok=True)
+            writer.close("signal")  # a no-op if the recording already stopped on an error
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,8 +28,9 @@ from icetools.connection import AsyncConnection, Connection
 from icetools.errors import ConnectionClosed
 
 from . import scripted
+from .netns import require
 from .scripted import ScriptedScheduler
-from .test_cli import BUILD, assert_one_line_error, icetools, serve, start_icetools, wait_for
+from .test_cli import BUILD, assert_one_line_error, frames_in, icetools, serve, start_icetools, wait_for
 
 #: A scheduler that was fine for the first connection (two frames, then it "restarted")...
 GOOD_ONCE = serve(BUILD[:2], then="close")
@@ -228,3 +232,146 @@ def test_async_connection_turns_resets_into_connection_closed() -> None:
     asyncio.run(main())
 
 
+
+# ---- a full disk ---------------------------------------------------------------------------
+
+DISK_KB = 192
+#: Far more than fits: the same MON_STATS frame, again and again.
+FLOOD = [BUILD[0]] * 4000
+
+
+def small_disk_unsupported() -> str | None:
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return "a small tmpfs in a private mount namespace needs Linux and root"
+    if shutil.which("unshare") is None:
+        return "needs unshare (Debian: apt-get install util-linux)"
+    probe = subprocess.run(
+        ["unshare", "-m", "--", "sh", "-c", 'mount -t tmpfs -o size=64k icetools-probe "$0"', "/mnt"],
+        capture_output=True, text=True,
+    )
+    if probe.returncode != 0:
+        return f"cannot mount a tmpfs in a private mount namespace: {probe.stderr.strip()}"
+    return None
+
+
+def on_small_disk(disk: Path, *command: str, after: str = "") -> list[str]:
+    """``command`` run with a DISK_KB tmpfs mounted on ``disk``, in a mount namespace of its
+    own (nothing is mounted where the rest of the machine sees it, and it vanishes with the
+    process); ``after`` is shell run once the command has ended, in that namespace."""
+    disk.mkdir()
+    script = f'mount -t tmpfs -o size={DISK_KB}k icetools-test "$0" || exit 99; '
+    script += '"$@"; rc=$?; ' + after + "; exit $rc" if after else 'exec "$@"'
+    return ["unshare", "-m", "--", "sh", "-c", script, str(disk), sys.executable, "-m", "icetools", *command]
+
+
+def flood_then(gate: threading.Event, later: list[bytes]) -> scripted.Script:
+    def script(sock: socket.socket) -> None:
+        scripted.handshake(sock)
+        scripted.recv_exact(sock, 8)
+        sock.sendall(b"".join(FLOOD))
+        gate.wait(60)
+        sock.sendall(b"".join(later))
+        scripted.wait_closed(sock, 60)
+
+    return script
+
+
+def assert_whole_records(path: Path) -> list[bytes]:
+    records, reader = records_of(path)
+    assert reader.torn_bytes == 0, "a record cut short: the failed write was not taken back"
+    frames = [r.data for r in records if isinstance(r, FrameRecord)]
+    assert frames and set(frames) == {BUILD[0]}
+    return frames
+
+
+def test_record_on_a_full_disk_ends_with_one_line_and_whole_records(tmp_path: Path) -> None:
+    require(small_disk_unsupported())
+    disk, kept = tmp_path / "disk", tmp_path / "kept.icecap"
+    gate = threading.Event()
+    with ScriptedScheduler(flood_then(gate, [])) as server:
+        result = subprocess.run(
+            on_small_disk(disk, "record", "-s", f"127.0.0.1:{server.port}", "-o", str(disk / "full.icecap"),
+                          after=f'cp "$0/full.icecap" "{kept}"'),
+            capture_output=True, text=True, timeout=60,
+        )
+        gate.set()
+    assert_one_line_error(result, "No space left on device")
+    assert result.returncode == 1
+    frames = assert_whole_records(kept)
+    assert f"({len(frames)} frames recorded before are kept)" in result.stderr
+    assert 0 < len(frames) < len(FLOOD)
+
+
+def test_serve_goes_on_when_its_recording_fills_the_disk(tmp_path: Path) -> None:
+    require(small_disk_unsupported())
+    disk = tmp_path / "disk"
+    gate = threading.Event()
+    with ScriptedScheduler(flood_then(gate, BUILD[1:2])) as server:
+        port = free_port()
+        proc = subprocess.Popen(
+            on_small_disk(disk, "serve", "-s", f"127.0.0.1:{server.port}", "--listen", f"127.0.0.1:{port}",
+                          "--record", str(disk / "full.icecap")),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            def status() -> dict[str, Any]:
+                try:
+                    return json.loads(get(port, "/api/state"))["status"]
+                except OSError:
+                    assert proc.poll() is None, f"serve ended: {proc.communicate()[1]}"
+                    return {}
+
+            wait_for(lambda: status().get("recording") == "failed", what="the recording to fail")
+            assert "No space left on device" in status()["recording_error"]
+            metrics = get(port, "/metrics")
+            assert metric(metrics, "icetools_recording") == 0
+            # The page goes on: what the scheduler says next still arrives.
+            gate.set()
+            wait_for(lambda: any(h["name"] == "node2" for h in json.loads(get(port, "/api/state"))["hosts"]),
+                     what="the next host on the page")
+            assert status()["state"] == "live"
+            # The capture (seen through the process's own mount namespace) has whole records.
+            assert_whole_records(Path(f"/proc/{proc.pid}/root") / disk.relative_to("/") / "full.icecap")
+        finally:
+            stderr, _ = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "icetools: recording stopped: cannot write" in stderr and "serving goes on" in stderr
+
+
+# ---- replacing a file (--overwrite) --------------------------------------------------------
+
+
+def test_record_overwrite_keeps_the_old_file_until_the_scheduler_answers(tmp_path: Path) -> None:
+    out = tmp_path / "old.icecap"
+    out.write_bytes(b"an old recording")
+    result = icetools("record", "-s", f"127.0.0.1:{free_port()}", "-o", str(out), "--overwrite")
+    assert_one_line_error(result, "connection refused")
+    assert out.read_bytes() == b"an old recording"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.icecap"]  # no temporary file left
+    with ScriptedScheduler(serve(BUILD)) as server:
+        result = icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out), "--overwrite", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    assert [r.data for r in records_of(out)[0] if isinstance(r, FrameRecord)] == BUILD[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.icecap"]
+
+
+def test_serve_record_refuses_an_existing_file_unless_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "old.icecap"
+    out.write_bytes(b"an old recording")
+    with ScriptedScheduler(serve(BUILD)) as server:
+        refused = icetools("serve", "-s", f"127.0.0.1:{server.port}", "--listen", f"127.0.0.1:{free_port()}",
+                           "--record", str(out))
+        assert_one_line_error(refused, "already exists (use --overwrite to replace it)")
+        assert out.read_bytes() == b"an old recording"
+        proc, port = start_serve("-s", f"127.0.0.1:{server.port}", "--record", str(out), "--overwrite")
+        try:
+            # The old file stays until the new recording replaces it, whole, at once.
+            wait_for(lambda: out.read_bytes() != b"an old recording" and frames_in(out) == len(BUILD),
+                     what="the new recording")
+        finally:
+            stderr, _ = stop(proc)
+    assert proc.returncode == 0, stderr
+    assert records_of(out)[1].ended
+    usage = icetools("serve", "--overwrite", "-s", "127.0.0.1:1")
+    assert usage.returncode == 2 and "--overwrite goes with --record" in usage.stderr
