@@ -6,6 +6,7 @@ SIGTERM ends the process promptly with the end record written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -375,3 +376,33 @@ def test_serve_record_refuses_an_existing_file_unless_overwrite(tmp_path: Path) 
     assert records_of(out)[1].ended
     usage = icetools("serve", "--overwrite", "-s", "127.0.0.1:1")
     assert usage.returncode == 2 and "--overwrite goes with --record" in usage.stderr
+
+
+def test_a_slow_rediscovery_does_not_hold_up_stopping() -> None:
+    """Finding the scheduler again by broadcast takes seconds; stopping must not wait for it."""
+    from icetools.record import RecordStatus, follow_scheduler
+
+    entered: list[float] = []
+
+    async def main() -> float:
+        with ScriptedScheduler(GOOD_ONCE) as server:
+
+            def locate() -> tuple[str, int]:
+                entered.append(time.monotonic())
+                if len(entered) > 1:
+                    time.sleep(5)  # as long as a broadcast might take, and more
+                return "127.0.0.1", server.port
+
+            follow = asyncio.create_task(follow_scheduler(
+                locate, offer=44, reconnect=True, on_connect=lambda conn, address: None,
+                on_frames=lambda frames: None, on_disconnect=lambda reason: None, status=RecordStatus(),
+            ))
+            while len(entered) < 2:
+                await asyncio.sleep(0.01)
+            follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follow
+            return time.monotonic()
+
+    stopped = asyncio.run(main())
+    assert stopped - entered[1] < 2, f"stopping waited {stopped - entered[1]:.1f} s for the rediscovery"
