@@ -31,6 +31,7 @@ from icetools.errors import ConnectionClosed
 from . import scripted
 from .netns import require
 from .scripted import ScriptedScheduler
+from .test_browser import Tab, browser, tab  # noqa: F401 - pytest fixtures for the page
 from .test_cli import BUILD, assert_one_line_error, frames_in, icetools, serve, start_icetools, wait_for
 
 #: A scheduler that was fine for the first connection (two frames, then it "restarted")...
@@ -157,8 +158,11 @@ def start_serve(*args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, int(found.group(1))
 
 
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+    with _NO_PROXY.open(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         return response.read().decode()
 
 
@@ -303,7 +307,7 @@ def test_record_on_a_full_disk_ends_with_one_line_and_whole_records(tmp_path: Pa
     assert 0 < len(frames) < len(FLOOD)
 
 
-def test_serve_goes_on_when_its_recording_fills_the_disk(tmp_path: Path) -> None:
+def test_serve_goes_on_when_its_recording_fills_the_disk(tmp_path: Path, tab: Tab) -> None:
     require(small_disk_unsupported())
     disk = tmp_path / "disk"
     gate = threading.Event()
@@ -326,6 +330,11 @@ def test_serve_goes_on_when_its_recording_fills_the_disk(tmp_path: Path) -> None
             assert "No space left on device" in status()["recording_error"]
             metrics = get(port, "/metrics")
             assert metric(metrics, "icetools_recording") == 0
+            # The page says so (in chromium, from the status it is sent).
+            tab.page.goto(f"http://127.0.0.1:{port}/")
+            tab.wait("() => document.getElementById('status-message').textContent"
+                     ".includes('recording stopped: cannot write')")
+            tab.assert_clean()
             # The page goes on: what the scheduler says next still arrives.
             gate.set()
             wait_for(lambda: any(h["name"] == "node2" for h in json.loads(get(port, "/api/state"))["hosts"]),
