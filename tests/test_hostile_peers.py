@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +34,8 @@ from .netns import require
 from .scripted import ScriptedScheduler
 from .test_browser import Tab, browser, tab  # noqa: F401 - pytest fixtures for the page
 from .test_cli import BUILD, assert_one_line_error, frames_in, icetools, serve, start_icetools, wait_for
+
+T = TypeVar("T")
 
 #: A scheduler that was fine for the first connection (two frames, then it "restarted")...
 GOOD_ONCE = serve(BUILD[:2], then="close")
@@ -203,6 +206,28 @@ def test_serve_backs_off_shows_the_failures_and_stops_on_sigterm(tmp_path: Path,
 # ---- the connection classes ------------------------------------------------------------------
 
 
+def run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run(main()) in a thread of its own: the page test's Playwright keeps an event
+    loop running in this one for the rest of the module."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(main()))
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            errors.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "the event loop did not finish within 60 s"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+
 def test_blocking_connection_turns_resets_into_connection_closed() -> None:
     """A reset peer ends a blocking Connection with ConnectionClosed wherever it lands: in the
     handshake, in a send, in a read. Never a bare OSError."""
@@ -234,7 +259,7 @@ def test_async_connection_turns_resets_into_connection_closed() -> None:
                     await conn.read_frames()
                 await conn.close()
 
-    asyncio.run(main())
+    run_async(main)
 
 
 
@@ -413,5 +438,5 @@ def test_a_slow_rediscovery_does_not_hold_up_stopping() -> None:
                 await follow
             return time.monotonic()
 
-    stopped = asyncio.run(main())
+    stopped = run_async(main)
     assert stopped - entered[1] < 2, f"stopping waited {stopped - entered[1]:.1f} s for the rediscovery"
