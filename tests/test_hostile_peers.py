@@ -81,18 +81,24 @@ def assert_reconnects_are_bounded(server: ScriptedScheduler) -> None:
 # ---- record --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hostile", list(HOSTILE))
-def test_record_backs_off_from_a_hostile_scheduler_and_stops_on_sigterm(tmp_path: Path, hostile: str) -> None:
+@pytest.mark.parametrize(
+    ("hostile", "sig"),
+    [(kind, signal.SIGTERM) for kind in HOSTILE] + [("close-after-login", signal.SIGINT)],
+    ids=[*HOSTILE, "close-after-login-ctrl-c"],
+)
+def test_record_backs_off_from_a_hostile_scheduler_and_stops_on_a_signal(
+    tmp_path: Path, hostile: str, sig: signal.Signals
+) -> None:
     out = tmp_path / "hostile.icecap"
     with ScriptedScheduler(scripted.first_then(GOOD_ONCE, HOSTILE[hostile])) as server:
         proc = start_icetools("record", "-s", f"127.0.0.1:{server.port}", "-o", str(out))
         try:
             assert_reconnects_are_bounded(server)
         finally:
-            stderr, took = stop(proc)
+            stderr, took = stop(proc, sig)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert took < 5, f"SIGTERM took {took:.1f} s"
+    assert took < 5, f"{sig.name} took {took:.1f} s"
     # The repeated failure is told (one line per attempt, not silence)...
     retries = [line for line in stderr.splitlines() if "retrying in" in line]
     assert len(retries) >= 2 and "failures in a row" in retries[-1], stderr
