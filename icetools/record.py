@@ -209,13 +209,24 @@ async def follow_scheduler(
             await retry(f"cannot reconnect: {e}")
             continue
         status.connects += 1
-        on_connect(conn, f"{host}:{port}")
-        connected_once = True
         opened = clock()
+        proven = False
+
+        def prove() -> None:
+            nonlocal backoff, proven
+            proven = True
+            backoff = BACKOFF_START
+            status.failures = 0
+
+        # A timer rather than a clock read per batch: the frame loop stays as it was, and a
+        # quiet scheduler (no daemons, no frames) proves itself all the same.
+        timer = asyncio.get_running_loop().call_later(PROVEN_AFTER, prove)
         status.state = "connected"
         status.message = f"connected to {host}:{port}, protocol {conn.protocol}"
         lost: str | None = None
         try:
+            on_connect(conn, f"{host}:{port}")
+            connected_once = True
             while True:
                 reason = on_frames(await conn.read_frames())
                 if reason is not None:
@@ -227,11 +238,10 @@ async def follow_scheduler(
             if not reconnect:
                 return "closed"
         finally:
+            timer.cancel()
             await conn.close()
-        if clock() - opened >= PROVEN_AFTER:
+        if proven:
             # It worked for a while: the scheduler restarted or a network blip. Straight back.
-            backoff = BACKOFF_START
-            status.failures = 0
             status.state = "retrying"
             status.message = f"scheduler gone ({lost}), reconnecting"
             if on_retry is not None:

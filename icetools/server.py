@@ -538,6 +538,7 @@ class LiveDriver:
         self._record(lambda w: w.connected(conn.protocol, conn.peer_version, self.offer, address))
 
     def _on_frames(self, frames: list[bytes]) -> None:
+        self.status.failures = self.follow_status.failures  # 0 once the connection proved itself
         self._record(lambda w: w.frames(frames))
         now = self._now()
         protocol = self.monitor.protocol or self.offer

@@ -446,3 +446,43 @@ def test_a_slow_rediscovery_does_not_hold_up_stopping() -> None:
 
     stopped = run_async(main)
     assert stopped - entered[1] < 2, f"stopping waited {stopped - entered[1]:.1f} s for the rediscovery"
+
+
+def test_the_backoff_starts_over_once_a_connection_has_stayed_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures in a row count up until a connection stays up PROVEN_AFTER seconds (shortened
+    here); then a drop is retried at once and the count is 0 again."""
+    from icetools import record
+    from icetools.record import RecordStatus, follow_scheduler
+
+    monkeypatch.setattr(record, "PROVEN_AFTER", 0.3)
+    hold = serve(BUILD[:1], then="close")
+
+    def script(sock: socket.socket) -> None:
+        n = server.connections
+        if n == 1:
+            scripted.close_after_login(sock)  # fails at once
+        elif n == 2:
+            scripted.handshake(sock)
+            scripted.recv_exact(sock, 8)
+            sock.sendall(BUILD[0])
+            time.sleep(1.0)  # up long enough to prove itself, then gone
+        else:
+            hold(sock)
+
+    failures_at_connect: list[int] = []
+    retries: list[str] = []
+
+    async def main() -> str:
+        status = RecordStatus()
+        return await follow_scheduler(
+            lambda: ("127.0.0.1", server.port), offer=44, reconnect=True,
+            on_connect=lambda conn, address: failures_at_connect.append(status.failures),
+            on_frames=lambda frames: "done" if len(failures_at_connect) == 3 else None,
+            on_disconnect=lambda reason: None, status=status, on_retry=retries.append,
+        )
+
+    with ScriptedScheduler(script) as server:
+        assert run_async(main) == "done"
+    assert failures_at_connect == [0, 1, 0]
+    assert "retrying in 0.5 s" in retries[0]
+    assert retries[1].startswith("scheduler gone (") and retries[1].endswith("reconnecting")
