@@ -537,6 +537,11 @@
     } else if (model.status && model.status.message) {
       msg = String(model.status.message);
     }
+    // serve --record whose capture could not be written: serving goes on, but say so.
+    if (model.status && model.status.recording === "failed") {
+      const why = `recording stopped: ${String(model.status.recording_error || "write error")}`;
+      msg = msg ? `${msg} · ${why}` : why;
+    }
     if (statusMsgEl.textContent !== msg) {
       statusMsgEl.textContent = msg;
       statusMsgEl.title = msg;
