@@ -163,10 +163,10 @@ class CaptureWriter:
         except OSError as e:
             raise CaptureError(f"cannot create {self.path}: {e.strerror}") from None
         else:
+            if not stat.S_ISREG(existing.st_mode):
+                raise CaptureError(f"cannot create {self.path}: it is {file_kind(existing.st_mode)}")
             if not overwrite:
                 raise CaptureError(f"{self.path} already exists (use --overwrite to replace it)")
-            if not stat.S_ISREG(existing.st_mode):
-                raise CaptureError(f"cannot create {self.path}: it is {_file_kind(existing.st_mode)}")
         try:
             fd = os.open(self.path, flags | os.O_NONBLOCK, 0o644)
         except FileExistsError:
@@ -176,7 +176,7 @@ class CaptureWriter:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             os.close(fd)
-            raise CaptureError(f"cannot create {self.path}: it is {_file_kind(mode)}")
+            raise CaptureError(f"cannot create {self.path}: it is {file_kind(mode)}")
         os.set_blocking(fd, True)
         self._fd: int | None = fd
         self._t0 = time.monotonic()
@@ -796,7 +796,7 @@ def _check_protocol(path: Path, protocol: int, where: str) -> None:
 # Reading helpers: opening, strict JSON, telling a torn tail from damage, resynchronising
 
 
-def _file_kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -819,7 +819,7 @@ def open_regular(path: Path) -> BinaryIO:
     except OSError as e:
         raise CaptureError(f"cannot open {path}: {e.strerror}") from None
     if not stat.S_ISREG(mode):
-        raise CaptureError(f"{path} is {_file_kind(mode)}, not a capture file")
+        raise CaptureError(f"{path} is {file_kind(mode)}, not a capture file")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -827,7 +827,7 @@ def open_regular(path: Path) -> BinaryIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise CaptureError(f"{path} is {_file_kind(mode)}, not a capture file")
+        raise CaptureError(f"{path} is {file_kind(mode)}, not a capture file")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 

@@ -111,11 +111,13 @@ def state_at(capture: Path, t: float | None, *, build_missing: bool = True) -> M
 def open_at(
     reader: CaptureReader, t: float | None, *, build_missing: bool = True
 ) -> tuple[Monitor, Iterator[Record]]:
-    """The Monitor at ``t`` and an iterator over the records after ``t`` (to play on from)."""
+    """The Monitor at ``t`` and an iterator over the records after ``t`` (to play on from).
+    A salvaging reader replays from the start: an index is only built from a capture that
+    reads without damage, and the reader must meet (and count) the damage itself."""
     capture = reader.path
     monitor = Monitor()
-    checkpoints = load(capture)
-    if checkpoints is None and build_missing:
+    checkpoints = None if reader.salvage else load(capture)
+    if checkpoints is None and build_missing and not reader.salvage:
         checkpoints = build(capture)
     usable = [c for c in checkpoints or () if t is None or c.t <= t]
     if usable:
