@@ -412,14 +412,15 @@ def replay(
         return
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
-    if until is not None and (fast or not live) and max_finished == DEFAULT_MAX_FINISHED and not salvage:
-        # A moment of the recording: from the seek index (built on the first such call; a
-        # salvaging read replays from the start instead, below).
-        with _open_capture(file) as reader:
-            monitor, _ = open_at(reader, until)
-            click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
-            _finish_reading(reader, 0)
-        return
+    if until is not None and not live:
+        if max_finished == DEFAULT_MAX_FINISHED and not salvage:
+            # A moment of the recording: from the seek index (built on the first such call).
+            with _open_capture(file) as reader:
+                monitor, _ = open_at(reader, until)
+                click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
+                _finish_reading(reader, 0)
+            return
+        fast = True  # the same moment, replayed from the start (a salvaging read counts damage)
     with _open_capture(file, salvage) as reader:
         if live:
             result = _replay_live(monitor, reader, speed, until)
