@@ -50,6 +50,9 @@ _RECORD = struct.Struct(">BIQ")  # kind, body length, time in microseconds
 RECORD_HEADER_SIZE = _RECORD.size
 MAX_FRAME_BODY = MAX_MSG_SIZE + 4
 MAX_JSON_BODY = 65536
+#: Optional records are skipped by readers that do not know them, but still buffered whole: a
+#: length beyond this is damage, not a reason to read the rest of the file into memory.
+MAX_OPTIONAL_BODY = 16 << 20
 MAX_HEADER = 65536
 READ_BLOCK = 1 << 20
 _BE32 = struct.Struct(">I")
@@ -59,8 +62,9 @@ _FRAME_RECORD = struct.Struct(">BIQII")
 #: exactly, so times convert to seconds and back without loss; anything later is damage.
 MAX_TIME_US = 1 << 53
 #: Where a record may start when a salvaging reader looks for one after damage: a frame record
-#: (length below 2^21) or a connect, disconnect or end record (length below 2^17, body '{').
-_RECORD_START = re.compile(rb"(?s)(?=\x01\x00[\x00-\x10].{10}|[\x02-\x04]\x00\x00[\x00\x01].{8}\{)")
+#: (kind 1, length below 2^21) or a connect, disconnect or end record (kind 2-4, length below
+#: 2^17, then 8 bytes of time and a body that starts with '{').
+_RECORD_START = re.compile(rb"(?s)(?=\x01\x00[\x00-\x10].{10}|[\x02-\x04]\x00\x00[\x00\x01].{9}\{)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -695,6 +699,8 @@ class CaptureReader:
                 self._corrupt(where, f"unknown record kind 0x{kind:02x}")
             if length > MAX_JSON_BODY:
                 self._corrupt(where, f"event record of {length} bytes")
+        elif length > MAX_OPTIONAL_BODY:
+            self._corrupt(where, f"optional record (kind 0x{kind:02x}) of {length} bytes")
         self._check_time(where, us, last_us)
 
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
@@ -912,6 +918,8 @@ def torn_problem(tail: bytes, last_us: int = 0) -> str | None:
         return f"frame record of {length} bytes"
     if kind < FIRST_OPTIONAL_KIND and kind != KIND_FRAME and length > MAX_JSON_BODY:
         return f"event record of {length} bytes"
+    if kind >= FIRST_OPTIONAL_KIND and length > MAX_OPTIONAL_BODY:
+        return f"optional record (kind 0x{kind:02x}) of {length} bytes"
     if len(tail) < RECORD_HEADER_SIZE:
         return None
     _, _, us = _RECORD.unpack_from(tail)

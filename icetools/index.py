@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -56,8 +57,11 @@ def index_path(capture: Path) -> Path:
 
 def load(capture: Path) -> list[Checkpoint] | None:
     """The checkpoints of ``capture``'s index, or None when there is none (or it is unusable)."""
+    path = index_path(capture)
     try:
-        data = index_path(capture).read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO there would block the read
+            return None
+        data = path.read_bytes()
     except OSError:
         return None
     if not data.startswith(INDEX_MAGIC):

@@ -331,3 +331,17 @@ def test_anonymize_without_a_connect_record_writes_nothing(tmp_path: Path) -> No
     target.write_bytes(b"precious")
     assert_one_line_error(icetools("anonymize", str(source), str(target), "--overwrite"), "no complete connect record")
     assert target.read_bytes() == b"precious" and sorted(os.listdir(tmp_path)) == ["s.icecap", "t.icecap"]
+
+
+def test_an_optional_record_claiming_gigabytes_is_damage(tmp_path: Path) -> None:
+    """A first record turned into an unknown optional kind with a huge length used to swallow
+    the whole file as a 'torn tail' (and buffer all of it on the way)."""
+    data = DEMO.read_bytes()
+    first = record_offsets(data)[0]
+    path = tmp_path / "o.icecap"
+    path.write_bytes(data[:first] + _RECORD.pack(0x90, 2**32 - 1, 1) + data[first:])
+    for command in READING:
+        assert_one_line_error(icetools(*command, str(path)), f"at byte {first}: optional record (kind 0x90) of 4294967295 bytes")
+    result = icetools("dump", "--salvage", "--json", str(path))
+    assert result.returncode == 0 and "skipped 13 damaged bytes in 1 region" in result.stderr
+    assert result.stdout == icetools("dump", "--json", str(DEMO)).stdout
