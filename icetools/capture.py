@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import json
-import math
 import os
 import re
 import stat
