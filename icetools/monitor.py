@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 import os
 import re
 import time
@@ -329,11 +330,21 @@ _STAT_KEYS: dict[str, str | tuple[str, str]] = {
     "NoRemote": "host._no_remote = {v} == 'true'",
     "Load": ("_load", "int"),
     "MaxJobs": ("_max_jobs", "int"),
-    "Speed": ("_speed", "float"),
+    "Speed": ("_speed", "_finite_float"),
     "Version": ("_protocol", "int"),
     "FreeMem": ("_free_mem", "int"),
 }
 _LOAD_AVG_KEYS = ("LoadAvg1", "LoadAvg5", "LoadAvg10")
+
+
+def _finite_float(text: str) -> float:
+    """A reported number that JSON can carry: "inf" or "nan" (or "1e400") is malformed."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
 _APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
 
 
@@ -362,7 +373,7 @@ def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
             else:
                 lines.append(f"    a{i} = old[{i}]")
         lines.append("    host._load_avg = (a0, a1, a2)")
-    namespace: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"_finite_float": _finite_float}
     exec("\n".join(lines), namespace)  # noqa: S102 - source built from our own table; keys are only compared
     apply = namespace["apply"]
     if len(_APPLIERS) >= 1024:  # a stream of ever new keys: forget rather than grow

@@ -345,3 +345,27 @@ def test_an_optional_record_claiming_gigabytes_is_damage(tmp_path: Path) -> None
     result = icetools("dump", "--salvage", "--json", str(path))
     assert result.returncode == 0 and "skipped 13 damaged bytes in 1 region" in result.stderr
     assert result.stdout == icetools("dump", "--json", str(DEMO)).stdout
+
+
+def test_json_output_stays_strict_json_whatever_hosts_report(tmp_path: Path) -> None:
+    """A daemon reporting Speed "1e400", "nan" or "-inf" made replay --json print Infinity
+    and NaN, which no strict JSON parser reads."""
+    path = tmp_path / "w.icecap"
+    with CaptureWriter(path) as w:
+        w.connected(43, 43, 44, "x:1")
+        w.frames([
+            m.encode(m.MonStats(1, "Name:a\nIP:10.0.0.1\nMaxJobs:2\nSpeed:1e400\nLoad:nan\n"), 43),
+            m.encode(m.MonStats(2, "Name:b\nIP:10.0.0.2\nMaxJobs:2\nSpeed:12.5\n"), 43),
+            m.encode(m.MonStats(2, "Name:b\nIP:10.0.0.2\nMaxJobs:2\nSpeed:-inf\n"), 43),
+            m.encode(m.MonStats(1, "Name:a\nIP:10.0.0.1\nMaxJobs:2\nSpeed:nan\n"), 43),
+        ])
+
+    def strict(text: str) -> object:
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
+
+    for command in (["replay", "--fast", "--json"], ["replay", "--json", "--until", "5"], ["stats", "--json"]):
+        result = icetools(*command, str(path))
+        assert result.returncode == 0, result.stderr
+        strict(result.stdout)
+    hosts = {h["name"]: h for h in strict(icetools("replay", "--fast", "--json", str(path)).stdout)["hosts"]}
+    assert hosts["a"]["speed"] == 0.0 and hosts["b"]["speed"] == 12.5  # malformed: the last good value
