@@ -67,10 +67,9 @@ def load(capture: Path) -> list[Checkpoint] | None:
     if not data.startswith(INDEX_MAGIC):
         return None
     try:
-        checkpoints = pickle.loads(zlib.decompress(data[len(INDEX_MAGIC) :]))
-    except Exception:  # noqa: BLE001 - a damaged cache entry is simply rebuilt
+        return [Checkpoint(*c) for c in pickle.loads(zlib.decompress(data[len(INDEX_MAGIC) :]))]
+    except Exception:  # noqa: BLE001 - a damaged cache entry (of any shape) is simply rebuilt
         return None
-    return [Checkpoint(*c) for c in checkpoints]
 
 
 def _save(capture: Path, checkpoints: list[Checkpoint]) -> None:
