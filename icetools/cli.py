@@ -716,16 +716,17 @@ def _time_window(since: float | None, until: float | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per job.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option(
-    "--since", type=click.FloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or later."
+    "--since", type=FiniteFloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or later."
 )
 @click.option(
-    "--until", type=click.FloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or earlier."
+    "--until", type=FiniteFloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or earlier."
 )
-def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: float | None) -> None:
+@_salvage_option
+def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: float | None, salvage: bool) -> None:
     """One row per job of a recording, remote and local, in order of request.
 
     Each row says which file, who asked, who compiled it, how it ended (ok, failed, lost with
@@ -747,7 +748,8 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
         raise OptionError("choose one of --json and --csv")
     _time_window(since, until)
     form = "json" if as_json else "csv" if as_csv else "text"
-    with _open_capture(file) as reader:
+    _text_output()
+    with _open_capture(file, salvage) as reader:
         _, result = write_jobs(reader, sys.stdout, form, since=since, until=until, progress_stream=sys.stderr)
         _finish_reading(reader, result.undecodable)
 
@@ -756,15 +758,16 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=PATH)
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path, allow_dash=True),
+    type=click.Path(path_type=Path, allow_dash=True, readable=False),
     required=True,
     help="Trace file to write (replaced if it exists); - for standard output.",
 )
-def trace(file: Path, output: Path) -> None:
+@_salvage_option
+def trace(file: Path, output: Path, salvage: bool) -> None:
     """The recording as a Chrome trace, for ui.perfetto.dev or chrome://tracing.
 
     A process per host, a thread per slot, a slice per job (file, submitter, wait, exit
@@ -779,7 +782,8 @@ def trace(file: Path, output: Path) -> None:
     """
     from .trace import write_trace, write_trace_file
 
-    with _open_capture(file) as reader:
+    _text_output()
+    with _open_capture(file, salvage) as reader:
         if str(output) == "-":
             _, result = write_trace(reader, sys.stdout, progress_stream=sys.stderr)
         else:

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from . import messages as m
 from .capture import CaptureReader
 from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
+from .render import printable
 from .replay import ReplayResult, replay_file
 
 #: The columns of a row, in order (the CSV header and the JSON keys).
@@ -253,16 +254,6 @@ _LANGS: dict[int | None, str | None] = {None: None, **m.LANG_NAMES}
 
 
 # ---- output -------------------------------------------------------------------------------
-
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\"): "\\\\"})
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped (and backslashes doubled, so escapes are not
-    ambiguous): a host or file name cannot move the cursor or break a line of a table."""
-    return text.translate(_CONTROL)
-
 
 class RowWriter:
     """Writes rows to a stream as CSV (with a header row), JSON Lines or a text table, in

@@ -37,6 +37,9 @@ WAIT_TID = 1001
 UNPLACED_TID = 9999
 
 _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: Names from a capture may hold lone surrogates (bytes that were not UTF-8): written as their
+#: JSON escape (``\udcff``), as on standard output, rather than failing half-way.
+_UNPAIRED = "backslashreplace"
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
@@ -363,7 +366,7 @@ def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: Te
     if target.exists() and not target.is_file():
         # A device or a pipe (-o /dev/null, a FIFO): written into, never replaced.
         try:
-            with open(target, "w", encoding="utf-8") as out:
+            with open(target, "w", encoding="utf-8", errors=_UNPAIRED) as out:
                 return write_trace(reader, out, progress_stream=progress_stream)
         except OSError as e:
             raise OutputError(f"cannot write {target}: {e.strerror}") from None
@@ -372,7 +375,7 @@ def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: Te
     except OSError as e:
         raise OutputError(f"cannot write {target}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with os.fdopen(fd, "w", encoding="utf-8", errors=_UNPAIRED) as out:
             done = write_trace(reader, out, progress_stream=progress_stream)
         os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, target)

@@ -84,7 +84,10 @@ HOSTILE = {
     "record time 2^64-1": capture(HEADER, record(2, CONNECT), record(1, STATS, us=2**64 - 1)),
 }
 
-READING = [["dump"], ["dump", "--json"], ["stats"], ["replay", "--fast"], ["replay", "--fast", "--until", "1"]]
+READING = [
+    ["dump"], ["dump", "--json"], ["stats"], ["replay", "--fast"], ["replay", "--fast", "--until", "1"],
+    ["jobs"], ["jobs", "--json"],
+]
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -95,6 +98,7 @@ def test_hostile_json_and_times_are_one_line_errors(tmp_path: Path, case: str) -
         assert_one_line_error(icetools(*command, str(path)))
     target = tmp_path / "anon.icecap"
     assert_one_line_error(icetools("anonymize", str(path), str(target)))
+    assert_one_line_error(icetools("trace", str(path), "-o", str(target)))
     assert not target.exists() and os.listdir(tmp_path) == ["hostile.icecap"]
 
 
@@ -113,7 +117,7 @@ def test_text_from_a_capture_is_escaped_on_terminals_and_exact_in_json(tmp_path:
         ])
         w.disconnected("bad \ud800 reason")
     env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
-    for command in (["dump"], ["stats"], ["replay", "--fast"]):
+    for command in (["dump"], ["stats"], ["replay", "--fast"], ["jobs"]):
         result = icetools(*command, str(path), env=env)
         assert result.returncode == 0, result.stderr
         assert "\x1b" not in result.stdout and "\x07" not in result.stdout, result.stdout
@@ -127,6 +131,12 @@ def test_text_from_a_capture_is_escaped_on_terminals_and_exact_in_json(tmp_path:
     assert lines[1]["stats"]["Name"] == ESC
     assert lines[2]["file"] == f"src/{ESC}a\udcff.c"
     assert lines[3]["reason"] == "bad \ud800 reason"
+    # The trace, a file of JSON: names exact, an undecodable byte as its JSON escape.
+    trace = tmp_path / "trace.json"
+    result = icetools("trace", str(path), "-o", str(trace), env=env)
+    assert result.returncode == 0, result.stderr
+    files = {e["args"].get("file") for e in json.loads(trace.read_text())["traceEvents"] if "args" in e}
+    assert f"src/{ESC}a\udcff.c" in files
     # Errors and warnings that quote a path or file content are escaped too.
     missing = tmp_path / f"gone{ESC}.icecap"
     line = assert_one_line_error(icetools("dump", str(missing)), "no such file")

@@ -118,7 +118,11 @@ READING_COMMANDS = [
     ["replay", "--fast"], ["replay", "--fast", "--salvage"], ["replay", "--fast", "--until", "{until}"],
     ["replay", "--json", "--until", "{until}", "--salvage"],  # not --fast: a moment, not a pace
     ["anonymize"], ["anonymize", "--salvage"],
+    ["jobs"], ["jobs", "--csv", "--salvage"],
+    ["trace"], ["trace", "--salvage"],
 ]
+#: Commands that write a file of their own: a failure must leave none behind.
+WRITERS = ("anonymize", "trace")
 RUN_TIMEOUT = 20.0
 #: One run in this many is a real subprocess (the rest run cli.main in-process, ten times faster).
 SUBPROCESS_EVERY = 8
@@ -271,6 +275,8 @@ def test_reading_commands_over_damaged_captures(tmp_path: Path, monkeypatch) -> 
             if command[0] == "anonymize":
                 args.insert(1, str(path))
                 args[-1] = str(target)
+            elif command[0] == "trace":
+                args += ["-o", str(target)]
             runs += 1
             runner = _run_subprocess if runs % SUBPROCESS_EVERY == 0 else _run_in_process
             status, _, err = runner(args)
@@ -289,7 +295,7 @@ def test_reading_commands_over_damaged_captures(tmp_path: Path, monkeypatch) -> 
                 outcome = "error: corrupt" if "corrupt capture" in err else "error"
                 if len(lines) != 1 or not lines[0].startswith("icetools: error: "):
                     problems.append(f"{what} {path.name} {command}: not one error line: {err!r}")
-                if command[0] == "anonymize" and target.exists():
+                if command[0] in WRITERS and target.exists():
                     problems.append(f"{what} {path.name} {command}: failed but left {target.name}")
             else:
                 outcome = str(status)
