@@ -348,15 +348,6 @@ def _finite_float(text: str) -> float:
 _APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
 
 
-def _finite_float(value: str) -> float:
-    """float() without NaN and Infinity: a hostile or broken scheduler's "nan" keeps the previous
-    value, as any malformed number does (the state goes out as strict JSON)."""
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(value)
-    return number
-
-
 def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
     """``apply(host, *values)`` for reports with exactly these keys, in this order: generated
     once per set of keys (a report has a handful of shapes), so that applying one is straight-line

@@ -16,7 +16,6 @@ from .capture import CaptureWriter
 from .connection import AsyncConnection
 from .errors import (
     ConnectionClosed,
-    HandshakeError,
     IcetoolsError,
     RemoteProtocolError,
     SchedulerNotFound,

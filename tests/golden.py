@@ -12,12 +12,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from icetools.capture import CaptureReader
+import tracemalloc
+
+from icetools import messages as m
+from icetools.capture import CaptureReader, FrameRecord
 from icetools.jobs import write_jobs
 from icetools.monitor import Monitor
 from icetools.render import decode_records, json_line
 from icetools.replay import replay, replay_fast
 from icetools.stats import report
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 
 
 def golden_lines(reader: CaptureReader) -> Iterator[str]:
@@ -63,3 +68,26 @@ def write_goldens(path: Path) -> None:
     path.with_suffix(".replay.json").write_text(json.dumps(replay_state(path), indent=1) + "\n")
     path.with_suffix(".stats.json").write_text(json.dumps(stats_report(path), indent=1) + "\n")
     path.with_suffix(".jobs.csv").write_text(jobs_csv(path))
+
+
+def memory_growth(monitor: Monitor, cycles: int, *, warm: int = 10) -> tuple[int, int]:
+    """Feed the demo recording's messages into ``monitor`` ``cycles`` times over, job ids shifted
+    each time so that every cycle is new jobs (a long day of the same cluster); return the
+    memory traced after the first ``warm`` cycles and at the end. Whatever keeps per-job state
+    without bound shows up as the difference."""
+    with CaptureReader(RECORDINGS / "demo.icecap") as reader:
+        template = [m.decode(r.data, r.protocol) for r in reader if isinstance(r, FrameRecord)]
+    max_job = max(getattr(msg, "job_id", 0) for msg in template)
+    tracemalloc.start()
+    try:
+        for n in range(cycles):
+            if n == warm:
+                early, _ = tracemalloc.get_traced_memory()
+            for msg in template:
+                if hasattr(msg, "job_id"):
+                    msg = msg.replace(job_id=msg.job_id + n * max_job)
+                monitor.feed(msg, float(n))
+        late, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return early, late

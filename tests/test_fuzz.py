@@ -4,6 +4,7 @@ icetools' own errors, never hang, and never return a silently empty result."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import struct
 import sys
@@ -193,7 +194,7 @@ def _offsets(data: bytes) -> list[int]:
     return out
 
 
-def _variants(rng: "random.Random", tmp: Path) -> list[tuple[str, Path, list[int], bytes]]:
+def _variants(rng: random.Random, tmp: Path) -> list[tuple[str, Path, list[int], bytes]]:
     """(what, path, record offsets of the original, original bytes) for damaged copies of the
     real recordings: truncations, same-length mutations (byte flips, in record headers or
     anywhere), insertions and deletions, hostile headers, special files."""
@@ -257,7 +258,6 @@ def test_reading_commands_over_damaged_captures(tmp_path: Path, monkeypatch) -> 
     one error line on failure, and damage followed by more data never passed off as a torn
     tail. Prints the outcome counts (run with -s to see them)."""
     import collections
-    import random
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     rng = random.Random(FUZZ_SEED)

@@ -9,7 +9,6 @@ import io
 import json
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from icetools.jobs import COLUMNS, JobsPublisher, RowWriter
 from icetools.monitor import Monitor
 from icetools.replay import replay
 
-from .golden import golden_lines, jobs_csv
+from .golden import golden_lines, jobs_csv, memory_growth
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 CAPTURES = sorted(RECORDINGS.glob("*.icecap"))
@@ -336,40 +335,17 @@ def test_jobs_seen_only_partly_and_unnamed_hosts() -> None:
 
 
 def test_memory_stays_bounded_on_a_long_stream() -> None:
-    with CaptureReader(RECORDINGS / "demo.icecap") as reader:
-        template = [m.decode(r.data, r.protocol) for r in reader if isinstance(r, FrameRecord)]
-    max_job = max(getattr(msg, "job_id", 0) for msg in template)
     count = 0
 
     def sink(row: tuple[Any, ...]) -> None:
         nonlocal count
         count += 1
 
-    publisher = JobsPublisher(sink)
-    monitor = Monitor(max_finished=100, publishers=[publisher])
+    monitor = Monitor(max_finished=100, publishers=[JobsPublisher(sink)])
     monitor.connected(43, 0.0)
-
-    def cycle(n: int) -> None:
-        for msg in template:
-            if hasattr(msg, "job_id"):
-                msg = msg.replace(job_id=msg.job_id + n * max_job)
-            monitor.feed(msg, float(n))
-
-    tracemalloc.start()
-    try:
-        for n in range(10):
-            cycle(n)
-        early, _ = tracemalloc.get_traced_memory()
-        for n in range(10, 50):
-            cycle(n)
-        late, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    early, late = memory_growth(monitor, 50)
     assert count == 50 * (442 + 34)
     assert late - early < 200_000, (early, late)
-
-
-# ---- text form, bad input ---------------------------------------------------------------------
 
 
 def test_text_escapes_control_characters_in_names() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import tracemalloc
 from collections import Counter
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from icetools.errors import ConnectionClosed
 from icetools.monitor import Event, EventKind, JobState, Monitor, Publisher
 from icetools.replay import paced, replay
 
+from .golden import memory_growth
 from .scripted import ScriptedScheduler, handshake, recv_exact
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
@@ -174,29 +174,11 @@ def test_a_host_id_reused_after_a_reconnect_is_a_new_host() -> None:
 
 
 def test_memory_stays_bounded_on_a_long_stream() -> None:
-    recs = [r for r in records("demo.icecap") if isinstance(r, FrameRecord)]
-    template = [m.decode(r.data, r.protocol) for r in recs]
-    max_job = max(getattr(msg, "job_id", 0) for msg in template)
+    frames = sum(isinstance(r, FrameRecord) for r in records("demo.icecap"))
     monitor = Monitor(max_finished=200)
     monitor.connected(43, 0.0)
-
-    def cycle(n: int) -> None:
-        for msg in template:
-            if hasattr(msg, "job_id"):
-                msg = msg.replace(job_id=msg.job_id + n * max_job)
-            monitor.feed(msg, float(n))
-
-    tracemalloc.start()
-    try:
-        for n in range(10):
-            cycle(n)
-        early, _ = tracemalloc.get_traced_memory()
-        for n in range(10, 60):
-            cycle(n)
-        late, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert monitor.totals.frames == 60 * len(template)
+    early, late = memory_growth(monitor, 60)
+    assert monitor.totals.frames == 60 * frames
     assert monitor.totals.remote_done == 60 * 442  # aggregates keep counting
     assert len(monitor.finished) == 200
     assert len(monitor.jobs) < 50

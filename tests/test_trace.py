@@ -6,9 +6,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import subprocess
-import sys
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from icetools.monitor import Monitor
 from icetools.replay import replay
 from icetools.trace import TracePublisher, write_trace
 
+from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
 
 #: Keys every event of a phase must have (the format's required fields for what we write).
@@ -209,9 +207,6 @@ def test_a_reconnect_ends_the_jobs_in_flight() -> None:
 
 
 def test_memory_stays_bounded_on_a_long_stream() -> None:
-    with CaptureReader(RECORDINGS / "demo.icecap") as reader:
-        template = [m.decode(r.data, r.protocol) for r in reader if isinstance(r, FrameRecord)]
-    max_job = max(getattr(msg, "job_id", 0) for msg in template)
     written = 0
 
     def sink(text: str) -> None:
@@ -221,23 +216,7 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     publisher = TracePublisher(sink)
     monitor = Monitor(max_finished=100, publishers=[publisher])
     monitor.connected(43, 0.0)
-
-    def cycle(n: int) -> None:
-        for msg in template:
-            if hasattr(msg, "job_id"):
-                msg = msg.replace(job_id=msg.job_id + n * max_job)
-            monitor.feed(msg, float(n))
-
-    tracemalloc.start()
-    try:
-        for n in range(10):
-            cycle(n)
-        early, _ = tracemalloc.get_traced_memory()
-        for n in range(10, 50):
-            cycle(n)
-        late, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    early, late = memory_growth(monitor, 50)
     assert publisher.jobs == 50 * (442 + 34)
     assert late - early < 200_000, (early, late)
 
