@@ -1,9 +1,13 @@
 // icetools live view: the state of an icecream cluster over the /ws websocket
-// (docs/websocket-protocol.md). Plain ES2020 + d3 v7, no build step.
+// (docs/websocket-protocol.md). Plain ES2020 modules + d3 v7, no build step: this module
+// imports the code it shares with the report (lib/format.js, lib/charts.js; report.js).
 //
 // Security: every string that comes from the server (host names, file names, messages...) goes
 // into the page with d3's .text() / textContent / setAttribute, never as HTML.
 "use strict";
+
+import { fmtNum, fmtSpeed, fmtRate, fmtClock, fmtMem, fmtLoadAvg, fmtSeconds, loadBucket, loadColor, jobFailed } from "./lib/format.js";
+import { lineChart } from "./lib/charts.js";
 
 (() => {
   const RECENT_MAX = 200; // recent finished jobs kept (as the server keeps)
@@ -178,70 +182,6 @@
 
   function learnName(h) {
     if (h && h.name) knownNames.set(h.id, h.name);
-  }
-
-  function fmtNum(n, digits = 0) {
-    if (typeof n !== "number" || !isFinite(n)) return "–";
-    return digits ? n.toFixed(digits) : String(Math.round(n));
-  }
-
-  function fmtSpeed(x) {
-    const n = Number(x);
-    if (!isFinite(n)) return "?";
-    return String(Math.round(n * 100) / 100);
-  }
-
-  function fmtRate(n) {
-    if (typeof n !== "number" || !isFinite(n)) return "0";
-    return Number.isInteger(n) ? String(n) : n.toFixed(1);
-  }
-
-  function fmtClock(sec) {
-    if (typeof sec !== "number" || !isFinite(sec)) sec = 0;
-    sec = Math.max(0, sec);
-    const m = Math.floor(sec / 60);
-    const s = sec - m * 60;
-    return `${m}:${s < 10 ? "0" : ""}${s.toFixed(1)}`;
-  }
-
-  function fmtMem(mib) {
-    if (typeof mib !== "number" || !isFinite(mib)) return "–";
-    if (mib >= 1024) return `${(mib / 1024).toFixed(1)} GiB`;
-    return `${Math.round(mib)} MiB`;
-  }
-
-  function fmtLoadAvg(la) {
-    if (!Array.isArray(la) || !la.length) return "–";
-    return la.map((v) => (Number(v) / 1000).toFixed(2)).join(" ");
-  }
-
-  function fmtSeconds(s) {
-    if (typeof s !== "number" || !isFinite(s)) return "–";
-    return `${Math.max(0, s).toFixed(1)} s`;
-  }
-
-  function loadBucket(load) {
-    const l = Number(load);
-    if (!isFinite(l)) return 0;
-    return Math.max(0, Math.min(10, Math.floor(l / 100))); // 10 = 1000: do not schedule
-  }
-
-  const loadColor = (() => {
-    const scale = d3
-      .scaleLinear()
-      .domain([0, 400, 750, 999])
-      .range(["#35c27d", "#d8cf3a", "#f08a32", "#e5484d"])
-      .interpolate(d3.interpolateHcl)
-      .clamp(true);
-    return (load) => (Number(load) >= 1000 ? "#8e1b2a" : scale(Number(load) || 0));
-  })();
-
-  function jobFailed(j) {
-    return (
-      j.lost === true ||
-      j.state === "failed" ||
-      (j.exit_code !== null && j.exit_code !== undefined && j.exit_code !== 0)
-    );
   }
 
   function jobHostText(j) {
