@@ -17,6 +17,9 @@ import { lineChart } from "./lib/charts.js";
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 10000;
   const SPEEDS = ["0.5", "1", "2", "4", "10", "50"];
+  const HISTORY_MAX = 600; // utilisation samples kept (as the server keeps)
+  const WAITING_SHOWN = 50; // waiting jobs listed (the longest waiting)
+  const UTIL_REDRAW_MS = 500; // the utilisation line is redrawn at most this often
 
   // ---- the model -------------------------------------------------------------------------
 
@@ -28,12 +31,13 @@ import { lineChart } from "./lib/charts.js";
     jobs: new Map(), // id -> JOB (active: waiting, compiling, local)
     recent: [], // finished JOBs, oldest first
     totals: {},
+    history: [], // [t, busy slots, offered slots, jobs waiting], oldest first
   };
 
   // What tests (and curious people in the console) read: the current model in the protocol's
   // own shape. Arrays are refreshed after every message.
   const pub = {
-    state: { t: 0, hosts: [], jobs: [], recent: [], totals: {} },
+    state: { t: 0, hosts: [], jobs: [], recent: [], totals: {}, history: [] },
     status: null,
     seq: null,
     connection: "connecting", // connecting | open | disconnected
@@ -52,6 +56,7 @@ import { lineChart } from "./lib/charts.js";
       jobs: Array.from(model.jobs.values()),
       recent: model.recent.slice(),
       totals: model.totals,
+      history: model.history.slice(),
     };
     pub.status = model.status;
     pub.seq = model.seq;
@@ -118,6 +123,7 @@ import { lineChart } from "./lib/charts.js";
     running: true,
     recent: true,
     timeline: true,
+    history: true,
   };
   let rafPending = false;
 
@@ -149,6 +155,8 @@ import { lineChart } from "./lib/charts.js";
     if (dirty.hostsAll || dirty.hostIds.size || dirty.hostSet) guard("hosts", renderHosts);
     if (dirty.graph) guard("graph", renderGraph);
     guard("running", () => renderRunning(dirty.running));
+    guard("waiting", () => renderWaiting(dirty.running));
+    if (dirty.history) guard("utilisation", renderUtilisation);
     if (dirty.recent) guard("recent", renderRecent);
     guard("timeline", renderTimeline);
     guard("clock", renderClock);
@@ -159,12 +167,13 @@ import { lineChart } from "./lib/charts.js";
     pub.perf.totalMs += ms;
     dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = false;
     dirty.running = dirty.recent = dirty.timeline = false;
+    if (utilDrawn) dirty.history = false;
     dirty.hostIds.clear();
   }
 
   function markAll() {
     dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = true;
-    dirty.running = dirty.recent = dirty.timeline = true;
+    dirty.running = dirty.recent = dirty.timeline = dirty.history = true;
     schedule();
   }
 
@@ -234,6 +243,7 @@ import { lineChart } from "./lib/charts.js";
     model.jobs = new Map((s.jobs || []).map((j) => [j.id, j]));
     model.recent = (s.recent || []).slice(-RECENT_MAX);
     model.totals = s.totals || {};
+    model.history = Array.isArray(s.history) ? s.history.slice(-HISTORY_MAX) : [];
     setStatus(msg.status);
     timelineFromSnapshot(reset);
     pub.snapshots++;
@@ -288,6 +298,11 @@ import { lineChart } from "./lib/charts.js";
     if (msg.totals) {
       model.totals = msg.totals;
       dirty.totals = true;
+    }
+    if (Array.isArray(msg.history) && msg.history.length) {
+      model.history.push(...msg.history);
+      if (model.history.length > HISTORY_MAX) model.history.splice(0, model.history.length - HISTORY_MAX);
+      dirty.history = true;
     }
     schedule();
   }
@@ -880,6 +895,75 @@ import { lineChart } from "./lib/charts.js";
     el("recent-failed-count").textContent = failed ? `${failed} failed` : "";
   }
 
+  // ---- waiting jobs: requested, no compile host yet ----------------------------------------
+
+  const waitingUl = d3.select("#waiting-jobs");
+  let waitingSel = waitingUl.selectAll("li");
+
+  function renderWaiting(structure) {
+    const now = nowT();
+    if (structure) {
+      const waiting = [];
+      for (const j of model.jobs.values()) if (j.state === "waiting") waiting.push(j);
+      // the longest waiting first: the build is stuck behind it
+      waiting.sort((a, b) => (a.submitted ?? 0) - (b.submitted ?? 0) || a.id - b.id);
+      waitingSel = waitingUl
+        .selectAll("li")
+        .data(waiting.slice(0, WAITING_SHOWN), (d) => d.id)
+        .join(
+          (enter) =>
+            enter.append("li").each(function (d) {
+              this.dataset.jobId = String(d.id);
+              jobItem(this, d, { recent: false });
+            }),
+          (update) => update,
+          (exit) => exit.remove()
+        )
+        .each(function (d) {
+          const text = `from ${hostName(d.client_id)}`;
+          if (this.children[1].textContent !== text) this.children[1].textContent = text;
+        })
+        .order();
+      el("waiting-jobs-count").textContent = String(waiting.length);
+      el("waiting-jobs-more").textContent = waiting.length > WAITING_SHOWN ? `the ${WAITING_SHOWN} longest waiting shown` : "";
+    }
+    waitingSel.each(function (d) {
+      const text = typeof d.submitted === "number" ? fmtSeconds(now - d.submitted) : "–";
+      const span = this.children[2];
+      if (span.textContent !== text) span.textContent = text;
+    });
+  }
+
+  // ---- utilisation: busy and offered slots, waiting jobs over time --------------------------
+
+  const utilEl = el("utilisation");
+  let utilDrawnAt = -Infinity;
+  let utilDrawn = true; // false: a redraw is due but was held back (UTIL_REDRAW_MS)
+
+  function renderUtilisation() {
+    const wall = performance.now();
+    if (wall - utilDrawnAt < UTIL_REDRAW_MS) {
+      utilDrawn = false;
+      return;
+    }
+    utilDrawnAt = wall;
+    utilDrawn = true;
+    const h = model.history;
+    const t = h.map((s) => s[0]);
+    const col = (i) => h.map((s) => s[i]);
+    lineChart(utilEl, {
+      t,
+      step: true,
+      height: 150,
+      xDomain: t.length ? [t[0], Math.max(t[t.length - 1], model.t)] : [0, 1],
+      lines: [
+        { key: "offered", label: "offered slots", cls: "offered", values: col(2) },
+        { key: "busy", label: "busy slots", cls: "busy", values: col(1) },
+        { key: "waiting", label: "jobs waiting", cls: "waiting", values: col(3) },
+      ],
+    });
+  }
+
   // ---- the force graph -------------------------------------------------------------------
 
   const graphEl = el("graph");
@@ -1456,6 +1540,7 @@ import { lineChart } from "./lib/charts.js";
 
   setInterval(() => {
     // elapsed times, the timeline, the seek slider and the retry countdown move on
+    if (!utilDrawn) dirty.history = true; // a held-back redraw of the utilisation line
     if (!document.hidden) schedule();
   }, TICK_MS);
 
