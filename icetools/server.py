@@ -354,7 +354,7 @@ class Hub(Publisher):
 
     def _sample(self, totals: dict[str, Any]) -> None:
         """A utilisation sample for the page's line, at most one per second of state time."""
-        t = round(self.monitor.now, 3)
+        t = round(self.monitor.now, 6)  # the capture's resolution: the sample's exact moment
         history = self.history
         if history and int(t) <= int(history[-1][0]):
             return
