@@ -278,7 +278,7 @@ class ReportPublisher(Publisher):
 
         wait = wait_json(self.waits)
         wait["submitters"] = {name: wait_json(h) for name, h in sorted(self.waits_by.items())}
-        names = sorted(set(self.offered_s) | set(self.busy_s))
+        names = sorted(set(self.offered_s) | set(self.busy_s) | {h["name"] for h in stats["hosts"]})
         offered, busy = sum(self.offered_s.values()), sum(self.busy_s.values())
         utilisation = {
             "offered_slot_s": round(offered, 3),

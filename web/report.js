@@ -48,7 +48,9 @@ function table(tableEl, rows, cells) {
     }
   }
   if (!rows.length) {
-    const td = tbody.insertRow().insertCell();
+    const tr = tbody.insertRow();
+    tr.className = "empty";
+    const td = tr.insertCell();
     td.colSpan = tableEl.tHead.rows[0].cells.length;
     td.className = "muted";
     td.textContent = "none";
