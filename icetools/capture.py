@@ -9,6 +9,7 @@ reports what it ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -136,15 +137,30 @@ class CaptureWriter:
     """Append records to a new capture file, each batch with a single unbuffered write.
 
     The file is created at once (so a bad path fails before any connection is made); the header
-    goes in with the first :meth:`connected`, when the negotiated protocol is known.
+    goes in with the first :meth:`connected`, when the negotiated protocol is known. With
+    ``overwrite`` an existing file is only replaced then: until the first connection the
+    recording goes to a temporary file beside it, renamed over it atomically once it has its
+    header, so a recording that never reached a scheduler costs the old file nothing. A writer
+    closed before any connection leaves no file behind.
+
+    A write that fails (a full disk) raises :class:`CaptureError` and takes back the part of the
+    batch that made it to disk: the file always ends at a whole record.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        flags |= os.O_TRUNC if overwrite else os.O_EXCL
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        #: Where the records go until the first connection: the path itself, or with
+        #: ``overwrite`` a temporary name beside it.
+        self._open_path = self.path
+        if overwrite:
+            if self.path.is_dir():
+                raise CaptureError(f"cannot create {self.path}: it is a directory")
+            self._open_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                self._open_path.unlink()  # left by a recorder of the same pid that was killed
         try:
-            self._fd: int | None = os.open(self.path, flags, 0o644)
+            self._fd: int | None = os.open(self._open_path, flags, 0o644)
         except FileExistsError:
             raise CaptureError(f"{self.path} already exists (use --overwrite to replace it)") from None
         except OSError as e:
@@ -174,7 +190,14 @@ class CaptureWriter:
                 n = os.write(self._fd, view)
                 view = view[n:]
         except OSError as e:
-            raise CaptureError(f"cannot write {self.path}: {e.strerror}") from None
+            # Take back what part of the batch got written (the file only ever grew by our
+            # writes, so its old end is bytes_written): a reader then finds whole records only.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.bytes_written)
+            raise CaptureError(
+                f"cannot write {self.path}: {e.strerror} ({self.frames_written} frames recorded "
+                "before are kept)"
+            ) from None
         self.bytes_written += len(data)
 
     @staticmethod
@@ -188,12 +211,11 @@ class CaptureWriter:
         """A (re)connection was negotiated: the header first time, a connect record always."""
         us = self._now_us(t)
         out = b""
-        reconnect = self.header is not None
-        if self.header is None:
-            self.header = CaptureHeader(
-                protocol, peer_version, offered, scheduler, self.start, __version__
-            )
-            raw = json.dumps(self.header.to_json(), separators=(",", ":")).encode()
+        header = self.header
+        reconnect = header is not None
+        if header is None:
+            header = CaptureHeader(protocol, peer_version, offered, scheduler, self.start, __version__)
+            raw = json.dumps(header.to_json(), separators=(",", ":")).encode()
             out += _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(raw)) + raw
         out += self._json_record(
             KIND_CONNECT,
@@ -207,6 +229,15 @@ class CaptureWriter:
             },
         )
         self._write(out)
+        self.header = header  # only once it is on disk: a writer whose header failed has nothing
+        if self._open_path != self.path:
+            # The first connection: now the recording replaces the old file, all at once.
+            try:
+                os.fsync(self._fd)  # type: ignore[arg-type]
+                os.replace(self._open_path, self.path)
+            except OSError as e:
+                raise CaptureError(f"cannot replace {self.path}: {e.strerror}") from None
+            self._open_path = self.path
 
     def frames(self, frames: list[bytes], t: float | None = None) -> None:
         """Append frames that arrived together, in one write, stamped now or at ``t`` seconds
@@ -235,10 +266,17 @@ class CaptureWriter:
                         KIND_END, self._now_us(t), {"frames": self.frames_written, "reason": reason}
                     )
                 )
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as e:
+                raise CaptureError(f"cannot write {self.path}: {e.strerror}") from None
         finally:
             os.close(self._fd)
             self._fd = None
+            if self.header is None:
+                # Nothing was recorded: no empty file (nor temporary one) is left behind.
+                with contextlib.suppress(OSError):
+                    self._open_path.unlink()
 
     def __enter__(self) -> CaptureWriter:
         return self

@@ -153,7 +153,11 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
     type=click.Path(dir_okay=False, path_type=Path),
     help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the output file if it exists (once the scheduler has answered).",
+)
 @click.option(
     "--duration", type=FiniteFloatRange(min=0, min_open=True), metavar="S", help="Stop after S seconds."
 )
@@ -204,16 +208,13 @@ def record(
         count=count,
         reconnect=not no_reconnect,
         status_stream=sys.stderr if interactive else None,
+        log_stream=None if interactive else sys.stderr,
     )
     reason = "error"
     try:
         reason = run_recorder(recorder)
-    except IcetoolsError:
-        if writer.header is None:
-            writer.close(reason)
-            output.unlink(missing_ok=True)  # nothing was recorded: leave no empty file
-        raise
     finally:
+        # With nothing recorded the writer leaves no file behind (and an old one in place).
         writer.close(reason)
     if not interactive:
         click.echo(
@@ -572,6 +573,11 @@ def stats(file: Path, as_json: bool) -> None:
     metavar="FILE",
     help="Also record everything the scheduler sends to FILE.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --record: replace FILE if it exists (once the scheduler has answered).",
+)
 @_protocol_option
 @_web_options
 def serve(
@@ -579,6 +585,7 @@ def serve(
     netname: str | None,
     listen: str,
     record_to: Path | None,
+    overwrite: bool,
     protocol: int,
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -586,8 +593,10 @@ def serve(
 ) -> None:
     """The live cluster in a browser: page, websocket, /api/state and /metrics on one port.
 
-    It logs in to the scheduler as a monitor and reconnects when the scheduler restarts (the
-    page says so meanwhile). With --record it keeps a capture at the same time.
+    It logs in to the scheduler as a monitor and reconnects with backoff when the scheduler
+    restarts (the page says so meanwhile). With --record it keeps a capture at the same time;
+    if the capture cannot be written (a full disk) the recording stops with an error in the log,
+    the page's status and /metrics, and serving goes on.
 
     \b
     Examples:
@@ -598,17 +607,22 @@ def serve(
 
     from .server import ClusterServer, LiveDriver, Status, run_until_stopped
 
+    if overwrite and record_to is None:
+        raise click.UsageError("--overwrite goes with --record")
     host, port = _listen_address(listen)
     first, locate = _scheduler_locator(scheduler, netname)
-    writer = CaptureWriter(record_to) if record_to is not None else None
+    writer = CaptureWriter(record_to, overwrite=overwrite) if record_to is not None else None
     monitor = Monitor()
     status = Status(mode="live")
+
+    def log(line: str) -> None:
+        click.echo(f"icetools: {line}", err=True)
 
     async def main() -> None:
         server = ClusterServer(
             monitor, status, allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients
         )
-        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer)
+        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer, log=log)
         await run_until_stopped(
             server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
         )
@@ -617,9 +631,7 @@ def serve(
         asyncio.run(main())
     finally:
         if writer is not None:
-            writer.close("signal")
-            if writer.header is None and record_to is not None:
-                record_to.unlink(missing_ok=True)
+            writer.close("signal")  # a no-op if the recording already stopped on an error
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -9,13 +9,21 @@ import asyncio
 import socket
 import time
 
-from .errors import ConnectionClosed, HandshakeError, SchedulerNotFound, describe_os_error
+from .errors import (
+    ConnectionClosed,
+    HandshakeError,
+    RemoteProtocolError,
+    SchedulerNotFound,
+    describe_os_error,
+)
 from .messages import PROTOCOL_VERSION, Message, MonLogin
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
 
 #: How long a peer may take to answer the version handshake (icecream waits 15 s slices).
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
+#: How long closing may wait for the peer before the connection is dropped instead.
+CLOSE_TIMEOUT = 1.0
 _READ_SIZE = 1 << 16
 
 
@@ -30,6 +38,16 @@ def _unreachable(host: str, port: int, err: OSError) -> SchedulerNotFound:
         # asyncio's strerror is "Connect call failed (...)": the errno says more.
         reason = describe_os_error(err) or err.__class__.__name__
     return SchedulerNotFound(f"cannot connect to scheduler {_describe(host, port)}: {reason}")
+
+
+def _lost(address: tuple[str, int], err: OSError) -> ConnectionClosed:
+    """A socket error on an open connection (a reset, a broken pipe) is the connection ending:
+    callers handle one exception for every way a peer can go away."""
+    if err.errno is None and isinstance(err, ConnectionResetError):
+        reason = "connection reset by peer"  # asyncio's own, errno-less "Connection lost"
+    else:
+        reason = describe_os_error(err) or err.__class__.__name__
+    return ConnectionClosed(f"connection to {_describe(*address)} lost: {reason}")
 
 
 class AsyncConnection:
@@ -52,6 +70,8 @@ class AsyncConnection:
         self.channel = channel
         self.address = address
         self._pending: list[Frame] = []
+        #: What ended the stream after frames that are still to be handed out (see read_frames).
+        self._error: ConnectionClosed | RemoteProtocolError | None = None
 
     @classmethod
     async def open(
@@ -64,10 +84,12 @@ class AsyncConnection:
         timeout: float = HANDSHAKE_TIMEOUT,
     ) -> AsyncConnection:
         channel = Channel(protocol)
+        # asyncio.timeout rather than wait_for: on 3.11 wait_for swallows a cancellation that
+        # arrives as the inner call completes, and a recorder reconnecting often then ignored
+        # SIGTERM for good.
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError:
             raise SchedulerNotFound(
                 f"cannot connect to scheduler {_describe(host, port)}: timed out "
@@ -77,7 +99,8 @@ class AsyncConnection:
             raise _unreachable(host, port, e) from None
         conn = cls(reader, writer, channel, (host, port))
         try:
-            await asyncio.wait_for(conn._handshake(), timeout)
+            async with asyncio.timeout(timeout):
+                await conn._handshake()
             if login:
                 await conn.send_message(MonLogin())
         except TimeoutError:
@@ -90,6 +113,13 @@ class AsyncConnection:
             await conn.close()
             raise
         return conn
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except OSError as e:
+            raise _lost(self.address, e) from None
 
     async def _handshake(self) -> None:
         self._writer.write(self.channel.data_to_send())
@@ -104,18 +134,15 @@ class AsyncConnection:
             if out:
                 self._writer.write(out)
             await self._fill()
-        out = self.channel.data_to_send()
-        if out:
-            self._writer.write(out)
-        await self._writer.drain()
+        await self._send(self.channel.data_to_send())
 
     async def _fill(self) -> None:
         try:
             data = await self._reader.read(_READ_SIZE)
+        except ConnectionResetError:
+            data = b""  # the channel then says how far the peer got
         except OSError as e:
-            data = b""
-            if not isinstance(e, ConnectionResetError):
-                raise ConnectionClosed(f"connection to {_describe(*self.address)} failed: {e}") from None
+            raise _lost(self.address, e) from None
         self.channel.receive_data(data)
 
     @property
@@ -131,12 +158,24 @@ class AsyncConnection:
     async def read_frames(self) -> list[bytes]:
         """Wait for at least one whole frame; return every whole frame that has arrived.
 
-        Raises :class:`ConnectionClosed` when the peer closes (saying so if mid-frame).
+        Raises :class:`ConnectionClosed` when the peer closes (saying so if mid-frame) and
+        :class:`RemoteProtocolError` when it breaks the framing, but only once every whole
+        frame that came before is handed out: bad bytes in the same read as good frames cost
+        nothing but themselves.
         """
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         frames = [f.data for f in self._pending]
         self._pending.clear()
         while True:
-            event = self.channel.next_event()
+            try:
+                event = self.channel.next_event()
+            except (ConnectionClosed, RemoteProtocolError) as e:
+                if not frames:
+                    raise
+                self._error = e
+                return frames
             if isinstance(event, Frame):
                 frames.append(event.data)
                 continue
@@ -150,14 +189,19 @@ class AsyncConnection:
         return self.channel.decode(self._pending.pop(0))
 
     async def send_message(self, msg: Message) -> None:
+        """Send ``msg``; :class:`ConnectionClosed` if the connection is gone."""
         self.channel.send(msg)
-        self._writer.write(self.channel.data_to_send())
-        await self._writer.drain()
+        await self._send(self.channel.data_to_send())
 
     async def close(self) -> None:
+        """Close, waiting at most CLOSE_TIMEOUT for the peer (then the connection is dropped):
+        closing happens on the way out of a Ctrl-C too, and must not hang there."""
         self._writer.close()
         try:
-            await self._writer.wait_closed()
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._writer.wait_closed()
+        except TimeoutError:
+            self._writer.transport.abort()
         except OSError:
             pass
 
@@ -193,14 +237,20 @@ class Connection:
             raise
         self._sock.settimeout(None)
 
+    def _sendall(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            raise _lost(self.address, e) from None
+
     def _handshake(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        self._sock.sendall(self.channel.data_to_send())
+        self._sendall(self.channel.data_to_send())
         while True:
             event = self.channel.next_event()
             out = self.channel.data_to_send()
             if out:
-                self._sock.sendall(out)
+                self._sendall(out)
             if isinstance(event, Negotiated):
                 return
             left = deadline - time.monotonic()
@@ -219,7 +269,11 @@ class Connection:
         try:
             data = self._sock.recv(_READ_SIZE)
         except ConnectionResetError:
-            data = b""
+            data = b""  # the channel then says how far the peer got
+        except TimeoutError:
+            raise  # the caller's deadline, not the connection's end
+        except OSError as e:
+            raise _lost(self.address, e) from None
         self.channel.receive_data(data)
 
     @property
@@ -237,8 +291,9 @@ class Connection:
         self.send_message(MonLogin())
 
     def send_message(self, msg: Message) -> None:
+        """Send ``msg``; :class:`ConnectionClosed` if the connection is gone."""
         self.channel.send(msg)
-        self._sock.sendall(self.channel.data_to_send())
+        self._sendall(self.channel.data_to_send())
 
     def get_frame(self, timeout: float | None = None) -> bytes:
         """The next raw frame; ``TimeoutError`` if none arrives within ``timeout`` seconds."""

@@ -104,6 +104,22 @@ class _ClusterCollector(Collector):
             value=1 if self.status.connected else 0,
         )
         yield CounterMetricFamily("icetools_frames_received", "Frames received from the scheduler", value=t.frames)
+        status = self.status
+        if status.mode == "live":
+            yield GaugeMetricFamily(
+                "icetools_monitor_failures",
+                "Connection attempts that failed in a row (0 once a connection has stayed up)",
+                value=status.failures,
+            )
+            yield CounterMetricFamily(
+                "icetools_monitor_connections", "Connections to the scheduler negotiated", value=status.connects
+            )
+        if status.recording is not None:
+            yield GaugeMetricFamily(
+                "icetools_recording",
+                "1 while serve --record writes its capture, 0 once writing failed (see the log)",
+                value=1 if status.recording == "recording" else 0,
+            )
 
 
 def metrics_text(

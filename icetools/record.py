@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -25,6 +26,9 @@ from .errors import (
 BACKOFF_START = 0.5
 BACKOFF_FACTOR = 2.0
 BACKOFF_MAX = 10.0
+#: A connection that stays up this long (seconds) has proved itself: the backoff starts over.
+#: Time up rather than frames received, since a scheduler with no daemons says nothing at all.
+PROVEN_AFTER = 10.0
 
 
 @dataclasses.dataclass
@@ -34,6 +38,11 @@ class RecordStatus:
     protocol: int | None = None
     state: str = "connecting"
     message: str = ""
+    #: Connection attempts that failed in a row (a connection that dropped before it proved
+    #: itself counts as one); 0 again once a connection proves itself.
+    failures: int = 0
+    #: Connections negotiated so far.
+    connects: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
 
     def line(self) -> str:
@@ -60,6 +69,7 @@ class Recorder:
         count: int | None = None,
         reconnect: bool = True,
         status_stream: TextIO | None = None,
+        log_stream: TextIO | None = None,
     ) -> None:
         self.writer = writer
         self.locate = locate
@@ -69,6 +79,8 @@ class Recorder:
         self.reconnect = reconnect
         self.status = RecordStatus()
         self.status_stream = status_stream
+        #: Where retries are told line by line when there is no status line (not a terminal).
+        self.log_stream = log_stream
         self._stop_reason: str | None = None
 
     async def run(self) -> str:
@@ -130,7 +142,13 @@ class Recorder:
             on_frames=on_frames,
             on_disconnect=self.writer.disconnected,
             status=self.status,
+            on_retry=self._log,
         )
+
+    def _log(self, line: str) -> None:
+        if self.log_stream is not None:
+            self.log_stream.write(f"icetools: {line}\n")
+            self.log_stream.flush()
 
     async def _show_status(self) -> None:
         while True:
@@ -153,44 +171,111 @@ async def follow_scheduler(
     on_frames: Callable[[list[bytes]], str | None],
     on_disconnect: Callable[[str], None],
     status: RecordStatus,
+    on_retry: Callable[[str], None] | None = None,
 ) -> str:
     """Stay logged in to a scheduler as a monitor, handing every batch of frames to
     ``on_frames`` (which may return a reason to stop). When the scheduler goes away, reconnect
     with backoff (unless ``reconnect`` is false: then return "closed"). The first connection
-    must succeed: its failure is raised, since it is most likely a wrong address."""
+    must succeed: its failure is raised, since it is most likely a wrong address.
+
+    Every failure before the next wait is told to ``on_retry`` (one line for people) and
+    counted in ``status.failures``. The backoff grows with every failure, a connection that
+    opens and then fails included, and only starts over once a connection has proved itself
+    by staying up PROVEN_AFTER seconds: a peer that logs us in and hangs up at once is retried
+    at the backoff's pace, not thousands of times a second."""
     backoff = BACKOFF_START
     connected_once = False
+    clock = time.monotonic
+
+    async def retry(what: str) -> None:
+        nonlocal backoff
+        status.failures += 1
+        status.state = "retrying"
+        status.message = f"{what}; retrying in {backoff:.1f} s"
+        if status.failures > 1:
+            status.message += f" ({status.failures} failures in a row)"
+        if on_retry is not None:
+            on_retry(status.message)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * BACKOFF_FACTOR, BACKOFF_MAX)
+
     while True:
         try:
-            host, port = locate()
+            host, port = await _locate(locate) if connected_once else locate()
             conn = await AsyncConnection.open(host, port, protocol=offer)
-        except (SchedulerNotFound, HandshakeError, ConnectionClosed) as e:
+        except (SchedulerNotFound, RemoteProtocolError, ConnectionClosed) as e:
             if not connected_once or not reconnect:
                 raise
-            status.state = "retrying"
-            status.message = f"scheduler gone, retrying in {backoff:.1f} s ({e})"
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * BACKOFF_FACTOR, BACKOFF_MAX)
+            await retry(f"cannot reconnect: {e}")
             continue
-        backoff = BACKOFF_START
-        on_connect(conn, f"{host}:{port}")
-        connected_once = True
+        status.connects += 1
+        opened = clock()
+        proven = False
+
+        def prove() -> None:
+            nonlocal backoff, proven
+            proven = True
+            backoff = BACKOFF_START
+            status.failures = 0
+
+        # A timer rather than a clock read per batch: the frame loop stays as it was, and a
+        # quiet scheduler (no daemons, no frames) proves itself all the same.
+        timer = asyncio.get_running_loop().call_later(PROVEN_AFTER, prove)
         status.state = "connected"
         status.message = f"connected to {host}:{port}, protocol {conn.protocol}"
+        lost: str | None = None
         try:
+            on_connect(conn, f"{host}:{port}")
+            connected_once = True
             while True:
                 reason = on_frames(await conn.read_frames())
                 if reason is not None:
                     return reason
         except (ConnectionClosed, RemoteProtocolError) as e:
             # A peer that breaks the framing is treated like one that went away.
-            on_disconnect(str(e))
+            lost = str(e)
+            on_disconnect(lost)
             if not reconnect:
                 return "closed"
-            status.state = "retrying"
-            status.message = f"scheduler gone ({e}), reconnecting"
         finally:
+            timer.cancel()
             await conn.close()
+        if proven:
+            # It worked for a while: the scheduler restarted or a network blip. Straight back.
+            status.state = "retrying"
+            status.message = f"scheduler gone ({lost}), reconnecting"
+            if on_retry is not None:
+                on_retry(status.message)
+        else:
+            await retry(f"scheduler {host}:{port} dropped the connection after {clock() - opened:.1f} s ({lost})")
+
+
+async def _locate(locate: Callable[[], tuple[str, int]]) -> tuple[str, int]:
+    """``locate()`` off the event loop: finding the scheduler by broadcast blocks for seconds,
+    and Ctrl-C must not wait for it. A daemon thread, not the default executor, whose shutdown
+    at the end of asyncio.run would wait for the broadcast all the same."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[str, int]] = loop.create_future()
+
+    def settle(result: tuple[str, int] | None, error: BaseException | None) -> None:
+        if done.done():
+            return  # the waiter was cancelled meanwhile
+        if error is not None:
+            done.set_exception(error)
+        else:
+            assert result is not None
+            done.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = locate(), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="icetools-locate", daemon=True).start()
+    return await done
 
 
 def run_recorder(recorder: Recorder) -> str:

@@ -41,7 +41,7 @@ from . import messages
 from .capture import CaptureReader, CaptureWriter, Record
 from .connection import AsyncConnection
 from .defaults import SERVE_LISTEN, SERVE_MAX_CLIENTS, SERVE_PORT
-from .errors import IcetoolsError, ProtocolError, describe_os_error
+from .errors import CaptureError, IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
 from .metrics import WAIT_BUCKETS, DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
@@ -249,6 +249,14 @@ class Status:
     position: float | None = None
     duration: float | None = None
     message: str = ""
+    #: Live: connection attempts that failed in a row (0 once a connection has stayed up).
+    failures: int = 0
+    #: Live: connections to the scheduler negotiated so far.
+    connects: int = 0
+    #: serve --record: "recording", or "failed" once the capture could not be written (then
+    #: ``recording_error`` says why); None when not recording.
+    recording: str | None = None
+    recording_error: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -844,8 +852,11 @@ class ReplayDriver:
             due = start_wall + (record.t - start_t) / speed
             while (delay := due - clock()) > 0:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for, which on 3.11 can swallow the cancellation
+                # that stops the server.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(delay, 0.25))
+                    async with asyncio.timeout(min(delay, 0.25)):
+                        await self._wake.wait()
                 if self.status.state != "playing" or self._seek_to is not None or self.status.speed != speed:
                     # Paused, seeking or a new speed: keep this record for later.
                     self.status.position = monitor.now = max(monitor.now, start_t + (clock() - start_wall) * speed)
@@ -860,7 +871,11 @@ class ReplayDriver:
 
 
 class LiveDriver:
-    """Follows a real scheduler (reconnecting when it restarts), optionally recording too."""
+    """Follows a real scheduler (reconnecting when it restarts), optionally recording too.
+
+    Recording is a passenger: when the capture cannot be written (a full disk) the recording
+    stops, says so (``log``, the status, /metrics), and the page and metrics go on.
+    """
 
     def __init__(
         self,
@@ -870,17 +885,36 @@ class LiveDriver:
         *,
         offer: int,
         writer: CaptureWriter | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.monitor = monitor
         self.status = status
         self.locate = locate
         self.offer = offer
         self.writer = writer
+        self.log = log or (lambda line: None)
         self.follow_status = RecordStatus()
         self._t0 = time.monotonic()
+        if writer is not None:
+            status.recording = "recording"
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
+
+    def _record(self, write: Callable[[CaptureWriter], None]) -> None:
+        """Hand one record to the capture; a failure ends the recording, not the server."""
+        writer = self.writer
+        if writer is None:
+            return
+        try:
+            write(writer)
+        except CaptureError as e:
+            self.writer = None
+            with contextlib.suppress(CaptureError):
+                writer.close("error")  # an end record if it still fits; the file is whole anyway
+            self.status.recording = "failed"
+            self.status.recording_error = str(e)
+            self.log(f"recording stopped: {e}; serving goes on")
 
     def _on_connect(self, conn: AsyncConnection, address: str) -> None:
         self.monitor.connected(conn.protocol, self._now())
@@ -889,12 +923,13 @@ class LiveDriver:
         self.status.scheduler = address
         self.status.protocol = conn.protocol
         self.status.message = f"connected to {address}, protocol {conn.protocol}"
-        if self.writer is not None:
-            self.writer.connected(conn.protocol, conn.peer_version, self.offer, address)
+        self.status.failures = self.follow_status.failures
+        self.status.connects = self.follow_status.connects
+        self._record(lambda w: w.connected(conn.protocol, conn.peer_version, self.offer, address))
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        if self.writer is not None:
-            self.writer.frames(frames)
+        self.status.failures = self.follow_status.failures  # 0 once the connection proved itself
+        self._record(lambda w: w.frames(frames))
         now = self._now()
         protocol = self.monitor.protocol or self.offer
         for frame in frames:
@@ -908,31 +943,27 @@ class LiveDriver:
         self.status.connected = False
         self.status.state = "retrying"
         self.status.message = f"scheduler gone ({reason}), retrying"
-        if self.writer is not None:
-            self.writer.disconnected(reason)
+        self._record(lambda w: w.disconnected(reason))
+
+    def _on_retry(self, message: str) -> None:
+        # Straight to the page and the log: a peer that keeps failing must be seen failing.
+        self.status.connected = False
+        self.status.state = "retrying"
+        self.status.message = message
+        self.status.failures = self.follow_status.failures
+        self.log(message)
 
     async def run(self) -> str:
-        async def mirror_status() -> None:
-            # follow_scheduler reports retries in its own status; the page shows them.
-            while True:
-                if self.follow_status.state == "retrying":
-                    self.status.state = "retrying"
-                    self.status.message = self.follow_status.message
-                await asyncio.sleep(0.2)
-
-        mirror = asyncio.create_task(mirror_status())
-        try:
-            return await follow_scheduler(
-                self.locate,
-                offer=self.offer,
-                reconnect=True,
-                on_connect=self._on_connect,
-                on_frames=lambda frames: self._on_frames(frames),
-                on_disconnect=self._on_disconnect,
-                status=self.follow_status,
-            )
-        finally:
-            mirror.cancel()
+        return await follow_scheduler(
+            self.locate,
+            offer=self.offer,
+            reconnect=True,
+            on_connect=self._on_connect,
+            on_frames=self._on_frames,
+            on_disconnect=self._on_disconnect,
+            status=self.follow_status,
+            on_retry=self._on_retry,
+        )
 
 
 async def run_until_stopped(server: ClusterServer, host: str, port: int, driver: Awaitable[Any], on_ready: Callable[[int], None]) -> None:

@@ -133,8 +133,11 @@ class StandIn:
             task.cancel()
         await asyncio.gather(*self._monitors, return_exceptions=True)
         if self._server is not None:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the inner call completes, and then nothing stops the stand-in.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
 
     # -- one monitor -------------------------------------------------------------------------
 
@@ -170,7 +173,9 @@ class StandIn:
         except asyncio.CancelledError:
             log.ended = "the stand-in stopped"
             raise
-        except (IcetoolsError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
+        except (IcetoolsError, OSError, asyncio.IncompleteReadError) as e:
+            # OSError, not only ConnectionError: a timeout or any other socket error ends this
+            # monitor's connection, never the stand-in.
             log.ended = log.ended or str(e) or e.__class__.__name__
         finally:
             writer.close()
@@ -198,7 +203,8 @@ class StandIn:
                         channel.receive_data(await reader.read(4096))
                     continue
 
-        await asyncio.wait_for(until_login(), LOGIN_TIMEOUT)
+        async with asyncio.timeout(LOGIN_TIMEOUT):
+            await until_login()
         return channel
 
     async def _play(

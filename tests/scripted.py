@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 
@@ -53,6 +54,8 @@ class ScriptedScheduler:
         self.listener = socket.create_server(("127.0.0.1", port))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        #: time.monotonic() of each accepted connection, to count them within a window.
+        self.accepted: list[float] = []
         self.received: list[bytes] = []
         self._threads: list[threading.Thread] = []
         self._stopped = threading.Event()
@@ -65,6 +68,7 @@ class ScriptedScheduler:
                 sock, _ = self.listener.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             self.connections += 1
             t = threading.Thread(target=self._serve, args=(sock,), daemon=True)
             t.start()
@@ -74,8 +78,12 @@ class ScriptedScheduler:
         with sock:
             try:
                 self.script(sock)
-            except OSError:
-                pass
+            except (OSError, EOFError):
+                pass  # the client went away first: that is its business
+
+    def connections_since(self, t: float) -> int:
+        """Connections accepted at or after ``t`` (a time.monotonic() value)."""
+        return sum(1 for at in list(self.accepted) if at >= t)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -125,3 +133,49 @@ def wait_closed(sock: socket.socket, timeout: float = 30.0) -> None:
             pass
     except OSError:
         pass
+
+
+# ---- hostile peers ------------------------------------------------------------------------
+
+
+def reset(sock: socket.socket) -> None:
+    """Make the coming close() a reset (RST), as a crashing or firewalled peer's would be."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def reset_after_handshake(sock: socket.socket) -> None:
+    """Complete the handshake, then reset the connection at once."""
+    handshake(sock)
+    reset(sock)
+
+
+def close_after_login(sock: socket.socket) -> None:
+    """Complete the handshake, read MON_LOGIN, hang up: a scheduler that lets us in and out."""
+    handshake(sock)
+    recv_exact(sock, 8)
+
+
+def frames_then_huge_length(frames: list[bytes]) -> Script:
+    """Whole frames, then a length prefix of 2**31, all in the same write."""
+
+    def script(sock: socket.socket) -> None:
+        handshake(sock)
+        recv_exact(sock, 8)
+        sock.sendall(b"".join(frames) + struct.pack(">II", 1 << 31, 0x57))
+        wait_closed(sock, 30)
+
+    return script
+
+
+def first_then(first: Script, then: Script) -> Script:
+    """``first`` for the first connection, ``then`` for every later one: a recording that was
+    running well when its scheduler turned hostile."""
+    lock = threading.Lock()
+    used = [False]
+
+    def script(sock: socket.socket) -> None:
+        with lock:
+            mine, used[0] = not used[0], True
+        (first if mine else then)(sock)
+
+    return script

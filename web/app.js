@@ -492,6 +492,11 @@ import { lineChart } from "./lib/charts.js";
     } else if (model.status && model.status.message) {
       msg = String(model.status.message);
     }
+    // serve --record whose capture could not be written: serving goes on, but say so.
+    if (model.status && model.status.recording === "failed") {
+      const why = `recording stopped: ${String(model.status.recording_error || "write error")}`;
+      msg = msg ? `${msg} · ${why}` : why;
+    }
     if (statusMsgEl.textContent !== msg) {
       statusMsgEl.textContent = msg;
       statusMsgEl.title = msg;
