@@ -54,7 +54,7 @@ export function lineChart(container, spec) {
     .append("g")
     .attr("class", "axis y")
     .attr("transform", `translate(${MARGIN.left},0)`)
-    .call(d3.axisLeft(y).ticks(4));
+    .call(d3.axisLeft(y).ticks(4).tickFormat(d3.format("~s")));
   const line = d3
     .line()
     .defined((d) => isFinite(d[1]))
@@ -127,7 +127,7 @@ export function histogram(container, spec) {
     .selectAll("text")
     .attr("text-anchor", "end")
     .attr("transform", "rotate(-35)");
-  svg.append("g").attr("class", "axis y").attr("transform", `translate(${MARGIN.left},0)`).call(d3.axisLeft(y).ticks(4));
+  svg.append("g").attr("class", "axis y").attr("transform", `translate(${MARGIN.left},0)`).call(d3.axisLeft(y).ticks(4).tickFormat(d3.format("~s")));
   svg
     .selectAll("rect.count")
     .data(spec.counts)
@@ -139,6 +139,16 @@ export function histogram(container, spec) {
     .attr("height", (c) => y(0) - y(c))
     .append("title")
     .text((c, i) => `${spec.labels[i]}: ${c}`);
+  // the count over each bar: a few slow waits stay visible beside thousands of quick ones
+  svg
+    .selectAll("text.count")
+    .data(spec.counts)
+    .join("text")
+    .attr("class", "count")
+    .attr("x", (_, i) => x(spec.labels[i]) + x.bandwidth() / 2)
+    .attr("y", (c) => y(c) - 3)
+    .attr("text-anchor", "middle")
+    .text((c) => (c ? String(c) : ""));
 }
 
 // Spans on lanes over time, zoomable (wheel, drag) along time. spec: {lanes: [{key, label}],
