@@ -319,16 +319,19 @@ HOSTILE_HOSTS = (
     '<img src=x onerror="window.__xss=2">\x1b[31m\x07q"uo\'te & <!--',
 )
 HOSTILE_FILE = "/src/</SCRIPT><script>window.__xss=3</script>\u2028.c"
+HOSTILE_CAPTURE = "<img src=x onerror=window.__xss=4>@@DATA@@ & .icecap"  # its name is the title
 
 
 def test_hostile_names_are_text_in_the_report(tmp_path: Path, report_of: Any, tab: Tab) -> None:  # noqa: F811
-    capture = tmp_path / "hostile.icecap"
+    capture = tmp_path / HOSTILE_CAPTURE
     write_known(capture, HOSTILE_HOSTS, HOSTILE_FILE)
     path = report_of(capture)
     html = path.read_text()
     assert len(re.findall("</script", html, re.I)) == 3  # the data cannot close its element
     assert "<img" not in html and "</SCRIPT>" not in html
     open_report(tab, path)
+    assert tab.js("() => document.querySelector('#report-title').textContent") == HOSTILE_CAPTURE
+    assert tab.js("() => document.title") == f"{HOSTILE_CAPTURE} - icetools report"
     hosts = [h["name"] for h in table_rows(tab, "#hosts-table")]
     assert sorted(hosts) == sorted(HOSTILE_HOSTS)
     failing = [h["name"] for h in table_rows(tab, "#failing-table")]
