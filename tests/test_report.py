@@ -170,8 +170,10 @@ def test_the_report_inlines_the_live_pages_modules() -> None:
         body = re.sub(r"^import .*\n", "", source, flags=re.M).replace("export ", "")
         assert body in code, module  # the same text, not a copy that could drift
     assert not re.search(r"^\s*(import|export)\b", code, re.M)
-    app = (ROOT / "web" / "app.js").read_text()
-    assert 'from "./lib/charts.js"' in app and 'from "./lib/format.js"' in app
+    # and the live page loads the same files as modules of its own
+    assert 'import { lineChart } from "../lib/charts.js";' in (ROOT / "web" / "live" / "utilisation.js").read_text()
+    assert 'from "../lib/format.js";' in (ROOT / "web" / "live" / "jobs.js").read_text()
+    assert '<script type="module" src="/static/app.js"></script>' in (ROOT / "web" / "index.html").read_text()
 
 
 def test_package_data_holds_every_file_of_the_page() -> None:
@@ -179,7 +181,7 @@ def test_package_data_holds_every_file_of_the_page() -> None:
     patterns = config["tool"]["setuptools"]["package-data"]["icetools.web"]
     web = ROOT / "web"
     files = [p.relative_to(web).as_posix() for p in web.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    assert "lib/charts.js" in files and "report.html" in files
+    assert "lib/charts.js" in files and "live/core.js" in files and "report.html" in files
     missing = [f for f in files if not any(fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in patterns)]
     assert missing == []
 
