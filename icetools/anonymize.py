@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import stat
+import tempfile
 from pathlib import Path
 
 from . import messages as m
-from .capture import CaptureReader, CaptureWriter, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord
-from .errors import ProtocolError
+from .capture import CaptureReader, CaptureWriter, file_kind, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord
+from .errors import CaptureError, ProtocolError
 
 #: Path components that say nothing about anybody and keep their meaning.
 KEEP_COMPONENTS = {"", ".", ".."}
@@ -118,35 +120,78 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def anonymize(source: Path, target: Path, *, overwrite: bool = False) -> tuple[Anonymizer, int, str | None]:
+def anonymize(
+    source: Path, target: Path, *, overwrite: bool = False, salvage: bool = False
+) -> tuple[Anonymizer, int, str | None]:
     """Write an anonymized copy of ``source``; returns the mapping, the frames that could not
-    be decoded (copied unchanged) and the source's torn-tail warning, if any."""
+    be decoded (copied unchanged) and the source's warning (torn tail, damage skipped), if any.
+
+    The copy is written to a temporary file beside ``target`` and renamed over it only when
+    it is complete: whatever goes wrong, ``target`` is either untouched or the whole copy.
+    """
     anon = Anonymizer()
     undecodable = 0
-    with CaptureReader(source) as reader:
+    with CaptureReader(source, salvage=salvage) as reader:
         header = reader.header
-        writer = CaptureWriter(target, overwrite=overwrite)
-        writer.start = header.start
+        _check_target(target, overwrite)
         try:
-            for record in reader:
-                if type(record) is FrameRecord:
-                    try:
-                        msg = m.decode(record.data, record.protocol)
-                        frame = m.encode(anon.message(msg), record.protocol)
-                    except ProtocolError:
-                        undecodable += 1
-                        frame = record.data  # not understood: kept as is (and reported)
-                    writer.frames([frame], t=record.t)
-                elif isinstance(record, ConnectRecord):
-                    writer.connected(
-                        record.protocol, record.peer_version, record.offered,
-                        anon.scheduler(record.scheduler), t=record.t,
-                    )
-                elif isinstance(record, DisconnectRecord):
-                    writer.disconnected(anon.text(record.reason), t=record.t)
-                elif isinstance(record, EndRecord):
-                    writer.close(record.reason, t=record.t)
-        finally:
-            # A source without an end record (its recorder was killed) stays without one.
-            writer.close("closed", end_record=False)
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as e:
+            raise CaptureError(f"cannot create {target}: {e.strerror}") from None
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            writer = CaptureWriter(tmp, overwrite=True)
+            writer.start = header.start
+            try:
+                for record in reader:
+                    if type(record) is FrameRecord:
+                        try:
+                            msg = m.decode(record.data, record.protocol)
+                            frame = m.encode(anon.message(msg), record.protocol)
+                        except ProtocolError:
+                            undecodable += 1
+                            frame = record.data  # not understood: kept as is (and reported)
+                        if writer.header is None:
+                            break  # frames before any connect record: refused below
+                        writer.frames([frame], t=record.t)
+                    elif isinstance(record, ConnectRecord):
+                        writer.connected(
+                            record.protocol, record.peer_version, record.offered,
+                            anon.scheduler(record.scheduler), t=record.t,
+                        )
+                    elif isinstance(record, DisconnectRecord):
+                        writer.disconnected(anon.text(record.reason), t=record.t)
+                    elif isinstance(record, EndRecord):
+                        writer.close(record.reason, t=record.t)
+            finally:
+                # A source without an end record (its recorder was killed) stays without one.
+                writer.close("closed", end_record=False)
+            if writer.header is None:
+                # The writer writes the header with the first connect record: without one there
+                # is no capture to write (and an empty file would only be rejected by dump).
+                raise CaptureError(
+                    f"{source} has no complete connect record before its first frame or its end: "
+                    "nothing to anonymize"
+                )
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return anon, undecodable, reader.warning()
+
+
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that exists (unless ``overwrite``) or is not a regular file, before
+    anything is written."""
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise CaptureError(f"cannot create {target}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise CaptureError(f"cannot create {target}: it is {file_kind(mode)}")
+    if not overwrite:
+        raise CaptureError(f"{target} already exists (use --overwrite to replace it)")

@@ -9,18 +9,21 @@ reports what it ignored.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import json
 import os
+import re
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, BinaryIO, NamedTuple, NoReturn
 
 from . import __version__
-from .errors import CaptureError, NewerFormatError
+from .errors import CaptureDamage, CaptureError, NewerFormatError
 from .messages import (
     MAX_MSG_SIZE,
     MIN_PROTOCOL_VERSION,
@@ -47,11 +50,21 @@ _RECORD = struct.Struct(">BIQ")  # kind, body length, time in microseconds
 RECORD_HEADER_SIZE = _RECORD.size
 MAX_FRAME_BODY = MAX_MSG_SIZE + 4
 MAX_JSON_BODY = 65536
+#: Optional records are skipped by readers that do not know them, but still buffered whole: a
+#: length beyond this is damage, not a reason to read the rest of the file into memory.
+MAX_OPTIONAL_BODY = 16 << 20
 MAX_HEADER = 65536
 READ_BLOCK = 1 << 20
 _BE32 = struct.Struct(">I")
 #: A frame record's header and the frame's own length prefix and type word, read at once.
 _FRAME_RECORD = struct.Struct(">BIQII")
+#: The latest record time a reader believes: 2^53 µs (285 years) is the last a float holds
+#: exactly, so times convert to seconds and back without loss; anything later is damage.
+MAX_TIME_US = 1 << 53
+#: Where a record may start when a salvaging reader looks for one after damage: a frame record
+#: (kind 1, length below 2^21) or a connect, disconnect or end record (kind 2-4, length below
+#: 2^17, then 8 bytes of time and a body that starts with '{').
+_RECORD_START = re.compile(rb"(?s)(?=\x01\x00[\x00-\x10].{10}|[\x02-\x04]\x00\x00[\x00\x01].{9}\{)")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,21 +163,40 @@ class CaptureWriter:
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         self.path = Path(path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        # A special file where the capture should go is refused before anything is opened: a
+        # FIFO would block until somebody reads it.
+        try:
+            existing = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CaptureError(f"cannot create {self.path}: {e.strerror}") from None
+        else:
+            if not stat.S_ISREG(existing.st_mode):
+                raise CaptureError(f"cannot create {self.path}: it is {file_kind(existing.st_mode)}")
+            if not overwrite:
+                raise CaptureError(f"{self.path} already exists (use --overwrite to replace it)")
         #: Where the records go until the first connection: the path itself, or with
         #: ``overwrite`` a temporary name beside it.
         self._open_path = self.path
         if overwrite:
-            if self.path.is_dir():
-                raise CaptureError(f"cannot create {self.path}: it is a directory")
             self._open_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             with contextlib.suppress(FileNotFoundError):
                 self._open_path.unlink()  # left by a recorder of the same pid that was killed
         try:
-            self._fd: int | None = os.open(self._open_path, flags, 0o644)
+            # O_NONBLOCK: something put in the file's place meanwhile fails (ENXIO for a FIFO)
+            # instead of blocking; the descriptor is made blocking once it is a regular file.
+            fd = os.open(self._open_path, flags | os.O_NONBLOCK, 0o644)
         except FileExistsError:
             raise CaptureError(f"{self.path} already exists (use --overwrite to replace it)") from None
         except OSError as e:
             raise CaptureError(f"cannot create {self.path}: {e.strerror}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise CaptureError(f"cannot create {self.path}: it is {file_kind(mode)}")
+        os.set_blocking(fd, True)
+        self._fd: int | None = fd
         self._t0 = time.monotonic()
         self.start = time.time()
         self.header: CaptureHeader | None = None
@@ -178,6 +210,8 @@ class CaptureWriter:
         if t is None:
             t = time.monotonic() - self._t0
         us = max(int(round(t * 1_000_000)), self._last_us)
+        if us > MAX_TIME_US:  # no reader would believe it (and it may not fit the u64)
+            raise CaptureError(f"cannot write {self.path}: record time {t} s is out of range")
         self._last_us = us
         return us
 
@@ -302,19 +336,22 @@ class CaptureReader:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, follow: bool = False, poll: float = 0.2
+        self,
+        path: str | os.PathLike[str],
+        *,
+        follow: bool = False,
+        poll: float = 0.2,
+        salvage: bool = False,
     ) -> None:
         self.path = Path(path)
         self.follow = follow
         self.poll = poll
-        try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
-        except FileNotFoundError:
-            raise CaptureError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise CaptureError(f"{self.path} is a directory, not a capture") from None
-        except OSError as e:
-            raise CaptureError(f"cannot open {self.path}: {e.strerror}") from None
+        #: Read on past damage (from the next record that checks out) instead of raising;
+        #: ``damage`` says what was skipped.
+        self.salvage = salvage
+        #: Damaged regions skipped when salvaging: file offset -> bytes skipped.
+        self.damage: dict[int, int] = {}
+        self._file = open_regular(self.path)
         self.frames = 0
         #: File offset just past the last record handed out (for progress bars).
         self.position = 0
@@ -377,19 +414,21 @@ class CaptureReader:
                 f"{self.path} ends after {_PREAMBLE.size + len(raw)} bytes, inside its "
                 f"{length}-byte header"
             )
+        data = _json_object(raw)
+        if data is None:
+            raise CaptureError(f"{self.path}: header is not a JSON object (corrupt?)")
         try:
-            data = json.loads(raw)
             header = CaptureHeader(
-                protocol=int(data.pop("protocol")),
-                peer_version=int(data.pop("peer_version")),
-                offered=int(data.pop("offered")),
-                scheduler=str(data.pop("scheduler")),
-                start=float(data.pop("start")),
-                icetools=str(data.pop("icetools")),
-                extra=data,
+                protocol=_int_field(data, "protocol"),
+                peer_version=_int_field(data, "peer_version"),
+                offered=_int_field(data, "offered"),
+                scheduler=_str_field(data, "scheduler"),
+                start=_time_field(data, "start"),
+                icetools=_str_field(data, "icetools"),
+                extra={k: v for k, v in data.items() if k not in _HEADER_KEYS},
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CaptureError(f"{self.path}: header is not valid ({e.__class__.__name__})") from None
+        except ValueError as e:
+            raise CaptureError(f"{self.path}: header is not valid: {e}") from None
         _check_protocol(self.path, header.protocol, "header")
         return header
 
@@ -403,35 +442,63 @@ class CaptureReader:
         self._file.close()
 
     def warning(self) -> str | None:
-        """One line for people when a torn tail was ignored, else None."""
-        if not self.torn_bytes:
-            return None
-        return (
-            f"{self.path}: kept {self.frames} frames, ignored {self.torn_bytes} trailing bytes "
-            "of an incomplete record (the recorder was stopped while writing)"
-        )
+        """One line for people when damage was skipped or a torn tail ignored, else None."""
+        parts = []
+        if self.damage:
+            regions = _merged(self.damage)
+            parts.append(
+                f"{self.path}: skipped {sum(n for _, n in regions)} damaged bytes in "
+                f"{len(regions)} region{'s' if len(regions) != 1 else ''} (the first at byte "
+                f"{regions[0][0]}) and kept {self.frames} frames"
+            )
+        if self.torn_bytes:
+            parts.append(
+                f"{self.path}: kept {self.frames} frames, ignored {self.torn_bytes} trailing bytes "
+                "of an incomplete record (the recorder was stopped while writing)"
+            )
+        return "; ".join(parts) or None
 
     def __iter__(self) -> Iterator[Record]:
         """Every record in order. This is the hot path under dump, replay and stats: it reads
         the file in blocks (so memory stays flat however large the file), checks the fixed record
         headers and builds each frame record in one call. When following, an incomplete tail is
-        waited for instead of reported."""
-        base, self._protocol, self.frames = self._start  # base: file offset of tail[0]
+        waited for instead of reported. Damage raises :class:`CaptureDamage`, or when salvaging
+        is skipped (see :meth:`_skip_damage`)."""
+        start, last_us = self._start, 0
+        while True:
+            try:
+                yield from self._records(start, last_us)
+                return
+            except CaptureDamage as e:
+                if not self.salvage:
+                    raise
+                start, last_us = self._skip_damage(e), e.last_us
+
+    def _records(self, start: tuple[int, int, int], last_us: int) -> Iterator[Record]:
+        base, self._protocol, self.frames = start  # base: file offset of tail[0]
         self.ended = False
+        self.torn_bytes = 0
         tail = b""  # the start of a record whose end has not been read yet
-        last_us = 0
         self._file.seek(base)
-        while not self.ended:
-            chunk = self._file.read(READ_BLOCK)
-            if not chunk:
-                if not self.follow:
-                    break
-                time.sleep(self.poll)
-                continue
-            data = tail + chunk if tail else chunk
-            pos, last_us = yield from self._scan(data, 0, len(data), last_us, offset=base)
-            tail = data[pos:]
-            base += pos
+        try:
+            while not self.ended:
+                chunk = self._file.read(READ_BLOCK)
+                if not chunk:
+                    if tail:  # a torn record, or one being written; never damage
+                        self._check_tail(tail, base, last_us)
+                    if not self.follow:
+                        break
+                    time.sleep(self.poll)
+                    continue
+                data = tail + chunk if tail else chunk
+                pos, last_us = yield from self._scan(data, 0, len(data), last_us, offset=base)
+                tail = data[pos:]
+                base += pos
+            if self.ended and not self.follow:
+                self._check_after_end(self.position)
+        except CaptureDamage as e:
+            e.last_us = last_us
+            raise
         self.size = base + len(tail)
         self.torn_bytes = 0 if self.ended else len(tail)
 
@@ -450,7 +517,7 @@ class CaptureReader:
             body_start = pos + header_size
             body_end = body_start + length
             if kind == KIND_FRAME:
-                if not 8 <= length <= MAX_FRAME_BODY or us < last_us:
+                if not 8 <= length <= MAX_FRAME_BODY or not last_us <= us <= MAX_TIME_US:
                     self._check_frame_record(offset + pos, length, us, last_us)
                 if body_end > end:
                     break
@@ -503,7 +570,42 @@ class CaptureReader:
         With ``fields=True`` a handler gets the plain tuple of the message's field values (in its
         class's field order) instead of the message: for handlers that unpack by position, it
         saves making a message object per frame.
+
+        Damage raises :class:`CaptureDamage`; a salvaging reader skips it (see
+        :meth:`_skip_damage`) and goes on, and the result counts what was read on both sides.
         """
+        if not self.salvage:
+            return self._pump(handlers, on_event, until, max_frames, fields, on_undecodable)
+        frames = undecodable = 0
+        last_t: float | None = None
+        while True:
+            left = None if max_frames is None else max_frames - frames
+            try:
+                result = self._pump(handlers, on_event, until, left, fields, on_undecodable)
+            except CaptureDamage as e:
+                done: PumpResult = e.partial  # type: ignore[assignment]
+                frames += done.frames
+                undecodable += done.undecodable
+                last_t = done.last_t if done.last_t is not None else last_t
+                self._start = self._skip_damage(e)
+                continue
+            return PumpResult(
+                frames + result.frames,
+                undecodable + result.undecodable,
+                result.last_t if result.last_t is not None else last_t,
+                result.stopped,
+            )
+
+    def _pump(
+        self,
+        handlers: Mapping[type[Message], Callable[[Any, float], object]],
+        on_event: Callable[[Record], object],
+        until: float | None,
+        max_frames: int | None,
+        fields: bool,
+        on_undecodable: Callable[[FrameRecord], object] | None,
+    ) -> PumpResult:
+        """pump() without salvaging."""
         if self.follow:
             raise ValueError("pump() reads what is in the file; iterate a following reader")
         base, protocol, frames = self._start  # base: file offset of data[0]
@@ -526,79 +628,92 @@ class CaptureReader:
         last_us = 0
         pos = 0
         stopped = "end"
-        while not self.ended:
-            chunk = read(READ_BLOCK)
-            if not chunk:
-                break
-            data = tail + chunk if tail else chunk
-            end = len(data)
-            pos = 0
-            while pos + record_header_size <= end:
-                if pos + frame_header_size <= end:
-                    kind, length, us, frame_length, type_word = frame_record(data, pos)
-                else:  # a short record at the end of the block: no room for a frame header
-                    kind, length, us = event_record(data, pos)
-                    frame_length = type_word = -1
-                body = pos + record_header_size
-                stop = body + length
-                if kind == 1:  # KIND_FRAME
-                    if length > MAX_FRAME_BODY or length < 8 or us < last_us:
-                        self.frames = frames
-                        self._check_frame_record(base + pos, length, us, last_us)
+        try:
+            while not self.ended:
+                chunk = read(READ_BLOCK)
+                if not chunk:
+                    break
+                data = tail + chunk if tail else chunk
+                end = len(data)
+                pos = 0
+                while pos + record_header_size <= end:
+                    if pos + frame_header_size <= end:
+                        kind, length, us, frame_length, type_word = frame_record(data, pos)
+                    else:  # a short record at the end of the block: no room for a frame header
+                        kind, length, us = event_record(data, pos)
+                        frame_length = type_word = -1
+                    body = pos + record_header_size
+                    stop = body + length
+                    if kind == 1:  # KIND_FRAME
+                        if length > MAX_FRAME_BODY or length < 8 or us < last_us or us > MAX_TIME_US:
+                            self.frames = frames
+                            self._check_frame_record(base + pos, length, us, last_us)
+                        if stop > end:
+                            break
+                        if frame_length + 4 != length:
+                            self.frames = frames
+                            self._corrupt(base + pos, "frame length prefix disagrees with its record")
+                        t = us / 1_000_000
+                        if t > stop_after:
+                            stopped = "until"
+                            break
+                        frames += 1
+                        last_us = us
+                        pos = stop
+                        last_t = t
+                        decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers, fields)
+                        try:
+                            msg = decoder(data, body, stop)
+                        except malformed:
+                            msg = None
+                        if msg is None or msg.__class__ is int:
+                            undecodable += 1
+                            if on_undecodable is not None:
+                                on_undecodable(tuple.__new__(FrameRecord, (t, data[body:stop], protocol)))
+                        else:
+                            handler(msg, t)
+                        if frames == limit:
+                            stopped = "max_frames"
+                            break
+                        continue
+                    self.frames = frames
+                    self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
                         break
-                    if frame_length + 4 != length:
-                        self.frames = frames
-                        self._corrupt(base + pos, "frame length prefix disagrees with its record")
-                    t = us / 1_000_000
-                    if t > stop_after:
+                    if us / 1_000_000 > stop_after:
                         stopped = "until"
                         break
-                    frames += 1
                     last_us = us
-                    pos = stop
-                    last_t = t
-                    decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers, fields)
-                    try:
-                        msg = decoder(data, body, stop)
-                    except malformed:
-                        msg = None
-                    if msg is None or msg.__class__ is int:
-                        undecodable += 1
-                        if on_undecodable is not None:
-                            on_undecodable(tuple.__new__(FrameRecord, (t, data[body:stop], protocol)))
+                    if kind < FIRST_OPTIONAL_KIND:
+                        self.frames = frames
+                        record = self._event(kind, us, data[body:stop], base + pos)
+                        pos = stop
+                        self.position = base + pos
+                        last_t = record.t
+                        on_event(record)
+                        if self._protocol != protocol:
+                            protocol = self._protocol
+                            dispatch = tables.setdefault(protocol, {})
+                        if self.ended:
+                            break
                     else:
-                        handler(msg, t)
-                    if frames == limit:
-                        stopped = "max_frames"
-                        break
-                    continue
+                        pos = stop  # an optional record we do not know: skipped
+                if stopped != "end" or self.ended:
+                    break  # stopped inside the block: resume at ``pos``
+                tail = data[pos:]
+                base += pos
+            if stopped == "end" and not self.ended and tail:
                 self.frames = frames
-                self._check_event_record(base + pos, kind, length, us, last_us)
-                if stop > end:
-                    break
-                if us / 1_000_000 > stop_after:
-                    stopped = "until"
-                    break
-                last_us = us
-                if kind < FIRST_OPTIONAL_KIND:
-                    self.frames = frames
-                    record = self._event(kind, us, data[body:stop], base + pos)
-                    pos = stop
-                    self.position = base + pos
-                    last_t = record.t
-                    on_event(record)
-                    if self._protocol != protocol:
-                        protocol = self._protocol
-                        dispatch = tables.setdefault(protocol, {})
-                    if self.ended:
-                        break
-                else:
-                    pos = stop  # an optional record we do not know: skipped
-            if stopped != "end" or self.ended:
-                break  # stopped inside the block: resume at ``pos``
-            tail = data[pos:]
-            base += pos
+                self._check_tail(tail, base, last_us)  # a torn record, not damage
+            if self.ended:
+                self._check_after_end(base + pos)
+        except CaptureDamage as e:
+            # What was done before the damage, for a salvaging pump() to go on from.
+            e.last_us = last_us
+            e.partial = PumpResult(frames - first_frames, undecodable, last_t, "damage")
+            self.frames = frames
+            self._protocol = protocol
+            raise
         if stopped == "end" and not self.ended:
             # The whole file was read: ``tail`` is what is left of an incomplete last record.
             self.size = base + len(tail)
@@ -620,15 +735,43 @@ class CaptureReader:
                 self._corrupt(where, f"unknown record kind 0x{kind:02x}")
             if length > MAX_JSON_BODY:
                 self._corrupt(where, f"event record of {length} bytes")
-        if us < last_us:
-            self._corrupt(where, "record time goes backwards")
+        elif length > MAX_OPTIONAL_BODY:
+            self._corrupt(where, f"optional record (kind 0x{kind:02x}) of {length} bytes")
+        self._check_time(where, us, last_us)
 
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
         """Raise for a frame record header that cannot be right (both readers' check)."""
         if not 8 <= length <= MAX_FRAME_BODY:
             self._corrupt(where, f"frame record of {length} bytes")
+        self._check_time(where, us, last_us)
+
+    def _check_time(self, where: int, us: int, last_us: int) -> None:
         if us < last_us:
             self._corrupt(where, "record time goes backwards")
+        if us > MAX_TIME_US:
+            self._corrupt(where, f"record time {us} µs is implausible")
+
+    def _check_tail(self, tail: bytes, where: int, last_us: int) -> None:
+        """The file ends inside the record at ``where`` (whose bytes so far are ``tail``): that
+        is a torn tail only if ``tail`` can be the start of a record; else it is damage."""
+        problem = torn_problem(tail, last_us)
+        if problem is not None:
+            self._corrupt(where, f"{problem}, in a record cut short by the end of the file")
+
+    def _check_after_end(self, position: int) -> None:
+        """Nothing may follow the end record: bytes after it are damage (an end record is only
+        ever written last)."""
+        size = os.fstat(self._file.fileno()).st_size
+        if size > position:
+            self._corrupt(position, f"{size - position} bytes follow the end record")
+
+    def _skip_damage(self, damage: CaptureDamage) -> tuple[int, int, int]:
+        """Where a salvaging reader goes on after ``damage``: the next record that checks out
+        (or the end of the file), noting the bytes skipped."""
+        resume = resync(self._file, damage.offset + 1, damage.last_us)
+        self.damage[damage.offset] = resume - damage.offset
+        self.position = resume
+        return (resume, self._protocol, self.frames)
 
     @staticmethod
     def _dispatch_miss(
@@ -648,46 +791,274 @@ class CaptureReader:
         return entry
 
     def _event(self, kind: int, us: int, raw: bytes, where: int) -> Record:
-        """A connect, disconnect or end record from its JSON body."""
+        """A connect, disconnect or end record from its JSON body (strictly: the documented
+        fields with their JSON types, or the record is damage)."""
         t = us / 1_000_000
-        try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise ValueError
-        except ValueError:
+        body = _json_object(raw)
+        if body is None:
             self._corrupt(where, "event record is not a JSON object")
         try:
             if kind == KIND_CONNECT:
                 record: Record = ConnectRecord(
                     t,
-                    int(body["protocol"]),
-                    int(body["peer_version"]),
-                    int(body.get("offered", 0)),
-                    str(body.get("scheduler", "")),
-                    bool(body.get("reconnect", False)),
+                    _int_field(body, "protocol"),
+                    _int_field(body, "peer_version"),
+                    _int_field(body, "offered", 0),
+                    _str_field(body, "scheduler", ""),
+                    _bool_field(body, "reconnect", False),
                 )
             elif kind == KIND_DISCONNECT:
-                record = DisconnectRecord(t, str(body.get("reason", "")))
+                record = DisconnectRecord(t, _str_field(body, "reason", ""))
             else:
-                record = EndRecord(t, int(body.get("frames", 0)), str(body.get("reason", "")))
-                self.ended = True
-        except (KeyError, ValueError, TypeError):
-            self._corrupt(where, "event record lacks its fields")
+                record = EndRecord(t, _int_field(body, "frames", 0), _str_field(body, "reason", ""))
+        except ValueError as e:
+            self._corrupt(where, f"event record is not valid: {e}")
         if kind == KIND_CONNECT:
-            _check_protocol(self.path, record.protocol, f"connect record at {t:.6f} s")
+            if not MIN_PROTOCOL_VERSION <= record.protocol <= MAX_SANE_PROTOCOL:
+                self._corrupt(where, f"connect record names protocol {record.protocol}, which icecream never spoke")
             self._protocol = record.protocol
+        elif kind == KIND_END:
+            self.ended = True
         return record
 
     def _corrupt(self, pos: int, what: str) -> NoReturn:
-        raise CaptureError(
+        raise CaptureDamage(
             f"corrupt capture {self.path} at byte {pos}: {what} "
-            f"(kept {self.frames} frames before it)"
+            f"(kept {self.frames} frames before it; --salvage reads on past damage)",
+            pos,
         )
 
 
 def _check_protocol(path: Path, protocol: int, where: str) -> None:
     if not MIN_PROTOCOL_VERSION <= protocol <= MAX_SANE_PROTOCOL:
         raise CaptureError(f"{path}: {where} names protocol {protocol}, which icecream never spoke")
+
+
+# ------------------------------------------------------------------------------------------
+# Reading helpers: opening, strict JSON, telling a torn tail from damage, resynchronising
+
+
+def file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading. Anything else (a FIFO, socket, device or directory) is
+    an error at once: it is stat()ed first and opened with O_NONBLOCK, so that neither a FIFO
+    without a writer nor one swapped in after the stat can block the open."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such file") from None
+    except OSError as e:
+        raise CaptureError(f"cannot open {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise CaptureError(f"{path} is {file_kind(mode)}, not a capture file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise CaptureError(f"cannot open {path}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CaptureError(f"{path} is {file_kind(mode)}, not a capture file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+#: Strict JSON: NaN, Infinity and -Infinity are not JSON, whatever Python's json accepts.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_HEADER_KEYS = frozenset(("protocol", "peer_version", "offered", "scheduler", "start", "icetools"))
+_REQUIRED: Any = object()
+_JSON_TEXT_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` as a JSON object (strict UTF-8, no NaN/Infinity, nesting Python can parse), or
+    None if it is not one."""
+    try:
+        value = _JSON_DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return None
+    return value if type(value) is dict else None
+
+
+def _int_field(data: dict[str, Any], key: str, default: Any = _REQUIRED, limit: int = 1 << 63) -> int:
+    """An integer field: a JSON integer from 0 below ``limit``, not a float or a boolean."""
+    value = data.get(key, default)
+    if value is _REQUIRED:
+        raise ValueError(f"no {key!r}")
+    if type(value) is not int or not 0 <= value < limit:
+        raise ValueError(f"{key!r} is {_shown(value)}, not a count")
+    return value
+
+
+def _str_field(data: dict[str, Any], key: str, default: Any = _REQUIRED) -> str:
+    value = data.get(key, default)
+    if value is _REQUIRED:
+        raise ValueError(f"no {key!r}")
+    if type(value) is not str:
+        raise ValueError(f"{key!r} is {_shown(value)}, not a string")
+    return value
+
+
+def _bool_field(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if type(value) is not bool:
+        raise ValueError(f"{key!r} is {_shown(value)}, not true or false")
+    return value
+
+
+def _time_field(data: dict[str, Any], key: str) -> float:
+    value = data.get(key, _REQUIRED)
+    if value is _REQUIRED:
+        raise ValueError(f"no {key!r}")
+    if type(value) not in (int, float) or not 0 <= value < 1e12:  # 1e12 s: year 33658
+        raise ValueError(f"{key!r} is {_shown(value)}, not a time")
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    """A JSON value in a few characters, for an error message."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def torn_problem(tail: bytes, last_us: int = 0) -> str | None:
+    """Why ``tail`` (the bytes from a record's start to the end of the file, fewer than the
+    record needs) cannot be the start of a record cut short, or None if it can. The header
+    must be plausible as far as it goes (a known kind, a length within the limits, a time no
+    earlier than ``last_us``), a frame's own length prefix must agree with its record, and the
+    start of a JSON body must be the start of UTF-8 JSON text."""
+    kind = tail[0]
+    if kind < FIRST_OPTIONAL_KIND and kind not in (KIND_FRAME, KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+        return f"unknown record kind 0x{kind:02x}"
+    if len(tail) < 5:
+        return None
+    (length,) = _BE32.unpack_from(tail, 1)
+    if kind == KIND_FRAME and not 8 <= length <= MAX_FRAME_BODY:
+        return f"frame record of {length} bytes"
+    if kind < FIRST_OPTIONAL_KIND and kind != KIND_FRAME and length > MAX_JSON_BODY:
+        return f"event record of {length} bytes"
+    if kind >= FIRST_OPTIONAL_KIND and length > MAX_OPTIONAL_BODY:
+        return f"optional record (kind 0x{kind:02x}) of {length} bytes"
+    if len(tail) < RECORD_HEADER_SIZE:
+        return None
+    _, _, us = _RECORD.unpack_from(tail)
+    if us < last_us:
+        return "record time goes backwards"
+    if us > MAX_TIME_US:
+        return f"record time {us} µs is implausible"
+    body = tail[RECORD_HEADER_SIZE:]
+    if kind == KIND_FRAME:
+        if len(body) >= 4 and _BE32.unpack_from(body)[0] + 4 != length:
+            return "frame length prefix disagrees with its record"
+    elif kind < FIRST_OPTIONAL_KIND and body:
+        if body[:1] != b"{":
+            return "event record is not a JSON object"
+        try:  # not final: the cut may fall inside a character
+            text = codecs.getincrementaldecoder("utf-8")().decode(body, final=False)
+        except UnicodeDecodeError:
+            return "event record is not UTF-8 text"
+        if _JSON_TEXT_BAD.search(text):
+            return "event record is not JSON text"
+    return None
+
+
+def _record_checks_out(buf: bytes, pos: int, min_us: int, at_eof: bool) -> int | None:
+    """If a frame, connect, disconnect or end record that checks out (header within the limits,
+    time from ``min_us``, a frame's own length prefix agreeing, a JSON object for a body)
+    starts at ``buf[pos]``, where it ends; -1 if a torn tail starts there; else None."""
+    if len(buf) - pos < RECORD_HEADER_SIZE:
+        return -1 if at_eof and torn_problem(buf[pos:], min_us) is None else None
+    kind, length, us = _RECORD.unpack_from(buf, pos)
+    if kind == KIND_FRAME:
+        if not 8 <= length <= MAX_FRAME_BODY:
+            return None
+    elif kind in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+        if length > MAX_JSON_BODY:
+            return None
+    else:
+        return None  # an optional record cannot be checked: not a place to resume at
+    if not min_us <= us <= MAX_TIME_US:
+        return None
+    end = pos + RECORD_HEADER_SIZE + length
+    if end > len(buf):
+        return -1 if at_eof and torn_problem(buf[pos:], min_us) is None else None
+    body = buf[pos + RECORD_HEADER_SIZE : end]
+    if kind == KIND_FRAME:
+        if _BE32.unpack_from(body)[0] + 4 != length:
+            return None
+    elif _json_object(body) is None:
+        return None
+    return end
+
+
+#: Records that must check out in a row (or reach the end of the file) where a salvaging
+#: reader resumes: one alone may be bytes of the damage that happen to look like a record.
+RESYNC_RECORDS = 2
+
+
+def resync(file: BinaryIO, offset: int, min_us: int = 0) -> int:
+    """The file offset of the first place at or after ``offset`` where records that check out
+    follow one another (:data:`RESYNC_RECORDS` of them, or up to the end of the file, or to a
+    torn tail), or the file's size if there is none. The slow path of salvaging: candidates
+    are found with a regular expression, each checked in Python."""
+    size = os.fstat(file.fileno()).st_size
+    reach = RESYNC_RECORDS * (RECORD_HEADER_SIZE + MAX_FRAME_BODY)  # what one check may read
+    while offset < size:
+        file.seek(offset)
+        buf = file.read(READ_BLOCK + reach)
+        at_eof = offset + len(buf) >= size
+        scan_to = len(buf) if at_eof else READ_BLOCK
+        for match in _RECORD_START.finditer(buf):
+            pos = match.start()
+            if pos >= scan_to:
+                break
+            at, us = pos, min_us
+            for _ in range(RESYNC_RECORDS):
+                end = _record_checks_out(buf, at, us, at_eof)
+                if end is None:
+                    break
+                if end == -1 or (end == len(buf) and at_eof):
+                    end = len(buf)
+                    break
+                us = _RECORD.unpack_from(buf, at)[2]
+                at = end
+            else:
+                return offset + pos
+            if end is not None and end == len(buf):
+                return offset + pos
+        if at_eof:
+            break
+        offset += scan_to
+    return size
+
+
+def _merged(regions: dict[int, int]) -> list[tuple[int, int]]:
+    """Skipped regions (offset -> length), adjacent or overlapping ones merged, in order."""
+    out: list[tuple[int, int]] = []
+    for start, length in sorted(regions.items()):
+        if out and start <= out[-1][0] + out[-1][1]:
+            first, n = out[-1]
+            out[-1] = (first, max(n, start + length - first))
+        else:
+            out.append((start, length))
+    return out
 
 
 def read_all(path: str | os.PathLike[str]) -> tuple[CaptureHeader, list[Record], CaptureReader]:

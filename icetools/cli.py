@@ -29,10 +29,10 @@ from .errors import IcetoolsError, OptionError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
 from .progress import Progress
-from .render import TYPE_NAMES, Dumper
+from .render import TYPE_NAMES, Dumper, printable
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
-from .index import state_at
+from .index import open_at
 from .stats import render_report
 from .stats import report as stats_report
 
@@ -44,7 +44,29 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 
 def warn(message: str) -> None:
-    click.echo(f"icetools: warning: {message}", err=True)
+    click.echo(f"icetools: warning: {printable(message)}", err=True)
+
+
+#: Path arguments are checked by icetools itself (CaptureReader, CaptureWriter), which reports
+#: a problem as its one-line error with exit status 1; click's own checks would answer with a
+#: usage error (exit 2) instead, and only for some of the problems.
+PATH = click.Path(path_type=Path, readable=False)
+
+_salvage_option = click.option(
+    "--salvage",
+    is_flag=True,
+    help="Read on past damage in the capture (from the next record that checks out) and say "
+    "how much was skipped, instead of stopping with an error.",
+)
+
+
+def _text_output() -> None:
+    """Text that came from the network or a file may hold lone surrogates (undecodable bytes,
+    a bad JSON escape): write them as backslash escapes (``\\udcff``, which is also the JSON
+    escape) rather than fail in the middle of the output."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -150,7 +172,7 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PATH,
     help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}).",
 )
 @click.option(
@@ -244,7 +266,7 @@ def _type_filter(types: tuple[str, ...]) -> set[str] | None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per message.")
 @click.option(
     "--follow", "-f", is_flag=True, help="Keep reading as the file grows (until the recording ends)."
@@ -257,7 +279,8 @@ def _type_filter(types: tuple[str, ...]) -> set[str] | None:
     help="Only these message types (e.g. MON_JOB_DONE, MON_STATS, connect); repeat or "
     "separate with commas.",
 )
-def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> None:
+@_salvage_option
+def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...], salvage: bool) -> None:
     """Decode a capture: one line per message, for people or (--json) for machines.
 
     Each JSON line has "t" (seconds since the recording started), "type" (icecream's name of
@@ -272,7 +295,8 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> Non
       icetools dump --follow live.icecap     # while icetools record writes it
     """
     dumper = Dumper(as_json=as_json, wanted=_type_filter(types))
-    with CaptureReader(file, follow=follow) as reader:
+    _text_output()
+    with CaptureReader(file, follow=follow, salvage=salvage) as reader:
         out = sys.stdout
         if follow:
             for line in dumper.lines(reader):
@@ -312,8 +336,17 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...]) -> Non
 DEMO = Path(__file__).resolve().parent / "data" / "demo.icecap"
 
 
-def _open_capture(file: Path | None) -> CaptureReader:
-    return CaptureReader(DEMO if file is None else file)
+def _open_capture(file: Path | None, salvage: bool = False) -> CaptureReader:
+    return CaptureReader(DEMO if file is None else file, salvage=salvage)
+
+
+def _check_capture(file: Path, salvage: bool) -> None:
+    """Read a whole capture once before serving it, so that a capture that cannot be read is
+    an error before anything listens (and its warnings are said once, at the start)."""
+    with CaptureReader(file, salvage=salvage) as reader:
+        for _ in reader:
+            pass
+        _finish_reading(reader, 0)
 
 
 def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skipped") -> None:
@@ -324,7 +357,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.argument("file", type=PATH, required=False)
 @click.option(
     "--speed",
     type=FiniteFloatRange(min=0, min_open=True),
@@ -377,6 +410,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
     help="Finished jobs to keep in the model (aggregates count them all).",
 )
 @_web_options
+@_salvage_option
 def replay(
     file: Path | None,
     speed: float,
@@ -393,6 +427,7 @@ def replay(
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
     max_clients: int,
+    salvage: bool,
 ) -> None:
     """Drive the cluster model from a recording and print the cluster at the end (or at --until).
 
@@ -416,21 +451,28 @@ def replay(
         raise click.UsageError("--listen goes with --serve or --as-scheduler")
     if not serve and (allow_origins or allow_hosts or max_clients != SERVE_MAX_CLIENTS):
         raise click.UsageError("--allow-origin, --allow-host and --max-clients go with --serve")
-    if serve:
-        web = {"allow_origins": allow_origins, "allow_hosts": allow_hosts, "max_clients": max_clients}
-        _serve_replay(DEMO if file is None else file, speed, listen or DEFAULT_LISTEN, web)
-        return
-    if as_scheduler:
-        _stand_in(DEMO if file is None else file, speed, listen or STANDIN_LISTEN, start, loop, netname)
+    _text_output()
+    if serve or as_scheduler:
+        path = DEMO if file is None else file
+        _check_capture(path, salvage)
+        if serve:
+            web = {"allow_origins": allow_origins, "allow_hosts": allow_hosts, "max_clients": max_clients}
+            _serve_replay(path, speed, listen or DEFAULT_LISTEN, web, salvage)
+        else:
+            _stand_in(path, speed, listen or STANDIN_LISTEN, start, loop, netname, salvage)
         return
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
-    if until is not None and (fast or not live) and max_finished == DEFAULT_MAX_FINISHED:
-        # A moment of the recording: from the seek index (built on the first such call).
-        monitor = state_at(DEMO if file is None else file, until)
-        click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
-        return
-    with _open_capture(file) as reader:
+    if until is not None and not live:
+        if max_finished == DEFAULT_MAX_FINISHED and not salvage:
+            # A moment of the recording: from the seek index (built on the first such call).
+            with _open_capture(file) as reader:
+                monitor, _ = open_at(reader, until)
+                click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
+                _finish_reading(reader, 0)
+            return
+        fast = True  # the same moment, replayed from the start (a salvaging read counts damage)
+    with _open_capture(file, salvage) as reader:
         if live:
             result = _replay_live(monitor, reader, speed, until)
         else:
@@ -461,7 +503,7 @@ def _announce(host: str, port: int, what: str) -> None:
     click.echo(f"icetools: {what} at http://{shown}:{port}/  (Ctrl-C to stop)", err=True)
 
 
-def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any]) -> None:
+def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any], salvage: bool) -> None:
     import asyncio
 
     from .server import ClusterServer, ReplayDriver, Status, run_until_stopped
@@ -472,16 +514,18 @@ def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any]) ->
 
     async def main() -> None:
         server = ClusterServer(monitor, status, **web)
-        driver = ReplayDriver(file, status, server.hub, speed=speed)
+        driver = ReplayDriver(file, status, server.hub, speed=speed, salvage=salvage)
         server.commands = driver.command
         await run_until_stopped(
-            server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {file.name}")
+            server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {printable(file.name)}")
         )
 
     asyncio.run(main())
 
 
-def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None) -> None:
+def _stand_in(
+    file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None, salvage: bool
+) -> None:
     import asyncio
 
     from .defaults import SCHEDULER_PORT
@@ -489,8 +533,8 @@ def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, n
 
     host, port = _listen_address(listen, default_port=SCHEDULER_PORT)
     standin = StandIn(
-        file, speed=speed, start=start, loop=loop, netname=netname,
-        on_event=lambda line: click.echo(f"icetools: {line}", err=True),
+        file, speed=speed, start=start, loop=loop, netname=netname, salvage=salvage,
+        on_event=lambda line: click.echo(f"icetools: {printable(line)}", err=True),
     )
 
     async def main() -> None:
@@ -498,8 +542,9 @@ def _stand_in(file: Path, speed: float, listen: str, start: float, loop: bool, n
 
         bound = await standin.start(host, port)
         click.echo(
-            f"icetools: standing in for the scheduler of {file.name} on {host}:{bound} "
-            f"(protocol {standin.version}{', netname ' + netname if netname else ''}); Ctrl-C to stop",
+            f"icetools: standing in for the scheduler of {printable(file.name)} on {host}:{bound} "
+            f"(protocol {standin.version}{', netname ' + printable(netname) if netname else ''}); "
+            "Ctrl-C to stop",
             err=True,
         )
         stop = asyncio.Event()
@@ -531,9 +576,10 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
-def stats(file: Path, as_json: bool) -> None:
+@_salvage_option
+def stats(file: Path, as_json: bool, salvage: bool) -> None:
     """What happened in a recording: per host and for the whole cluster.
 
     Per host: jobs compiled for others, jobs submitted, local jobs, failures (jobs compiled
@@ -547,7 +593,8 @@ def stats(file: Path, as_json: bool) -> None:
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
     """
     monitor = Monitor()
-    with _open_capture(file) as reader:
+    _text_output()
+    with _open_capture(file, salvage) as reader:
         result = replay_file(monitor, reader, progress_stream=sys.stderr)
         report = stats_report(monitor)
         if as_json:
@@ -569,7 +616,7 @@ def stats(file: Path, as_json: bool) -> None:
 @click.option(
     "--record",
     "record_to",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=PATH,
     metavar="FILE",
     help="Also record everything the scheduler sends to FILE.",
 )
@@ -635,10 +682,11 @@ def serve(
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=PATH)
+@click.argument("target", type=PATH)
 @click.option("--overwrite", is_flag=True, help="Replace TARGET if it exists.")
-def anonymize(source: Path, target: Path, overwrite: bool) -> None:
+@_salvage_option
+def anonymize(source: Path, target: Path, overwrite: bool, salvage: bool) -> None:
     """Rewrite host names, addresses and file paths so a recording can go into a bug report.
 
     The same host keeps the same pseudonym everywhere and paths keep their shape and
@@ -651,12 +699,12 @@ def anonymize(source: Path, target: Path, overwrite: bool) -> None:
     """
     from .anonymize import anonymize as run_anonymize
 
-    anon, undecodable, warning = run_anonymize(source, target, overwrite=overwrite)
+    anon, undecodable, warning = run_anonymize(source, target, overwrite=overwrite, salvage=salvage)
     if warning is not None:
         warn(warning)
     if undecodable:
         warn(f"{undecodable} frames could not be decoded and were copied unchanged: check them before sharing")
-    click.echo(f"icetools: {target}: {anon.summary()}", err=True)
+    click.echo(f"icetools: {printable(str(target))}: {anon.summary()}", err=True)
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -779,7 +827,8 @@ def main() -> None:
         # errors can be shown as one line here.
         code = cli.main(standalone_mode=False)
     except IcetoolsError as e:
-        click.echo(f"icetools: error: {e}", err=True)
+        # Escaped: the message may quote a file name or text from a capture or the network.
+        click.echo(f"icetools: error: {printable(str(e))}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("icetools: aborted", err=True)

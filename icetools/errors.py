@@ -54,6 +54,19 @@ class CaptureError(IcetoolsError):
     """A capture file is missing, not a capture, or damaged beyond its torn tail."""
 
 
+class CaptureDamage(CaptureError):
+    """A capture is damaged at byte ``offset`` (and not merely cut short at its end): what a
+    salvaging reader skips."""
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+        #: Set by the reading loop that met the damage: the time of the last good record (µs)
+        #: and, for pump(), what it had done before it (a PumpResult).
+        self.last_us = 0
+        self.partial: object = None
+
+
 class NewerFormatError(CaptureError):
     """The capture was written by a newer icetools with a format this one cannot read."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -56,17 +57,19 @@ def index_path(capture: Path) -> Path:
 
 def load(capture: Path) -> list[Checkpoint] | None:
     """The checkpoints of ``capture``'s index, or None when there is none (or it is unusable)."""
+    path = index_path(capture)
     try:
-        data = index_path(capture).read_bytes()
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO there would block the read
+            return None
+        data = path.read_bytes()
     except OSError:
         return None
     if not data.startswith(INDEX_MAGIC):
         return None
     try:
-        checkpoints = pickle.loads(zlib.decompress(data[len(INDEX_MAGIC) :]))
-    except Exception:  # noqa: BLE001 - a damaged cache entry is simply rebuilt
+        return [Checkpoint(*c) for c in pickle.loads(zlib.decompress(data[len(INDEX_MAGIC) :]))]
+    except Exception:  # noqa: BLE001 - a damaged cache entry (of any shape) is simply rebuilt
         return None
-    return [Checkpoint(*c) for c in checkpoints]
 
 
 def _save(capture: Path, checkpoints: list[Checkpoint]) -> None:
@@ -111,11 +114,13 @@ def state_at(capture: Path, t: float | None, *, build_missing: bool = True) -> M
 def open_at(
     reader: CaptureReader, t: float | None, *, build_missing: bool = True
 ) -> tuple[Monitor, Iterator[Record]]:
-    """The Monitor at ``t`` and an iterator over the records after ``t`` (to play on from)."""
+    """The Monitor at ``t`` and an iterator over the records after ``t`` (to play on from).
+    A salvaging reader replays from the start: an index is only built from a capture that
+    reads without damage, and the reader must meet (and count) the damage itself."""
     capture = reader.path
     monitor = Monitor()
-    checkpoints = load(capture)
-    if checkpoints is None and build_missing:
+    checkpoints = None if reader.salvage else load(capture)
+    if checkpoints is None and build_missing and not reader.salvage:
         checkpoints = build(capture)
     usable = [c for c in checkpoints or () if t is None or c.t <= t]
     if usable:

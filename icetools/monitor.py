@@ -335,6 +335,16 @@ _STAT_KEYS: dict[str, str | tuple[str, str]] = {
     "FreeMem": ("_free_mem", "int"),
 }
 _LOAD_AVG_KEYS = ("LoadAvg1", "LoadAvg5", "LoadAvg10")
+
+
+def _finite_float(text: str) -> float:
+    """A reported number that JSON can carry: "inf" or "nan" (or "1e400") is malformed."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
 _APPLIERS: dict[tuple[str, ...], Callable[..., None]] = {}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -14,6 +15,30 @@ from .messages import LANG_NAMES, Message, MsgType
 #: Names accepted by ``dump --type``: every message type, and the connection events.
 EVENT_NAMES = ("connect", "disconnect", "end")
 TYPE_NAMES = tuple(t.name for t in MsgType) + EVENT_NAMES + ("UNDECODABLE",)
+
+
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (decoded with surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal: control characters (C0, DEL, C1: the start of every
+    terminal escape sequence) and lone surrogates (bytes that were not UTF-8) as backslash
+    escapes. For every text that came from the network or a file (host and file names, reasons,
+    paths) on its way to a terminal or into text output; JSON output stays exact instead."""
+    if text.isprintable():
+        return text
+    return _UNSAFE.sub(_escape, text)
 
 
 def _json_value(value: Any) -> Any:
@@ -166,7 +191,11 @@ def _size(n: int) -> str:
 
 
 def describe(msg: Message) -> str:
-    """The fields that matter for people, on one line."""
+    """The fields that matter for people, on one line (escaped: see :func:`printable`)."""
+    return printable(_describe(msg))
+
+
+def _describe(msg: Message) -> str:
     if isinstance(msg, messages.MonGetCS):
         lang = LANG_NAMES.get(msg.lang, f"lang {msg.lang}")
         return f"job {msg.job_id}  from host {msg.client_id}  {lang}  {msg.filename}"
@@ -199,6 +228,11 @@ def describe(msg: Message) -> str:
 
 
 def text_line(item: Decoded) -> str:
+    """A record as a line for people (escaped: see :func:`printable`)."""
+    return printable(_text_line(item))
+
+
+def _text_line(item: Decoded) -> str:
     rec = item.record
     stamp = f"{rec.t:10.3f}"
     if isinstance(rec, FrameRecord):

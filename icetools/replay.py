@@ -17,6 +17,7 @@ from .capture import CaptureReader, ConnectRecord, DisconnectRecord, FrameRecord
 from .errors import ProtocolError
 from .monitor import JobState, Monitor
 from .progress import Progress
+from .render import printable
 
 
 @dataclasses.dataclass(slots=True)
@@ -181,7 +182,7 @@ def render_state(monitor: Monitor) -> str:
         c = host.counters
         jobs = f"{len(host.jobs_as_server)}/{host.max_jobs}"
         lines.append(
-            f"{host.id:>4}  {host.name[:16]:<16} {host.ip[:15]:<15} "
+            f"{host.id:>4}  {printable(host.name)[:16]:<16} {printable(host.ip)[:15]:<15} "
             f"{'online' if host.online else 'offline':<7} {jobs:>7} {host.load:>5} {host.speed:>8.1f}  "
             f"{c.compiled:>8} {c.submitted:>9} {c.local:>6} {c.failed:>6}"
         )
@@ -189,11 +190,11 @@ def render_state(monitor: Monitor) -> str:
     waiting = len(monitor.jobs) - len(running)
     lines.append("")
     lines.append(f"running jobs: {len(running)}, waiting: {waiting}")
-    names = {h.id: h.name or f"#{h.id}" for h in monitor.hosts.values()}
+    names = {h.id: printable(h.name) or f"#{h.id}" for h in monitor.hosts.values()}
     for job in sorted(running, key=lambda j: j.id)[:20]:
         since = monitor.now - (job.started or monitor.now)
         kind = "local" if job.local else f"{names.get(job.client_id, '?')} -> {names.get(job.server_id, '?')}"
-        lines.append(f"  {job.id:>6}  {kind:<24} {since:6.1f} s  {job.file}")
+        lines.append(f"  {job.id:>6}  {kind:<24} {since:6.1f} s  {printable(job.file)}")
     if len(running) > 20:
         lines.append(f"  ... and {len(running) - 20} more")
     t = monitor.totals

@@ -772,8 +772,11 @@ class _CountedConnection(ServerConnection):
 class ReplayDriver:
     """Plays a capture into the Monitor in recorded time, with pause, speed and seek."""
 
-    def __init__(self, path: Path, server_status: Status, hub: Hub, speed: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, server_status: Status, hub: Hub, speed: float = 1.0, *, salvage: bool = False
+    ) -> None:
         self.path = path
+        self.salvage = salvage
         self.status = server_status
         self.hub = hub
         self.status.speed = speed
@@ -782,7 +785,7 @@ class ReplayDriver:
         self.status.connected = True
         self._wake = asyncio.Event()
         self._seek_to: float | None = None
-        self.reader = CaptureReader(path)
+        self.reader = CaptureReader(path, salvage=salvage)
         self.status.protocol = self.reader.header.protocol
 
     def command(self, command: dict[str, Any]) -> str | None:
@@ -810,7 +813,7 @@ class ReplayDriver:
 
     def _duration(self) -> float:
         last = 0.0
-        with CaptureReader(self.path) as reader:
+        with CaptureReader(self.path, salvage=self.salvage) as reader:
             for record in reader:
                 last = record.t
         return last

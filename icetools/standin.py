@@ -88,14 +88,16 @@ class StandIn:
         loop: bool = False,
         netname: str | None = None,
         on_event: Callable[[str], None] | None = None,
+        salvage: bool = False,
     ) -> None:
         self.path = path
+        self.salvage = salvage
         self.speed = speed
         self.start_at = start
         self.loop = loop
         self.netname = netname
         self.on_event = on_event or (lambda line: None)
-        with CaptureReader(path) as reader:
+        with CaptureReader(path, salvage=salvage) as reader:
             self.header = reader.header
         # Offer what the recorded scheduler offered (its maximum), as it would have.
         self.version = max(self.header.peer_version, self.header.protocol)
@@ -250,7 +252,7 @@ class StandIn:
     def _frames(self, start: float, with_login: bool) -> Iterator[tuple[float, bytes, int]]:
         """(time, frame, its protocol) from ``start`` on; from a later start, the hosts as they
         stood then come first, as the real scheduler sends them on login."""
-        reader = CaptureReader(self.path)
+        reader = CaptureReader(self.path, salvage=self.salvage)
         try:
             if start > 0:
                 state, records = open_at(reader, start)

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from .monitor import HostCounters, Monitor
+from .render import printable
 
 BUSIEST_HOSTS = 5
 
@@ -102,6 +103,7 @@ def report(monitor: Monitor) -> dict[str, Any]:
 
 
 def render_report(report: dict[str, Any]) -> str:
+    """The report as text for people; names and files escaped (see :func:`printable`)."""
     jobs = report["jobs"]
     lines = [
         f"{report['duration']:.1f} s: {jobs['remote']} remote jobs ({jobs['failed']} failed, "
@@ -117,12 +119,12 @@ def render_report(report: dict[str, Any]) -> str:
         mean = "-" if h["mean_msec"] is None else f"{h['mean_msec']:.0f}"
         p95 = "-" if h["p95_msec"] is None else str(h["p95_msec"])
         lines.append(
-            f"{h['name'][:16]:<16} {h['compiled']:>8} {h['submitted']:>9} {h['local']:>6} {h['failed']:>6} "
+            f"{printable(h['name'])[:16]:<16} {h['compiled']:>8} {h['submitted']:>9} {h['local']:>6} {h['failed']:>6} "
             f"{mean:>8} {p95:>7} {h['in_bytes'] / 1048576:>7.1f} {h['out_bytes'] / 1048576:>8.1f}"
         )
     if report["busiest_hosts"]:
-        lines += ["", "busiest: " + ", ".join(f"{h['name']} ({h['compiled']})" for h in report["busiest_hosts"])]
+        lines += ["", "busiest: " + ", ".join(f"{printable(h['name'])} ({h['compiled']})" for h in report["busiest_hosts"])]
     if report["slowest_files"]:
         lines += ["", "slowest compiles:"]
-        lines += [f"  {f['real_msec']:>7} ms  {f['host']:<12} {f['file']}" for f in report["slowest_files"]]
+        lines += [f"  {f['real_msec']:>7} ms  {printable(f['host']):<12} {printable(f['file'])}" for f in report["slowest_files"]]
     return "\n".join(lines)

@@ -3,6 +3,10 @@ icetools' own errors, never hang, and never return a silently empty result."""
 
 from __future__ import annotations
 
+import os
+import re
+import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from icetools import messages as m
-from icetools.capture import CaptureReader, CaptureWriter
+from icetools.capture import MAGIC, CaptureReader, CaptureWriter
 from icetools.errors import CaptureError, IcetoolsError
 from icetools.protocol import NEED_DATA, Channel
 
@@ -101,3 +105,197 @@ def test_capture_reader_raises_only_capture_errors(tmp_path_factory, data: bytes
     # A file that reads without error either has records or says why it has fewer.
     if len(data) > len(SAMPLE_CAPTURE) // 2 and data[:14] == SAMPLE_CAPTURE[:14]:
         assert records or reader.torn_bytes
+
+
+# ---- every reading command over damaged real recordings ------------------------------------
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+#: The reading commands, each with and without --salvage where it has it. ``{until}`` is a
+#: moment in the middle of the recording.
+READING_COMMANDS = [
+    ["dump"], ["dump", "--json"], ["dump", "--salvage"],
+    ["stats"], ["stats", "--json", "--salvage"],
+    ["replay", "--fast"], ["replay", "--fast", "--salvage"], ["replay", "--fast", "--until", "{until}"],
+    ["replay", "--json", "--until", "{until}", "--salvage"],  # not --fast: a moment, not a pace
+    ["anonymize"], ["anonymize", "--salvage"],
+]
+RUN_TIMEOUT = 20.0
+#: One run in this many is a real subprocess (the rest run cli.main in-process, ten times faster).
+SUBPROCESS_EVERY = 8
+FUZZ_SEED = 20261201
+
+
+class _Hang(BaseException):
+    pass
+
+
+def _run_in_process(args: list[str]) -> tuple[object, str, str]:
+    """cli.main() as ``icetools ARGS`` would run it: (exit status, stdout, stderr); the status is
+    "hang" past RUN_TIMEOUT and "traceback" for an exception that escaped main()."""
+    import io
+    import signal
+    import traceback
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from icetools.cli import main
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+
+    def alarm(*_: object) -> None:
+        raise _Hang
+
+    old_argv, old_handler = sys.argv, signal.signal(signal.SIGALRM, alarm)
+    sys.argv = ["icetools", *args]
+    status: object = 0
+    signal.setitimer(signal.ITIMER_REAL, RUN_TIMEOUT)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        status = e.code if e.code is not None else 0
+    except _Hang:
+        status = "hang"
+    except BaseException:  # noqa: BLE001 - what the user would have seen as a traceback
+        status = "traceback"
+        err.write(traceback.format_exc())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        sys.argv = old_argv
+    out.flush()
+    err.flush()
+    return status, out.buffer.getvalue().decode(errors="replace"), err.buffer.getvalue().decode(errors="replace")
+
+
+def _run_subprocess(args: list[str]) -> tuple[object, str, str]:
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "icetools", *args], capture_output=True,
+                              text=True, errors="replace", timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return "hang", "", ""
+    status: object = "traceback" if "Traceback (most recent call last)" in done.stderr else done.returncode
+    return status, done.stdout, done.stderr
+
+
+def _offsets(data: bytes) -> list[int]:
+    pos = 14 + int.from_bytes(data[10:14], "big")
+    out = []
+    while pos + 13 <= len(data):
+        out.append(pos)
+        pos += 13 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+    return out
+
+
+def _variants(rng: "random.Random", tmp: Path) -> list[tuple[str, Path, list[int], bytes]]:
+    """(what, path, record offsets of the original, original bytes) for damaged copies of the
+    real recordings: truncations, same-length mutations (byte flips, in record headers or
+    anywhere), insertions and deletions, hostile headers, special files."""
+    out = []
+    n = 0
+
+    def add(what: str, data: bytes, offsets: list[int], original: bytes) -> None:
+        nonlocal n
+        n += 1
+        path = tmp / f"v{n}.icecap"
+        path.write_bytes(data)
+        out.append((what, path, offsets, original))
+
+    for source in sorted(RECORDINGS.glob("*.icecap")):
+        data = source.read_bytes()
+        offsets = _offsets(data)
+        for _ in range(2):
+            add("truncated", data[: rng.randrange(len(data))], offsets, data)
+        for _ in range(6):
+            mutated = bytearray(data)
+            for _ in range(rng.randint(1, 3)):
+                if rng.random() < 0.6:  # a record header's byte: kind, length or time
+                    at = rng.choice(offsets) + rng.randrange(13)
+                else:
+                    at = rng.randrange(len(MAGIC), len(data))
+                mutated[at] ^= rng.randrange(1, 256)
+            if rng.random() < 0.3:
+                mutated = mutated[: rng.randrange(len(mutated))]
+            add("mutated", bytes(mutated), offsets, data)
+        spliced = bytearray(data)
+        at = rng.randrange(len(spliced))
+        if rng.random() < 0.5:
+            spliced[at:at] = rng.randbytes(rng.randint(1, 40))
+        else:
+            del spliced[at : at + rng.randint(1, 40)]
+        add("spliced", bytes(spliced), [], data)
+    deep = b"[" * 20000 + b"]" * 20000
+    base = (RECORDINGS / "build.icecap").read_bytes()
+    header_end = 14 + int.from_bytes(base[10:14], "big")
+    header = base[14:header_end]
+    for hostile in (b'{"x":' + deep + b"," + header[1:], header.replace(b'"protocol":', b'"protocol":1e400,"p0":'),
+                    header.replace(b'"start":', b'"start":NaN,"s0":'), b"[]", b"\xff\xfe", b'{"protocol":43}'):
+        add("hostile header", MAGIC + struct.pack(">HI", 1, len(hostile)) + hostile + base[header_end:], [], base)
+    return out
+
+
+def _special(tmp: Path) -> list[Path]:
+    import socket
+
+    fifo = tmp / "fifo.icecap"
+    os.mkfifo(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp / "sock.icecap"))
+    sock.close()
+    (tmp / "dir.icecap").mkdir()
+    return [fifo, tmp / "sock.icecap", tmp / "dir.icecap", Path("/dev/null")]
+
+
+def test_reading_commands_over_damaged_captures(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every reading command over damaged real recordings: no traceback, no hang, exit 0 or 1,
+    one error line on failure, and damage followed by more data never passed off as a torn
+    tail. Prints the outcome counts (run with -s to see them)."""
+    import collections
+    import random
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = random.Random(FUZZ_SEED)
+    work = tmp_path / "variants"
+    work.mkdir()
+    variants = _variants(rng, work)
+    variants += [("special file", p, [], b"") for p in _special(work)]
+    counts: collections.Counter[str] = collections.Counter()
+    problems: list[str] = []
+    runs = 0
+    for what, path, offsets, original in variants:
+        for command in READING_COMMANDS:
+            args = [a.replace("{until}", "30") for a in command] + [str(path)]
+            target = work / f"anon{runs}.icecap"
+            if command[0] == "anonymize":
+                args.insert(1, str(path))
+                args[-1] = str(target)
+            runs += 1
+            runner = _run_subprocess if runs % SUBPROCESS_EVERY == 0 else _run_in_process
+            status, _, err = runner(args)
+            lines = err.strip().splitlines()
+            if status == 0:
+                torn = re.search(r"ignored (\d+) trailing bytes", err)
+                outcome = "ok, salvaged" if "damaged bytes" in err else "ok, torn tail" if torn else "ok"
+                if torn and what == "mutated" and offsets:
+                    # A real torn tail starts at one of the original's records and is shorter
+                    # than it: no whole record of the original inside what was ignored.
+                    size = path.stat().st_size
+                    start = size - int(torn.group(1))
+                    if any(start < o < size for o in offsets) or (start not in offsets):
+                        problems.append(f"{what} {path.name} {command}: torn tail from byte {start} of {size}: {err}")
+            elif status == 1:
+                outcome = "error: corrupt" if "corrupt capture" in err else "error"
+                if len(lines) != 1 or not lines[0].startswith("icetools: error: "):
+                    problems.append(f"{what} {path.name} {command}: not one error line: {err!r}")
+                if command[0] == "anonymize" and target.exists():
+                    problems.append(f"{what} {path.name} {command}: failed but left {target.name}")
+            else:
+                outcome = str(status)
+                problems.append(f"{what} {path.name} {command}: {status}: {err[-2000:]}")
+            counts[f"{command[0]:<9} {outcome}"] += 1
+            target.unlink(missing_ok=True)
+    report = "\n".join(f"{n:6}  {k}" for k, n in sorted(counts.items()))
+    print(f"\n{runs} runs over {len(variants)} damaged captures:\n{report}")
+    assert not problems, "\n".join(problems[:10]) + f"\n\noutcomes:\n{report}"

@@ -51,3 +51,19 @@ def test_a_damaged_index_is_rebuilt(tmp_path: Path) -> None:
     index.index_path(DEMO).write_bytes(b"ICETIDX1 garbage")
     assert index.load(DEMO) is None
     assert index.state_at(DEMO, 42.0).snapshot() == full_replay(DEMO, 42.0).snapshot()
+
+
+def test_an_index_of_another_shape_or_a_fifo_is_ignored(tmp_path: Path) -> None:
+    """An index pickled with the right magic but another shape raised TypeError; a FIFO in its
+    place blocked the read."""
+    import os
+    import pickle
+    import zlib
+
+    path = index.index_path(DEMO)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(index.INDEX_MAGIC + zlib.compress(pickle.dumps([(1, 2)])))
+    assert index.load(DEMO) is None
+    path.unlink()
+    os.mkfifo(path)
+    assert index.load(DEMO) is None
