@@ -33,7 +33,8 @@ from .errors import OutputError
 from .jobs import COLUMNS, JobsPublisher, Row
 from .monitor import Event, EventKind, Monitor, Publisher
 from .replay import ReplayResult, replay_file
-from .stats import percentile, report as stats_report
+from . import stats as stats_module
+from .stats import percentile
 
 #: Buckets of the time series (busy, offered, waiting): at most this many, at least half.
 SERIES_BUCKETS = 400
@@ -41,8 +42,9 @@ SERIES_BUCKETS = 400
 TIMELINE_JOBS = 3000
 #: Builds listed: the last ones.
 MAX_BUILDS = 500
-#: A submitter idle (no job of its own requested or in flight) longer than this ends its build.
-BUILD_GAP_S = 10.0
+#: A submitter idle (no job of its own requested or in flight) longer than this ends its build
+#: (stats' default gap).
+BUILD_GAP_S = 30.0
 #: Upper bounds (ms) of the wait-time distribution's bars; the last bar is everything above.
 WAIT_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 
@@ -112,13 +114,13 @@ class Buckets:
 
 
 class _Build:
-    __slots__ = ("submitter", "start", "end", "jobs", "remote", "local", "failed", "lost", "run_s", "waits", "slowest")
+    __slots__ = ("submitter", "start", "end", "jobs", "remote", "local", "failed", "lost", "unfinished", "run_s", "waits", "slowest")
 
     def __init__(self, submitter: str, start: float) -> None:
         self.submitter = submitter
         self.start = start
         self.end = start
-        self.jobs = self.remote = self.local = self.failed = self.lost = 0
+        self.jobs = self.remote = self.local = self.failed = self.lost = self.unfinished = 0
         self.run_s = 0.0
         self.waits: collections.Counter[int] = collections.Counter()
         self.slowest: tuple[float, str] = (-1.0, "")
@@ -135,6 +137,8 @@ class _Build:
             "local": self.local,
             "failed": self.failed,
             "lost": self.lost,
+            "unfinished": self.unfinished,
+            "run_s": round(self.run_s, 3),
             "parallelism": round(self.run_s / wall, 2) if wall > 0 else None,
             "wait_p95_ms": percentile(self.waits, 95),
             "slowest_file": self.slowest[1] or None,
@@ -185,7 +189,8 @@ class ReportPublisher(Publisher):
             if now is not None:
                 self._close(host.id, t)
             return
-        name, slots = host.name or f"#{host.id}", host.max_jobs
+        name = host.name or f"#{host.id}"
+        slots = 0 if host.no_remote else host.max_jobs  # a host that takes no remote jobs offers none
         if now is None or now[0] != name or now[1] != slots:
             if now is not None:
                 self._close(host.id, t)
@@ -245,6 +250,9 @@ class ReportPublisher(Publisher):
             build.failed += 1
         elif row[_OUTCOME] == "lost":
             build.lost += 1
+        elif row[_OUTCOME] == "unfinished":
+            build.unfinished += 1
+            return  # no run time: it ran on past the end of the recording
         if row[_START] is not None and end is not None:
             run = end - row[_START]
             build.run_s += run
@@ -276,38 +284,42 @@ class ReportPublisher(Publisher):
                 "max_ms": max(hist) if hist else None,
             }
 
-        wait = wait_json(self.waits)
-        wait["submitters"] = {name: wait_json(h) for name, h in sorted(self.waits_by.items())}
-        names = sorted(set(self.offered_s) | set(self.busy_s) | {h["name"] for h in stats["hosts"]})
-        offered, busy = sum(self.offered_s.values()), sum(self.busy_s.values())
-        utilisation = {
-            "offered_slot_s": round(offered, 3),
-            "busy_slot_s": round(busy, 3),
-            "ratio": round(busy / offered, 4) if offered else None,
-            "hosts": {
-                n: {
-                    "offered_slot_s": round(self.offered_s[n], 3),
-                    "busy_slot_s": round(self.busy_s[n], 3),
-                    "ratio": round(self.busy_s[n] / self.offered_s[n], 4) if self.offered_s[n] else None,
-                }
-                for n in names
-            },
-        }
+        def use(offered: float, busy: float) -> dict[str, Any]:
+            return {
+                "offered_slot_s": round(offered, 3),
+                "busy_slot_s": round(busy, 3),
+                "ratio": round(busy / offered, 3) if offered > 0 else None,
+            }
+
+        # The shape of stats --json's own keys, which take their place when stats has them.
         computed = {
-            "wait": wait,
-            "utilisation": utilisation,
+            "wait": {
+                "cluster": wait_json(self.waits),
+                "submitters": [{"name": name, **wait_json(h)} for name, h in sorted(self.waits_by.items())],
+            },
+            "utilisation": {
+                "cluster": use(sum(self.offered_s.values()), sum(self.busy_s.values())),
+                "hosts": [
+                    {"name": name, **use(offered, self.busy_s[name])}
+                    for name, offered in sorted(self.offered_s.items())
+                    if offered > 0
+                ],
+            },
+            "build_gap_s": BUILD_GAP_S,
             "builds": [b.to_json() for b in self.builds],
         }
         out = dict(stats)
         for key, value in computed.items():
             out.setdefault(key, value)
+        builds_total = len(out["builds"]) if "builds" in stats else self.build_count
+        out["builds"] = out["builds"][-MAX_BUILDS:]  # the chart's: the last ones
         jobs = sorted(self.jobs, key=lambda r: (r[_START], r[_ID]))
         return {
             "stats": out,
             "end": round(self.end, 6),
             "series": self.buckets.series(self.end),
             "wait_bars": {"bounds_ms": list(WAIT_BOUNDS_MS), "counts": self.wait_bars},
-            "builds_total": self.build_count,
+            "builds_total": builds_total,
             "timeline": {
                 "total": self.job_count,
                 "columns": ["id", "file", "submitter", "server", "kind", "outcome", "started", "ended", "wait_ms"],
@@ -323,11 +335,23 @@ def collect(reader: CaptureReader, *, progress_stream: TextIO | None = None) -> 
     """Replay the capture as fast as possible; the report's data and the replay's result."""
     figures = ReportPublisher()
     jobs = JobsPublisher(figures.row)
-    monitor = Monitor(publishers=[jobs, figures])
+    publishers: list[Publisher] = [jobs, figures]
+    # stats' own "why slow" analysis where this version of stats has one (issue 11, branch
+    # wt-why): then wait, utilisation and builds are exactly stats --json's.
+    why_analysis = getattr(stats_module, "WhyAnalysis", None)
+    why = why_analysis() if why_analysis is not None else None
+    if why is not None:
+        publishers.append(why)
+    monitor = Monitor(publishers=publishers)
     result = replay_file(monitor, reader, progress_stream=progress_stream)
     jobs.finish(monitor)
     figures.finish(monitor)
-    return figures.figures(stats_report(monitor)), result
+    if why is not None:
+        why.finish(monitor)
+        stats = stats_module.report(monitor, why)  # type: ignore[call-arg]
+    else:
+        stats = stats_module.report(monitor)
+    return figures.figures(stats), result
 
 
 # ---- the page -------------------------------------------------------------------------------

@@ -69,9 +69,9 @@ STATS = "Name:{}\nIP:10.0.0.{}\nMaxJobs:{}\nNoRemote:false\nPlatform:x86_64\nSpe
 
 def write_known(path: Path, hosts: tuple[str, str] = ("sub", "cc"), first_file: str = "/src/a.c") -> None:
     """Two hosts: the submitter (no slots) and a compile host with 2 slots, online from t=1 to
-    the end at t=21. Three jobs: waits of 500, 0 and 2500 ms, runs of 4, 4 and 2 s; the third
-    fails. Then the submitter is idle for 10.5 s and a fourth job (a second build) waits 0 and
-    runs 1 s."""
+    21 (when it goes offline) and again from 39. Three jobs: waits of 500, 0 and 2500 ms, runs of 4, 4 and 2 s; the third
+    fails. Then the submitter is idle for 31.5 s and a fourth job (a second build) waits 0 and
+    runs 1 s; the recording ends at 42."""
     sub, cc = hosts
     with CaptureWriter(path) as w:
         w.connected(43, 43, 44, "x:1", t=0.0)
@@ -84,9 +84,11 @@ def write_known(path: Path, hosts: tuple[str, str] = ("sub", "cc"), first_file: 
         w.frames([scripted.mon_job_begin(3, 0, 2)], t=6.5)
         w.frames([scripted.mon_job_done(2, 0, real_msec=3800)], t=7.0)
         w.frames([scripted.mon_job_done(3, 1, real_msec=1900)], t=8.5)
-        w.frames([scripted.mon_get_cs(4, 1, "/src/d.c"), scripted.mon_job_begin(4, 0, 2)], t=19.0)
-        w.frames([scripted.mon_job_done(4, 0, real_msec=900)], t=20.0)
-        w.close("end", t=21.0)
+        w.frames([scripted.mon_stats(2, "State:Offline\n")], t=21.0)
+        w.frames([scripted.mon_stats(2, STATS.format(cc, 2, 2))], t=39.0)  # back, 2 s before the job
+        w.frames([scripted.mon_get_cs(4, 1, "/src/d.c"), scripted.mon_job_begin(4, 0, 2)], t=40.0)
+        w.frames([scripted.mon_job_done(4, 0, real_msec=900)], t=41.0)
+        w.close("end", t=42.0)
 
 
 def collect(path: Path) -> dict[str, Any]:
@@ -100,17 +102,17 @@ def test_the_figures_of_a_recording_whose_figures_are_known(tmp_path: Path) -> N
     write_known(path)
     data = collect(path)
     s = data["stats"]
-    assert s["wait"]["count"] == 4
-    assert (s["wait"]["p50_ms"], s["wait"]["p95_ms"], s["wait"]["max_ms"]) == (0, 2500, 2500)
-    assert s["wait"]["submitters"]["sub"]["count"] == 4
+    assert s["wait"]["cluster"] == {"count": 4, "p50_ms": 0, "p95_ms": 2500, "max_ms": 2500}
+    assert s["wait"]["submitters"] == [{"name": "sub", "count": 4, "p50_ms": 0, "p95_ms": 2500, "max_ms": 2500}]
     u = s["utilisation"]
-    assert u["hosts"]["cc"] == {"offered_slot_s": 40.0, "busy_slot_s": 11.0, "ratio": 0.275}
-    assert u["hosts"]["sub"]["offered_slot_s"] == 0 and u["hosts"]["sub"]["ratio"] is None
-    assert (u["offered_slot_s"], u["busy_slot_s"], u["ratio"]) == (40.0, 11.0, 0.275)
+    # cc: 2 slots from 1 to 21 (offline) and from 39 to 42 (the end): 46 slot-seconds
+    assert u["cluster"] == {"offered_slot_s": 46.0, "busy_slot_s": 11.0, "ratio": 0.239}
+    assert u["hosts"] == [{"name": "cc", "offered_slot_s": 46.0, "busy_slot_s": 11.0, "ratio": 0.239}]  # not sub: no slots
     builds = s["builds"]
+    assert s["build_gap_s"] == 30
     assert [(b["submitter"], b["start"], b["end"], b["jobs"], b["failed"]) for b in builds] == [
         ("sub", 2.0, 8.5, 3, 1),
-        ("sub", 19.0, 20.0, 1, 0),
+        ("sub", 40.0, 41.0, 1, 0),
     ]
     assert builds[0]["parallelism"] == round(10 / 6.5, 2) and builds[0]["wait_p95_ms"] == 2500
     assert builds[0]["slowest_file"] in ("/src/a.c", "/src/b.c")  # both ran 4 s
@@ -121,7 +123,7 @@ def test_the_figures_of_a_recording_whose_figures_are_known(tmp_path: Path) -> N
     # the series: means per bucket, the slot seconds add up
     series = data["series"]
     width = series["bucket_s"]
-    assert sum(series["offered"]) * width == pytest.approx(40.0)
+    assert sum(series["offered"]) * width == pytest.approx(46.0)
     assert sum(series["busy"]) * width == pytest.approx(11.0)
     assert sum(series["waiting"]) * width == pytest.approx(0.5 + 2.5)
     assert data["timeline"]["total"] == 4 and len(data["timeline"]["jobs"]) == 4
@@ -269,12 +271,16 @@ def test_the_report_shows_the_figures_of_stats(capture: Path, report_of: Any, ta
     for key in ("remote", "local", "failed", "lost", "rerun_locally"):
         assert shown[f"jobs.{key}"] == str(stats["jobs"][key]), key
     assert shown["peak_jobs_per_second"] == str(stats["peak_jobs_per_second"])
-    # waits: from the job rows (remote jobs whose request and start were recorded), whole ms
+    # waits: stats --json's where it has them (issue 11's stats), else from the job rows (remote
+    # jobs whose request and start were recorded, whole ms), which stats' definition matches
     waits = [round(r["wait_ms"]) for r in rows if r["kind"] == "remote" and r["wait_ms"] is not None]
     assert len(waits) >= 10
-    assert shown["wait.p50_ms"] == str(nearest_rank(waits, 50))
-    assert shown["wait.p95_ms"] == str(nearest_rank(waits, 95))
-    assert shown["wait.max_ms"] == str(max(waits))
+    wait = stats["wait"]["cluster"] if "wait" in stats else {
+        "count": len(waits), "p50_ms": nearest_rank(waits, 50), "p95_ms": nearest_rank(waits, 95), "max_ms": max(waits)
+    }
+    assert wait["count"] == len(waits)
+    for key in ("p50_ms", "p95_ms", "max_ms"):
+        assert shown[f"wait.cluster.{key}"] == str(wait[key]), key
     assert tab.js("() => document.querySelector('#waits-note').textContent").startswith(f"{len(waits)} remote jobs")
     # per host: stats' counts, and busy slot time from the job rows
     hosts = table_rows(tab, "#hosts-table")
@@ -290,7 +296,13 @@ def test_the_report_shows_the_figures_of_stats(capture: Path, report_of: Any, ta
             for r in rows
             if r["kind"] == "remote" and r["server"] == h["name"] and r["started"] is not None
         )
-        assert h["busy_slot_s"] == (f"{busy:.1f}" if busy else "0.0"), h["name"]
+        use = {u["name"]: u for u in stats["utilisation"]["hosts"]} if "utilisation" in stats else None
+        if use is not None:  # stats' own figure (capped at the host's slots)
+            expected = f'{use[h["name"]]["busy_slot_s"]:.1f}' if h["name"] in use else "–"
+        else:  # a host that offered no slots (a submitter) has no entry
+            offering = {u["name"] for u in embedded(path.read_text())["stats"]["utilisation"]["hosts"]}
+            expected = f"{busy:.1f}" if h["name"] in offering else "–"
+        assert h["busy_slot_s"] == expected, h["name"]
     failing = table_rows(tab, "#failing-table")
     assert {f["name"]: (int(f["failed"]), int(f["lost"])) for f in failing} == {
         h["name"]: (h["failed"], h["lost"]) for h in stats["hosts"] if h["failed"] or h["lost"]

@@ -66,10 +66,10 @@ function renderSummary() {
   figure(el, "jobs.failed", String(s.jobs.failed), "failed", "bad");
   figure(el, "jobs.lost", String(s.jobs.lost), "lost with their host", "bad");
   figure(el, "jobs.rerun_locally", String(s.jobs.rerun_locally), "re-run locally");
-  figure(el, "utilisation.ratio", pct(s.utilisation.ratio), "% of offered slots busy");
-  figure(el, "wait.p50_ms", msText(s.wait.p50_ms), "ms median wait");
-  figure(el, "wait.p95_ms", msText(s.wait.p95_ms), "ms 95th pct wait");
-  figure(el, "wait.max_ms", msText(s.wait.max_ms), "ms longest wait");
+  figure(el, "utilisation.cluster.ratio", pct(s.utilisation.cluster.ratio), "% of offered slots busy");
+  figure(el, "wait.cluster.p50_ms", msText(s.wait.cluster.p50_ms), "ms median wait");
+  figure(el, "wait.cluster.p95_ms", msText(s.wait.cluster.p95_ms), "ms 95th pct wait");
+  figure(el, "wait.cluster.max_ms", msText(s.wait.cluster.max_ms), "ms longest wait");
   figure(el, "peak_jobs_per_second", String(s.peak_jobs_per_second), "peak jobs / s");
   if (typeof s.waiting_with_free_slots_s === "number") {
     figure(el, "waiting_with_free_slots_s", s.waiting_with_free_slots_s.toFixed(1), "s waiting with free slots", "bad");
@@ -94,7 +94,10 @@ function renderSeries() {
 
 function renderHosts() {
   const s = reportStats;
-  const util = s.utilisation.hosts || {};
+  // hosts that offered no slots (a submitter only) have no utilisation entry
+  const util = Object.fromEntries((s.utilisation.hosts || []).map((u) => [u.name, u]));
+  // time lost moving files per compile host, where stats has it
+  const transfer = Object.fromEntries((s.transfer || []).map((x) => [x.name, x]));
   const hosts = s.hosts.slice().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   barChart(
     byId("hosts-chart"),
@@ -122,6 +125,7 @@ function renderHosts() {
       ["busy_slot_s", fmtNum(u.busy_slot_s, 1), true],
       ["offered_slot_s", fmtNum(u.offered_slot_s, 1), true],
       ["ratio", pct(u.ratio), true],
+      ["transfer_s", transfer[h.name] ? fmtNum(transfer[h.name].transfer_s, 1) : "–", true],
     ];
   });
   const failing = s.hosts.filter((h) => h.failed || h.lost).sort((a, b) => b.failed - a.failed || (a.name < b.name ? -1 : 1));
@@ -138,7 +142,7 @@ function renderWaits() {
   const labels = bars.bounds_ms.map((b) => `≤${b >= 1000 ? `${b / 1000}s` : `${b}ms`}`);
   labels.push(`>${bars.bounds_ms[bars.bounds_ms.length - 1] / 1000}s`);
   histogram(byId("waits-chart"), { labels, counts: bars.counts });
-  byId("waits-note").textContent = `${reportStats.wait.count} remote jobs whose request and start were recorded`;
+  byId("waits-note").textContent = `${reportStats.wait.cluster.count} remote jobs whose request and start were recorded`;
 }
 
 function renderBuilds() {
@@ -157,8 +161,10 @@ function renderBuilds() {
     laneHeight: 18,
   });
   const total = reportData.builds_total;
+  const gap = reportStats.build_gap_s;
   byId("builds-note").textContent =
-    builds.length < total ? `the last ${builds.length} of ${total} builds` : `${total} builds`;
+    (builds.length < total ? `the last ${builds.length} of ${total} builds` : `${total} builds`) +
+    ` (a build ends after ${gap} s without a request or a job of its submitter running)`;
 }
 
 function renderJobs() {
