@@ -791,6 +791,39 @@ def trace(file: Path, output: Path, salvage: bool) -> None:
         _finish_reading(reader, result.undecodable)
 
 
+# ---------------------------------------------------------------------------------- report
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="HTML file to write (replaced if it exists).",
+)
+def report(file: Path, output: Path) -> None:
+    """The recording as one self-contained HTML page of charts, to open in a browser.
+
+    Busy and offered slots and waiting jobs over the recording, utilisation and failures per
+    host, the distribution of waits for a compile host, the builds on a timeline, a zoomable
+    timeline of jobs per host, the slowest compiles and the hosts that fail or lose jobs. The
+    figures are those of `stats --json`; the definitions are in docs/analysis.md. Everything
+    (d3 included) is inside the file: it opens from disk and can be mailed.
+
+    \b
+    Examples:
+      icetools report build.icecap -o build.html
+      icetools report day.icecap -o /srv/www/day.html
+    """
+    from .report import write_report
+
+    with _open_capture(file) as reader:
+        result = write_report(reader, output, file.name, progress_stream=sys.stderr)
+        _finish_reading(reader, result.undecodable)
+
+
 def main() -> None:
     """Console entry point: run the CLI, turning icetools' errors into one line and exit 1."""
     try:

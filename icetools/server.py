@@ -43,7 +43,7 @@ from .connection import AsyncConnection
 from .defaults import SERVE_LISTEN, SERVE_MAX_CLIENTS, SERVE_PORT
 from .errors import CaptureError, IcetoolsError, ProtocolError, describe_os_error
 from .index import open_at
-from .metrics import DurationHistogram, metrics_text
+from .metrics import WAIT_BUCKETS, DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
 from .record import RecordStatus, follow_scheduler
 from .replay import apply_record
@@ -55,6 +55,7 @@ FLUSH_INTERVAL = 0.1
 RECENT_JOBS = 200
 MAX_CLIENT_MESSAGE = 4096
 CLIENT_SNDBUF = 128 * 1024
+HISTORY_SAMPLES = 600  # utilisation samples kept for the page: at most one per second of state time
 RATE_WINDOW = 10.0  # seconds of state time over which jobs per second is measured
 #: Websocket clients at once (--max-clients); the next ones are answered 503 before the upgrade.
 MAX_CLIENTS = SERVE_MAX_CLIENTS
@@ -291,6 +292,13 @@ class Hub(Publisher):
         self._snapshot: tuple[int, str] | None = None
         self._finish_times: deque[float] = deque()
         self.durations = DurationHistogram()
+        self.waits = DurationHistogram(WAIT_BUCKETS)
+        #: Remote jobs seen requested and not started yet: their start observes the wait once
+        #: (a job the scheduler begins again elsewhere is not a second wait).
+        self._waiting: dict[int, Any] = {}
+        #: [t, busy slots, offered slots, jobs waiting], one per second of state time at most.
+        self.history: deque[list[float | int]] = deque(maxlen=HISTORY_SAMPLES)
+        self._history_new: list[list[float | int]] = []
         self.attach(monitor)
 
     def attach(self, monitor: Monitor) -> None:
@@ -300,12 +308,16 @@ class Hub(Publisher):
         self.monitor = monitor
         self._reset = True
         self._finish_times = deque(j.ended for j in monitor.finished if j.ended is not None)
+        self._waiting = {j.id: j for j in monitor.jobs.values() if j.state is JobState.WAITING}
+        self.history.clear()  # another moment of the recording: its own history
+        self._history_new.clear()
 
     # Publisher
     def publish(self, event: Event, monitor: Monitor) -> None:
         kind = event.kind
         if kind is EventKind.RESET:
             self._reset = True
+            self._waiting.clear()
             return
         if event.host is not None:
             self._dirty_hosts.add(event.host.id)
@@ -315,7 +327,18 @@ class Hub(Publisher):
         for host_id in (job.client_id, job.server_id):
             if host_id is not None:
                 self._dirty_hosts.add(host_id)
+        if kind is EventKind.JOB_SUBMITTED:
+            if not job.local:
+                waiting = self._waiting
+                waiting[job.id] = job
+                if len(waiting) > 2 * len(monitor.jobs) + 1000:
+                    # Jobs the Monitor dropped (too many in flight) never start here: forget them.
+                    self._waiting = {i: j for i, j in waiting.items() if monitor.jobs.get(i) is j}
+        elif kind is EventKind.JOB_STARTED:
+            if self._waiting.pop(job.id, None) is job and job.submitted is not None and job.started is not None:
+                self.waits.observe(max(0.0, job.started - job.submitted))
         if kind is EventKind.JOB_FINISHED:
+            self._waiting.pop(job.id, None)
             self._dirty_jobs.pop(job.id, None)
             self._finished.append(job)
             self._finish_times.append(event.t)
@@ -334,7 +357,18 @@ class Hub(Publisher):
         totals["jobs_per_second"] = round(len(times) / RATE_WINDOW, 2)
         totals["busy_slots"] = sum(1 for j in monitor.jobs.values() if j.state is JobState.COMPILING)
         totals["total_slots"] = sum(h.max_jobs for h in monitor.hosts.values() if h.online)
+        totals["waiting"] = sum(1 for j in monitor.jobs.values() if j.state is JobState.WAITING)
         return totals
+
+    def _sample(self, totals: dict[str, Any]) -> None:
+        """A utilisation sample for the page's line, at most one per second of state time."""
+        t = round(self.monitor.now, 6)  # the capture's resolution: the sample's exact moment
+        history = self.history
+        if history and int(t) <= int(history[-1][0]):
+            return
+        sample = [t, totals["busy_slots"], totals["total_slots"], totals["waiting"]]
+        history.append(sample)
+        self._history_new.append(sample)
 
     def state(self) -> dict[str, Any]:
         monitor = self.monitor
@@ -345,6 +379,7 @@ class Hub(Publisher):
             "jobs": [j.to_json() for j in monitor.jobs.values()],
             "recent": [j.to_json() for j in recent],
             "totals": self._totals(),
+            "history": list(self.history),
         }
 
     def snapshot_text(self) -> str:
@@ -366,7 +401,11 @@ class Hub(Publisher):
         if self._reset:
             self._reset = False
             self._delta = None  # nobody can catch up by a delta: everyone gets a snapshot
+            self._sample(self._totals())
+            self._history_new.clear()  # (in the snapshot's history)
         else:
+            totals = self._totals()
+            self._sample(totals)
             hosts = monitor.hosts
             removed = sorted(self._known_hosts - hosts.keys())
             delta = {
@@ -378,8 +417,10 @@ class Hub(Publisher):
                 "removed_hosts": removed,
                 "jobs": [j.to_json() for j in self._dirty_jobs.values() if j.id in monitor.jobs],
                 "finished": [j.to_json() for j in self._finished],
-                "totals": self._totals(),
+                "totals": totals,
+                "history": self._history_new[:],
             }
+            self._history_new.clear()
             self._delta = (self.seq, _json(delta))
         self._known_hosts = set(monitor.hosts)
         self._dirty_hosts.clear()
@@ -584,7 +625,7 @@ class ClusterServer:
         if path == "/metrics":
             return _response(
                 HTTPStatus.OK,
-                metrics_text(self.hub.monitor, self.status, self.hub.durations),
+                metrics_text(self.hub.monitor, self.status, self.hub.durations, self.hub.waits),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/ws":

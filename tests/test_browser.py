@@ -379,6 +379,56 @@ def test_pause_speed_and_seek_from_the_page(serve: Callable[..., Server], tab: T
     tab.assert_clean()
 
 
+def test_waiting_jobs_and_the_utilisation_line(serve: Callable[..., Server], tab: Tab) -> None:
+    """The jobs waiting now (requested, not started), the longest waiting first, with how long
+    they have waited; the utilisation line drawn from the state's history."""
+    from icetools.jobs import COLUMNS, JobsPublisher
+    from icetools.replay import replay_file
+
+    rows: list[tuple[Any, ...]] = []
+    monitor = Monitor(publishers=[publisher := JobsPublisher(rows.append)])
+    with CaptureReader(DEMO) as reader:
+        replay_file(monitor, reader)
+    publisher.finish(monitor)
+    col = {c: i for i, c in enumerate(COLUMNS)}
+    longest = max((r for r in rows if r[col["wait_ms"]] is not None), key=lambda r: r[col["wait_ms"]])
+    assert longest[col["wait_ms"]] > 5000, "the demo has a job that waits long"
+    at_t = round(longest[col["requested"]] + longest[col["wait_ms"]] / 2000, 1)  # halfway through its wait
+    at = state_at(DEMO, at_t)
+    waiting = sorted((j for j in at.jobs.values() if j.state is JobState.WAITING), key=lambda j: (j.submitted, j.id))
+    assert longest[col["id"]] in [j.id for j in waiting]
+
+    server = serve(DEMO, 5)
+    page = tab.page
+    open_page(tab, server)
+    # the utilisation line: three series over the history the server keeps
+    tab.wait("() => window.icetools.state.history.length >= 5")
+    expect(page.locator("#utilisation path.series")).to_have_count(3)
+    history = tab.js("() => window.icetools.state.history")
+    for sample_t, busy, offered, _ in history:
+        then = state_at(DEMO, sample_t)
+        assert offered == sum(h.max_jobs for h in then.hosts.values() if h.online)
+        assert busy == sum(1 for j in then.jobs.values() if j.state is JobState.COMPILING)
+    tab.wait("(n) => (document.querySelector('#utilisation path.series[data-key=busy]').getAttribute('d').match(/[ML]/g) || []).length >= n", len(history))
+
+    # pause and seek into the long wait: the waiting jobs of that moment, exactly
+    page.click("#play-pause")
+    expect(page.locator("#status")).to_have_attribute("data-state", "paused")
+    tab.wait(QUIET)
+    snapshots = tab.js("() => window.icetools.snapshots")
+    page.locator("#seek").fill(str(at_t))
+    tab.wait("([n, t]) => window.icetools.snapshots > n && Math.abs(window.icetools.state.t - t) < 0.01", [snapshots, at_t])
+    items = page.locator("#waiting-jobs li")
+    expect(items).to_have_count(len(waiting))
+    expect(page.locator("#waiting-jobs-count")).to_have_text(str(len(waiting)))
+    assert items.evaluate_all("ls => ls.map(l => Number(l.dataset.jobId))") == [j.id for j in waiting]
+    t = tab.js("() => window.icetools.state.t")
+    expect(page.locator("#waiting-jobs li .time")).to_have_text([f"{t - j.submitted:.1f} s" for j in waiting])
+    expect(page.locator("#waiting-jobs li .hosts")).to_have_text([f"from {at.hosts[j.client_id].name}" for j in waiting])
+    expect(page.locator("#waiting-jobs li .file")).to_have_text([j.file for j in waiting])
+    tab.assert_clean()
+
+
 # ---- 3. strings from the cluster are text, never markup ---------------------------------------
 
 

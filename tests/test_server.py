@@ -18,7 +18,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from icetools import messages as m
-from icetools.monitor import Monitor
+from icetools.capture import CaptureReader
+from icetools.index import state_at
+from icetools.jobs import COLUMNS, JobsPublisher
+from icetools.monitor import JobState, Monitor
+from icetools.replay import replay_file
+from icetools.stats import report as stats_report
 from icetools.server import MAX_PENDING, ClusterServer, ReplayDriver, Status, listening_names
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
@@ -65,6 +70,7 @@ class Model:
         self.seqs: list[int] = []
         self.kinds: list[str] = []
         self.status: dict[str, Any] = {}
+        self.history: list[list[float]] = []
 
     def apply(self, message: dict[str, Any]) -> None:
         self.seqs.append(message["seq"])
@@ -75,6 +81,7 @@ class Model:
             self.hosts = {h["id"]: h for h in state["hosts"]}
             self.jobs = {j["id"]: j for j in state["jobs"]}
             self.totals = state["totals"]
+            self.history = state["history"]
             return
         for host in message["hosts"]:
             self.hosts[host["id"]] = host
@@ -85,6 +92,7 @@ class Model:
         for job in message["finished"]:
             self.jobs.pop(job["id"], None)
         self.totals = message["totals"]
+        self.history += message["history"]
 
 
 async def receive(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
@@ -144,9 +152,38 @@ def test_snapshot_then_deltas_rebuild_the_servers_state() -> None:
             assert model.hosts == {h["id"]: h for h in state["hosts"]}
             assert model.jobs == {j["id"]: j for j in state["jobs"]}
             assert model.totals["remote_done"] == state["totals"]["remote_done"] == 442
+            assert model.history == state["history"]
             assert {h["name"] for h in model.hosts.values()} == {f"node{i}" for i in range(1, 7)}
 
     asyncio.run(main())
+
+
+def test_the_utilisation_history_is_the_state_at_each_sample() -> None:
+    """The page's utilisation line: a sample per flush (100 ms), at most one per second of state
+    time, each the cluster as it stood then (checked against the seek index's state at that
+    moment). At 20x a flush is 2 s of state time: about 80 samples for the demo's 160 s."""
+
+    async def main() -> Model:
+        async with Running(speed=20) as run, connect(run.url) as ws:
+            model = Model()
+            model.apply(await receive(ws))
+            await until_ended(ws, model)
+            return model
+
+    model = asyncio.run(main())
+    history = model.history
+    assert len(history) > 40
+    seconds = [int(t) for t, *_ in history]
+    assert seconds == sorted(set(seconds)), "more than one sample in a second, or out of order"
+    busiest = max(busy for _, busy, _, _ in history)
+    assert busiest > 5 and any(waiting for *_, waiting in history)
+    for t, busy, offered, waiting in history:
+        state = state_at(DEMO, t)
+        jobs = list(state.jobs.values())
+        assert busy == sum(1 for j in jobs if j.state is JobState.COMPILING), t
+        assert offered == sum(h.max_jobs for h in state.hosts.values() if h.online), t
+        assert waiting == sum(1 for j in jobs if j.state is JobState.WAITING), t
+    assert model.totals["waiting"] == 0  # the end of the demo: nothing waits
 
 
 def test_fifty_clients_get_the_same_stream() -> None:
@@ -311,6 +348,30 @@ def test_metrics_are_valid_prometheus_text() -> None:
     assert 'icecream_job_duration_seconds_bucket{le="+Inf"} 440.0' in text
     assert "icetools_monitor_connected 1.0" in text
     assert "icetools_frames_received_total 1575.0" in text
+    # Waits, the jobs waiting and per-host results, against the job rows and stats of the same
+    # recording (icetools jobs / stats --json).
+    rows: list[tuple[Any, ...]] = []
+    monitor = Monitor(publishers=[publisher := JobsPublisher(rows.append)])
+    with CaptureReader(DEMO) as reader:
+        replay_file(monitor, reader)
+    publisher.finish(monitor)
+    col = {c: i for i, c in enumerate(COLUMNS)}
+    waits = [r[col["wait_ms"]] for r in rows if r[col["kind"]] == "remote" and r[col["wait_ms"]] is not None]
+    assert len(waits) == 442
+    assert f'icetools_job_wait_seconds_bucket{{le="+Inf"}} {len(waits)}.0' in text
+    assert f"icetools_job_wait_seconds_count {len(waits)}.0" in text
+    for bound in ("0.001", "0.5", "1.0", "5.0"):
+        expected = sum(1 for w in waits if w / 1000 <= float(bound))
+        assert f'icetools_job_wait_seconds_bucket{{le="{bound}"}} {expected}.0' in text, bound
+    assert 0 < sum(1 for w in waits if w > 500) < len(waits)  # the buckets tell waits apart
+    assert "icetools_jobs_waiting 0.0" in text
+    hosts = stats_report(monitor)["hosts"]
+    assert sum(h["lost"] for h in hosts) == 2
+    for h in hosts:
+        name = h["name"]
+        assert f'icetools_host_jobs_total{{host="{name}",result="ok"}} {h["compiled"] - h["failed"]}.0' in text
+        assert f'icetools_host_jobs_total{{host="{name}",result="failed"}} {h["failed"] - h["lost"]}.0' in text
+        assert f'icetools_host_jobs_total{{host="{name}",result="lost"}} {h["lost"]}.0' in text
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 

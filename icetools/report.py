@@ -1,0 +1,470 @@
+"""``icetools report``: a recording as one self-contained HTML file of charts.
+
+The figures come from one fast replay through the Monitor: ``stats``' report as it is (so the
+page shows the same numbers as ``stats --json``), the job rows of ``jobs`` (wait times, builds,
+per-host busy time, the job timeline) and the hosts' slots while they were online (offered
+slots). Time series are kept in a fixed number of buckets whatever the length of the recording
+(:class:`Buckets`), and the job timeline holds the last :data:`TIMELINE_JOBS` jobs, so the file
+stays small. The definitions are in docs/analysis.md.
+
+The page is the web page's own chart code: web/report.js and the modules it imports (the same
+files the live page loads from /static/) are inlined, imports removed, into one module script,
+with d3 from web/vendor and the data as JSON escaped for a <script> element. Nothing is fetched,
+so the file opens from file:// and can be mailed. Its CSP allows only those inline scripts (by
+hash): text in the recording cannot become markup or script.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import html
+import json
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+from .capture import CaptureReader
+from .errors import OutputError
+from .jobs import COLUMNS, JobsPublisher, Row
+from .monitor import Event, EventKind, Monitor, Publisher
+from .replay import ReplayResult, replay_file
+from . import stats as stats_module
+from .stats import percentile
+
+#: Buckets of the time series (busy, offered, waiting): at most this many, at least half.
+SERIES_BUCKETS = 400
+#: Jobs drawn on the job timeline: the last ones to start.
+TIMELINE_JOBS = 3000
+#: Builds listed: the last ones.
+MAX_BUILDS = 500
+#: A submitter idle (no job of its own requested or in flight) longer than this ends its build
+#: (stats' default gap).
+BUILD_GAP_S = 30.0
+#: Upper bounds (ms) of the wait-time distribution's bars; the last bar is everything above.
+WAIT_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
+
+def _web_root() -> Path:
+    """The page's folder (as server.web_root: the installed package's, or web/ of a checkout)."""
+    packaged = resources.files("icetools") / "web"
+    if packaged.is_dir() and (packaged / "report.js").is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "web"
+
+
+WEB = _web_root()
+
+_I = {c: i for i, c in enumerate(COLUMNS)}
+_REQ, _START, _END, _WAIT, _RUN = _I["requested"], _I["started"], _I["ended"], _I["wait_ms"], _I["run_ms"]
+_KIND, _OUTCOME, _SERVER, _SUBMITTER, _FILE, _ID = (
+    _I["kind"], _I["outcome"], _I["server"], _I["submitter"], _I["file"], _I["id"]
+)
+
+
+class Buckets:
+    """Time-weighted means of a few quantities over ``[0, end)`` in at most ``limit`` buckets of
+    equal width: the width doubles (neighbours merge) when the recording outgrows them, so memory
+    is fixed however long it is. ``add(name, a, b, value)`` adds ``value`` over ``[a, b)``."""
+
+    def __init__(self, names: tuple[str, ...], limit: int = SERIES_BUCKETS, width: float = 0.25) -> None:
+        self.names = names
+        self.limit = limit
+        self.width = width
+        self.sums: dict[str, list[float]] = {n: [] for n in names}
+
+    def _grow(self, end: float) -> None:
+        while end > self.width * self.limit:
+            for n in self.names:
+                s = self.sums[n]
+                self.sums[n] = [sum(s[i:i + 2]) for i in range(0, len(s), 2)]
+            self.width *= 2
+        count = int(end / self.width) + 1
+        for s in self.sums.values():
+            if len(s) < count:
+                s.extend([0.0] * (count - len(s)))
+
+    def add(self, name: str, a: float, b: float, value: float) -> None:
+        if b <= a or not value:
+            return
+        self._grow(b)
+        s, w = self.sums[name], self.width
+        i = int(a / w)
+        while a < b:
+            edge = min(b, (i + 1) * w)
+            s[i] += (edge - a) * value
+            a = edge
+            i += 1
+
+    def series(self, end: float) -> dict[str, Any]:
+        """The means per bucket up to ``end`` (the last bucket's mean over its covered part)."""
+        self._grow(end)
+        w = self.width
+        count = max(1, -(-end // w)) if end > 0 else 1
+        count = int(count)
+        out: dict[str, Any] = {"bucket_s": w, "t": [round(i * w, 3) for i in range(count)]}
+        for n in self.names:
+            s = self.sums[n][:count] + [0.0] * max(0, count - len(self.sums[n]))
+            spans = [min(w, end - i * w) or w for i in range(count)]
+            out[n] = [round(v / span, 3) for v, span in zip(s, spans)]
+        return out
+
+
+class _Build:
+    __slots__ = ("submitter", "start", "end", "jobs", "remote", "local", "failed", "lost", "unfinished", "run_s", "waits", "slowest")
+
+    def __init__(self, submitter: str, start: float) -> None:
+        self.submitter = submitter
+        self.start = start
+        self.end = start
+        self.jobs = self.remote = self.local = self.failed = self.lost = self.unfinished = 0
+        self.run_s = 0.0
+        self.waits: collections.Counter[int] = collections.Counter()
+        self.slowest: tuple[float, str] = (-1.0, "")
+
+    def to_json(self) -> dict[str, Any]:
+        wall = self.end - self.start
+        return {
+            "submitter": self.submitter,
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "wall_s": round(wall, 3),
+            "jobs": self.jobs,
+            "remote": self.remote,
+            "local": self.local,
+            "failed": self.failed,
+            "lost": self.lost,
+            "unfinished": self.unfinished,
+            "run_s": round(self.run_s, 3),
+            "parallelism": round(self.run_s / wall, 2) if wall > 0 else None,
+            "wait_p95_ms": percentile(self.waits, 95),
+            "slowest_file": self.slowest[1] or None,
+        }
+
+
+class ReportPublisher(Publisher):
+    """Hosts' offered slots from the Monitor's host events; everything about jobs from the rows
+    of a :class:`JobsPublisher` fed through :meth:`row`. Call :meth:`finish` at the end."""
+
+    kinds = frozenset({EventKind.HOST_ADDED, EventKind.HOST_CHANGED, EventKind.HOST_OFFLINE, EventKind.RESET})
+
+    def __init__(self) -> None:
+        self.buckets = Buckets(("busy", "offered", "waiting"))
+        #: host id -> (name, slots, since): hosts online now and the slots they offer.
+        self._online: dict[int, tuple[str, int, float]] = {}
+        self.offered_s: collections.Counter[str] = collections.Counter()  # host name -> slot seconds
+        self.busy_s: collections.Counter[str] = collections.Counter()
+        self.waits: collections.Counter[int] = collections.Counter()  # whole ms -> jobs
+        self.waits_by: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+        self.wait_bars = [0] * (len(WAIT_BOUNDS_MS) + 1)
+        self.jobs: collections.deque[Row] = collections.deque(maxlen=TIMELINE_JOBS)
+        self.rows: list[Row] = []  # rows of the current batch, placed in finish()
+        self.job_count = 0
+        self.unfinished: list[Row] = []
+        self._builds: dict[str, _Build] = {}
+        self.builds: collections.deque[_Build] = collections.deque(maxlen=MAX_BUILDS)
+        self.build_count = 0
+        self.end = 0.0
+
+    # -- hosts --------------------------------------------------------------------------------
+
+    def _close(self, host_id: int, t: float) -> None:
+        name, slots, since = self._online.pop(host_id)
+        if t > since and slots:
+            self.offered_s[name] += slots * (t - since)
+            self.buckets.add("offered", since, t, slots)
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        kind, t, host, _ = event
+        if kind is EventKind.RESET:
+            for host_id in list(self._online):
+                self._close(host_id, t)
+            return
+        assert host is not None
+        now = self._online.get(host.id)
+        if kind is EventKind.HOST_OFFLINE:
+            if now is not None:
+                self._close(host.id, t)
+            return
+        name = host.name or f"#{host.id}"
+        slots = 0 if host.no_remote else host.max_jobs  # a host that takes no remote jobs offers none
+        if now is None or now[0] != name or now[1] != slots:
+            if now is not None:
+                self._close(host.id, t)
+            self._online[host.id] = (name, slots, t)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def row(self, row: Row) -> None:
+        self.job_count += 1
+        if row[_OUTCOME] == "unfinished":
+            self.unfinished.append(row)  # their end is the recording's: known in finish()
+            return
+        self._job(row, row[_END])
+
+    def _job(self, row: Row, end: float | None) -> None:
+        requested, started = row[_REQ], row[_START]
+        remote = row[_KIND] == "remote"
+        if remote and requested is not None:
+            self.buckets.add("waiting", requested, started if started is not None else (end or requested), 1)
+        if remote and started is not None and end is not None:
+            self.buckets.add("busy", started, end, 1)
+            if row[_SERVER] is not None:
+                self.busy_s[row[_SERVER]] += end - started
+        wait = row[_WAIT]
+        if remote and wait is not None:
+            ms = int(round(wait))
+            self.waits[ms] += 1
+            self.waits_by[row[_SUBMITTER] or "?"][ms] += 1
+            i = 0
+            while i < len(WAIT_BOUNDS_MS) and ms > WAIT_BOUNDS_MS[i]:
+                i += 1
+            self.wait_bars[i] += 1
+        if started is not None:
+            self.jobs.append(row[:_END] + (end,) + row[_END + 1:])
+        self._build(row, end)
+
+    def _build(self, row: Row, end: float | None) -> None:
+        submitter = row[_SUBMITTER]
+        first = row[_REQ] if row[_REQ] is not None else row[_START]
+        if submitter is None or first is None:
+            return
+        last = end if end is not None else first
+        build = self._builds.get(submitter)
+        if build is None or first > build.end + BUILD_GAP_S:
+            if build is not None:
+                self.builds.append(build)
+            build = self._builds[submitter] = _Build(submitter, first)
+            self.build_count += 1
+        build.start = min(build.start, first)
+        build.end = max(build.end, last)
+        build.jobs += 1
+        if row[_KIND] == "remote":
+            build.remote += 1
+        else:
+            build.local += 1
+        if row[_OUTCOME] == "failed":
+            build.failed += 1
+        elif row[_OUTCOME] == "lost":
+            build.lost += 1
+        elif row[_OUTCOME] == "unfinished":
+            build.unfinished += 1
+            return  # no run time: it ran on past the end of the recording
+        if row[_START] is not None and end is not None:
+            run = end - row[_START]
+            build.run_s += run
+            if run > build.slowest[0]:
+                build.slowest = (run, row[_FILE])
+        if row[_WAIT] is not None and row[_KIND] == "remote":
+            build.waits[int(round(row[_WAIT]))] += 1
+
+    def finish(self, monitor: Monitor) -> None:
+        self.end = end = monitor.now
+        for row in self.unfinished:
+            self._job(row, end)
+        for host_id in list(self._online):
+            self._close(host_id, end)
+        for build in sorted(self._builds.values(), key=lambda b: b.start):
+            self.builds.append(build)
+        self._builds.clear()
+
+    # -- the figures --------------------------------------------------------------------------
+
+    def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """What the page draws, around ``stats``' report; ``stats``' own keys win where it has
+        them (the same figures, computed once)."""
+        def wait_json(hist: collections.Counter[int]) -> dict[str, Any]:
+            return {
+                "count": sum(hist.values()),
+                "p50_ms": percentile(hist, 50),
+                "p95_ms": percentile(hist, 95),
+                "max_ms": max(hist) if hist else None,
+            }
+
+        def use(offered: float, busy: float) -> dict[str, Any]:
+            return {
+                "offered_slot_s": round(offered, 3),
+                "busy_slot_s": round(busy, 3),
+                "ratio": round(busy / offered, 3) if offered > 0 else None,
+            }
+
+        # The shape of stats --json's own keys, which take their place when stats has them.
+        computed = {
+            "wait": {
+                "cluster": wait_json(self.waits),
+                "submitters": [{"name": name, **wait_json(h)} for name, h in sorted(self.waits_by.items())],
+            },
+            "utilisation": {
+                "cluster": use(sum(self.offered_s.values()), sum(self.busy_s.values())),
+                "hosts": [
+                    {"name": name, **use(offered, self.busy_s[name])}
+                    for name, offered in sorted(self.offered_s.items())
+                    if offered > 0
+                ],
+            },
+            "build_gap_s": BUILD_GAP_S,
+            "builds": [b.to_json() for b in self.builds],
+        }
+        out = dict(stats)
+        for key, value in computed.items():
+            out.setdefault(key, value)
+        builds_total = len(out["builds"]) if "builds" in stats else self.build_count
+        out["builds"] = out["builds"][-MAX_BUILDS:]  # the chart's: the last ones
+        jobs = sorted(self.jobs, key=lambda r: (r[_START], r[_ID]))
+        return {
+            "stats": out,
+            "end": round(self.end, 6),
+            "series": self.buckets.series(self.end),
+            "wait_bars": {"bounds_ms": list(WAIT_BOUNDS_MS), "counts": self.wait_bars},
+            "builds_total": builds_total,
+            "timeline": {
+                "total": self.job_count,
+                "columns": ["id", "file", "submitter", "server", "kind", "outcome", "started", "ended", "wait_ms"],
+                "jobs": [
+                    [r[_ID], r[_FILE], r[_SUBMITTER], r[_SERVER], r[_KIND], r[_OUTCOME], r[_START], r[_END], r[_WAIT]]
+                    for r in jobs
+                ],
+            },
+        }
+
+
+def collect(reader: CaptureReader, *, progress_stream: TextIO | None = None) -> tuple[dict[str, Any], ReplayResult]:
+    """Replay the capture as fast as possible; the report's data and the replay's result."""
+    figures = ReportPublisher()
+    jobs = JobsPublisher(figures.row)
+    publishers: list[Publisher] = [jobs, figures]
+    # stats' own "why slow" analysis where this version of stats has one (issue 11, branch
+    # wt-why): then wait, utilisation and builds are exactly stats --json's.
+    why_analysis = getattr(stats_module, "WhyAnalysis", None)
+    why = why_analysis() if why_analysis is not None else None
+    if why is not None:
+        publishers.append(why)
+    monitor = Monitor(publishers=publishers)
+    result = replay_file(monitor, reader, progress_stream=progress_stream)
+    jobs.finish(monitor)
+    figures.finish(monitor)
+    if why is not None:
+        why.finish(monitor)
+        stats = stats_module.report(monitor, why)  # type: ignore[call-arg]
+    else:
+        stats = stats_module.report(monitor)
+    return figures.figures(stats), result
+
+
+# ---- the page -------------------------------------------------------------------------------
+
+_IMPORT = re.compile(r'^import \{[\w\s,]+\} from "\./([\w/.-]+\.js)";\n', re.M)
+_EXPORT = re.compile(r"^export (?=(?:async )?function\b|const\b|let\b|class\b)", re.M)
+
+
+def _module_order(entry: str) -> list[Path]:
+    """``entry`` and the modules it imports (relative ``import {..} from "./x.js"`` only), each
+    before its importers."""
+    order: list[Path] = []
+
+    def visit(path: Path, stack: tuple[Path, ...]) -> None:
+        if path in order:
+            return
+        if path in stack:
+            raise RuntimeError(f"import cycle through {path.name}")
+        text = path.read_text(encoding="utf-8")
+        for dep in _IMPORT.findall(text):
+            visit((path.parent / dep).resolve(), stack + (path,))
+        order.append(path)
+
+    visit((WEB / entry).resolve(), ())
+    return order
+
+
+def bundle(entry: str = "report.js") -> str:
+    """The modules as one module script: imports dropped, ``export`` keywords dropped (the names
+    are unique across the modules; a clash is a SyntaxError the browser test catches)."""
+    parts = []
+    for path in _module_order(entry):
+        text = _IMPORT.sub("", path.read_text(encoding="utf-8"))
+        text = _EXPORT.sub("", text)
+        if re.search(r"^\s*(import|export)\b", text, re.M):
+            raise RuntimeError(f"{path.name}: only 'import {{..}} from \"./x.js\";' and 'export function/const' can be inlined")
+        parts.append(f"// ---- {path.relative_to(WEB)}\n{text}")
+    return "\n".join(parts)
+
+
+def script_json(data: Any) -> str:
+    """JSON that can stand inside a <script> element: no ``<``, ``>`` or ``&`` (no ``</script>``,
+    no ``<!--``), no line separators JavaScript once choked on."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return (
+        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    )
+
+
+def _inline_safe(text: str, what: str) -> str:
+    if re.search(r"</script|<!--", text, re.I):
+        raise RuntimeError(f"{what} cannot be inlined: it holds </script or <!--")
+    return text
+
+
+def _sha256(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+def render_html(data: dict[str, Any], title: str) -> str:
+    """The report page: d3, the data and the page's modules inline; a CSP that lets only these
+    scripts and this style run."""
+    d3 = _inline_safe((WEB / "vendor" / "d3.v7.min.js").read_text(encoding="utf-8"), "d3")
+    code = _inline_safe(bundle(), "the page's modules")
+    style = _inline_safe((WEB / "report.css").read_text(encoding="utf-8"), "report.css")
+    csp = (
+        f"default-src 'none'; script-src {_sha256(d3)} {_sha256(code)}; style-src {_sha256(style)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    template = (WEB / "report.html").read_text(encoding="utf-8")
+    parts = {
+        "CSP": html.escape(csp),
+        "TITLE": html.escape(title),
+        "STYLE": style,
+        "D3": d3,
+        "DATA": script_json(data),
+        "CODE": code,
+    }
+    # One pass, so that nothing substituted is searched again for placeholders.
+    return re.sub(r"@@(\w+)@@", lambda m: parts[m.group(1)], template)
+
+
+def write_report(reader: CaptureReader, target: Path, title: str, *, progress_stream: TextIO | None = None) -> ReplayResult:
+    """Replay the capture and write its report to ``target``, replaced atomically (a damaged
+    capture or a failure leaves any previous file as it was)."""
+    target = Path(target)
+    if target.is_dir():
+        raise OutputError(f"{target} is a directory")
+    data, result = collect(reader, progress_stream=progress_stream)
+    page = render_html(data, title).encode("utf-8")
+    if target.exists() and not target.is_file():  # /dev/null, a pipe: written into
+        try:
+            with open(target, "wb") as out:
+                out.write(page)
+        except OSError as e:
+            raise OutputError(f"cannot write {target}: {e.strerror}") from None
+        return result
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path("."))
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(page)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temp, 0o666 & ~mask)
+        os.replace(temp, target)
+    except OSError as e:
+        Path(temp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {target}: {e.strerror}") from None
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return result
