@@ -9,9 +9,12 @@ Monitor that has replayed a recording into the answer, as data; :func:`render_re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TextIO
 
-from .monitor import HostCounters, Monitor
+from .capture import CaptureReader
+from .jobs import JobsPublisher, Row, host_name, printable
+from .monitor import Event, EventKind, HostCounters, Monitor, Publisher
+from .replay import ReplayResult, replay, replay_file
 
 BUSIEST_HOSTS = 5
 
@@ -71,8 +74,9 @@ def host_stats(monitor: Monitor) -> list[HostStats]:
     return sorted(hosts, key=lambda h: (h.id, h.name))
 
 
-def report(monitor: Monitor) -> dict[str, Any]:
-    """The answer to "what happened", from a Monitor that replayed a recording."""
+def report(monitor: Monitor, why: WhyAnalysis | None = None) -> dict[str, Any]:
+    """The answer to "what happened", from a Monitor that replayed a recording; with ``why``
+    (attached to that Monitor and finished) also the answer to "why was it slow"."""
     hosts = host_stats(monitor)
     busiest = sorted(hosts, key=lambda h: (-h.counters.compiled, h.name))[:BUSIEST_HOSTS]
     t = monitor.totals
@@ -98,6 +102,7 @@ def report(monitor: Monitor) -> dict[str, Any]:
             {"file": file, "real_msec": msec, "job_id": job_id, "host": host}
             for msec, job_id, file, host in sorted(monitor.slowest, reverse=True)
         ],
+        **(why.to_json() if why is not None else {}),
     }
 
 
@@ -125,4 +130,506 @@ def render_report(report: dict[str, Any]) -> str:
     if report["slowest_files"]:
         lines += ["", "slowest compiles:"]
         lines += [f"  {f['real_msec']:>7} ms  {f['host']:<12} {f['file']}" for f in report["slowest_files"]]
+    if "wait" in report:
+        lines += render_why(report)
     return "\n".join(lines)
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _name(name: str | None, width: int) -> str:
+    text = "-" if name is None else printable(name)
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def render_why(report: dict[str, Any]) -> list[str]:
+    """The "why was it slow" part of the text report (the keys WhyAnalysis adds)."""
+    wait = report["wait"]
+    lines = ["", "waiting for a compile host (remote jobs, ms):", f"  {'submitter':<16} {'jobs':>6} {'p50':>7} {'p95':>7} {'max':>7}"]
+    for name, w in [("(cluster)", wait["cluster"])] + [(w["name"], w) for w in wait["submitters"]]:
+        lines.append(f"  {_name(name, 16):<16} {w['count']:>6} {_ms(w['p50_ms']):>7} {_ms(w['p95_ms']):>7} {_ms(w['max_ms']):>7}")
+    held, saturated = report["waiting_with_free_slots_s"], report["saturated_s"]
+    lines.append(
+        f"  jobs waited {held:.1f} s while a slot was free (held back by the scheduler or by "
+        f"environments) and {saturated:.1f} s with every slot taken (the cluster is too small)"
+    )
+    use = report["utilisation"]
+    lines += ["", "slots (hosts that accept remote jobs, slot-seconds):", f"  {'host':<16} {'offered':>10} {'busy':>10} {'busy %':>7}"]
+    for name, u in [("(cluster)", use["cluster"])] + [(u["name"], u) for u in use["hosts"]]:
+        ratio = "-" if u["ratio"] is None else f"{100 * u['ratio']:.0f}"
+        lines.append(f"  {_name(name, 16):<16} {u['offered_slot_s']:>10.1f} {u['busy_slot_s']:>10.1f} {ratio:>7}")
+    builds = report["builds"]
+    lines += ["", f"builds ({len(builds)}; a pause of {report['build_gap_s']:g} s or more without a request or a job running ends one):"]
+    if builds:
+        lines.append(
+            f"  {'submitter':<14} {'start s':>9} {'wall s':>8} {'jobs':>5} {'remote':>6} {'local':>5} {'failed':>6} "
+            f"{'lost':>4} {'parallel':>8} {'wait p95':>8}  slowest"
+        )
+    for b in builds:
+        parallel = "-" if b["parallelism"] is None else f"{b['parallelism']:.2f}"
+        lines.append(
+            f"  {_name(b['submitter'], 14):<14} {b['start']:>9.1f} {b['wall_s']:>8.1f} {b['jobs']:>5} {b['remote']:>6} "
+            f"{b['local']:>5} {b['failed']:>6} {b['lost']:>4} {parallel:>8} {_ms(b['wait_p95_ms']):>8}  "
+            f"{printable(b['slowest_file']) if b['slowest_file'] else '-'}"
+        )
+    transfer = report["transfer"]
+    if transfer:
+        lines += ["", "transfer (run time on the monitor's clock minus the compile time each host measured, s):",
+                  f"  {'host':<16} {'jobs':>6} {'run':>9} {'compile':>9} {'transfer':>9}"]
+        lines += [
+            f"  {_name(x['name'], 16):<16} {x['jobs']:>6} {x['run_s']:>9.1f} {x['compile_s']:>9.1f} {x['transfer_s']:>9.1f}"
+            for x in transfer
+        ]
+    return lines
+
+
+# ---- why is my build slow? ------------------------------------------------------------------
+#
+# Waits, slot use, builds and transfer time (issue 11; the definitions are in docs/analysis.md).
+# Two publishers on the Monitor that replays the recording: SlotsPublisher follows the cluster
+# in time order (jobs waiting, slots offered and taken), and the rows of icetools.jobs (the same
+# JobsPublisher, so a job is what `icetools jobs` says it is) feed the per-job figures. Both keep
+# running sums, histograms and one open build per submitter: memory does not grow with the jobs.
+
+#: A submitter's build ends after this many seconds without a request or a job of it running.
+DEFAULT_GAP = 30.0
+#: Waits are counted in whole milliseconds, exactly below this; above it to four significant
+#: digits (rounded down), so a wait histogram holds at most ~10,000 + 9,000 per decade values.
+EXACT_WAIT_MS = 10_000
+#: Rows between two sweeps that close the builds whose gap has passed.
+_SWEEP_ROWS = 4096
+
+
+def _wait_bucket(ms: int) -> int:
+    if ms < EXACT_WAIT_MS:
+        return ms
+    step = 10 ** (len(str(ms)) - 4)
+    return ms - ms % step
+
+
+class Waits:
+    """How long jobs waited: a histogram of whole milliseconds (see EXACT_WAIT_MS), the count and
+    the exact longest."""
+
+    __slots__ = ("histogram", "count", "max_ms")
+
+    def __init__(self) -> None:
+        self.histogram: dict[int, int] = {}
+        self.count = 0
+        self.max_ms = 0
+
+    def add(self, ms: int) -> None:
+        self.count += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+        key = ms if ms < EXACT_WAIT_MS else _wait_bucket(ms)
+        histogram = self.histogram
+        histogram[key] = histogram.get(key, 0) + 1
+
+    def merge(self, other: Waits) -> None:
+        self.count += other.count
+        if other.max_ms > self.max_ms:
+            self.max_ms = other.max_ms
+        histogram = self.histogram
+        for key, n in other.histogram.items():
+            histogram[key] = histogram.get(key, 0) + n
+
+    def to_json(self) -> dict[str, int | None]:
+        return {
+            "count": self.count,
+            "p50_ms": percentile(self.histogram, 50),
+            "p95_ms": percentile(self.histogram, 95),
+            "max_ms": self.max_ms if self.count else None,
+        }
+
+
+class _HostSlots:
+    """One host (by the Monitor's id) as the slots see it: how many remote jobs it accepts now,
+    how many run there, and the slot-seconds offered and used until ``last``."""
+
+    __slots__ = ("use", "slots", "running", "last")
+
+    def __init__(self, use: list[float], t: float) -> None:
+        self.use = use  # [offered, busy] slot-seconds, shared by every id of one host name
+        self.slots = 0
+        self.running = 0
+        self.last = t
+
+    def advance(self, t: float) -> None:
+        dt = t - self.last
+        if dt > 0:
+            use = self.use
+            slots = self.slots
+            use[0] += slots * dt
+            running = self.running
+            use[1] += (running if running < slots else slots) * dt
+        self.last = t
+
+
+def _free(slots: int, running: int) -> int:
+    return slots - running if running < slots else 0
+
+
+class SlotsPublisher(Publisher):
+    """Follows the cluster in time order: remote jobs waiting (requested, not started), and per
+    host the slots it offers to remote jobs (MaxJobs while online, unless NoRemote) and the remote
+    jobs running there. Integrates slot-seconds offered and busy per host name, and the time
+    during which jobs waited with a slot free somewhere or with none free."""
+
+    kinds = frozenset({
+        EventKind.JOB_SUBMITTED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED, EventKind.HOST_ADDED,
+        EventKind.HOST_CHANGED, EventKind.HOST_OFFLINE, EventKind.RESET,
+    })
+
+    def __init__(self) -> None:
+        self.use: dict[str, list[float]] = {}  # host name -> [offered, busy] slot-seconds
+        self._hosts: dict[int, _HostSlots] = {}
+        #: Remote jobs in flight by id: the host each runs on, or _WAITING.
+        self._open: dict[int, _HostSlots | object] = {}
+        self._waiting = 0  # remote jobs requested and not started
+        self._free = 0  # free slots on hosts that accept remote jobs
+        self._last: float | None = None
+        self.held_s = 0.0  # jobs waited while a slot was free
+        self.saturated_s = 0.0  # jobs waited and no slot was free
+
+    def _host(self, host_id: int, t: float, monitor: Monitor) -> _HostSlots:
+        h = self._hosts.get(host_id)
+        if h is None:
+            name = host_name(monitor, host_id) or f"#{host_id}"
+            use = self.use.get(name)
+            if use is None:
+                use = self.use[name] = [0.0, 0.0]
+            h = self._hosts[host_id] = _HostSlots(use, t)
+        return h
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        # Called for every job event of a recording: written for speed (_HostSlots.advance
+        # inlined).
+        kind, t, host, job = event
+        if self._waiting:
+            dt = t - self._last  # type: ignore[operator]  # (set by the event that made one wait)
+            if dt > 0:
+                if self._free:
+                    self.held_s += dt
+                else:
+                    self.saturated_s += dt
+        self._last = t
+        if job is not None:
+            if job.local:
+                return  # a local job takes no slot the scheduler offers
+            job_id = job.id
+            opened = self._open
+            if kind is _JOB_SUBMITTED:
+                if job_id in opened:  # the id used again without the old job ending
+                    self._release(opened.pop(job_id), t)
+                opened[job_id] = _WAITING
+                self._waiting += 1
+                return
+            # Its end, or its start: what it held is given back (it waited; or it begins
+            # again elsewhere; or the Monitor met a job it had dropped again).
+            h = opened.pop(job_id, None)
+            if h is _WAITING:
+                self._waiting -= 1
+            elif h is not None:
+                dt = t - h.last
+                if dt > 0:
+                    use = h.use
+                    slots = h.slots
+                    running = h.running
+                    use[0] += slots * dt
+                    use[1] += (running if running < slots else slots) * dt
+                h.last = t
+                h.running -= 1
+                if h.running < h.slots:
+                    self._free += 1
+            if kind is not _JOB_STARTED or job.server_id is None:
+                return
+            h = self._hosts.get(job.server_id) or self._host(job.server_id, t, monitor)
+            dt = t - h.last
+            running = h.running
+            if dt > 0:
+                use = h.use
+                slots = h.slots
+                use[0] += slots * dt
+                use[1] += (running if running < slots else slots) * dt
+            h.last = t
+            if running < h.slots:
+                self._free -= 1
+            h.running = running + 1
+            opened[job_id] = h
+            return
+        if host is not None:
+            h = self._hosts.get(host.id) or self._host(host.id, t, monitor)
+            slots = 0 if kind is _HOST_OFFLINE else host.remote_slots()
+            if slots != h.slots:
+                h.advance(t)
+                self._free += _free(slots, h.running) - _free(h.slots, h.running)
+                h.slots = slots
+            return
+        # RESET: the Monitor forgot hosts and jobs; what ran is over, unseen.
+        for h in self._hosts.values():
+            h.advance(t)
+        self._hosts.clear()
+        self._open.clear()
+        self._waiting = self._free = 0
+
+    def _release(self, h: _HostSlots | object, t: float) -> None:
+        if h is _WAITING:
+            self._waiting -= 1
+            return
+        assert isinstance(h, _HostSlots)
+        h.advance(t)
+        h.running -= 1
+        if h.running < h.slots:
+            self._free += 1
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: the sums run to its last instant."""
+        self.publish(Event(EventKind.RESET, monitor.now), monitor)
+
+
+_WAITING = object()  # (a remote job requested and not started)
+_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
+_JOB_STARTED = EventKind.JOB_STARTED
+_HOST_OFFLINE = EventKind.HOST_OFFLINE
+
+
+class _Build:
+    """A submitter's build while it is open (then only its figures are kept)."""
+
+    __slots__ = (
+        "submitter", "start", "end", "active", "remote", "local", "failed", "lost",
+        "unfinished", "run_ms", "waits", "wait_p95", "slowest", "slowest_file",
+    )
+
+    def __init__(self, submitter: str, at: float) -> None:
+        self.submitter = submitter
+        self.start = at
+        self.end = at  # the last end (or start, or request) of its jobs
+        self.active = at  # the last request or end of a job: the gap is counted from here
+        self.remote = self.local = self.failed = self.lost = self.unfinished = 0
+        self.run_ms = 0.0  # the jobs' run times added up
+        self.waits: Waits | None = Waits()  # (until it closes)
+        self.wait_p95: int | None = None
+        self.slowest = -1.0
+        self.slowest_file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        wall = self.end - self.start
+        run_s = self.run_ms / 1000
+        return {
+            "submitter": self.submitter,
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "wall_s": round(wall, 3),
+            "jobs": self.remote + self.local,
+            "remote": self.remote,
+            "local": self.local,
+            "failed": self.failed,
+            "lost": self.lost,
+            "unfinished": self.unfinished,
+            "run_s": round(run_s, 3),
+            "parallelism": round(run_s / wall, 2) if wall > 0 else None,
+            "wait_p95_ms": self.wait_p95,
+            "slowest_file": self.slowest_file,
+        }
+
+
+class WhyAnalysis:
+    """The "why is my build slow" figures of a recording. Attach :attr:`publishers` to the
+    Monitor that replays it, call :meth:`finish` after the last record, then :func:`report`
+    (with this) or :meth:`to_json`."""
+
+    def __init__(self, gap: float = DEFAULT_GAP) -> None:
+        if not gap > 0:
+            raise ValueError("the gap between builds must be positive")
+        self.gap = gap
+        self.slots = SlotsPublisher()
+        self.jobs = JobsPublisher(self.take)
+        self.publishers: tuple[Publisher, ...] = (self.slots, self.jobs)
+        #: Waits per submitter (a build's join when it closes), and of jobs whose submitter is
+        #: not known; the cluster's are their sum.
+        self.submitter_waits: dict[str, Waits] = {}
+        self.unattributed_waits = Waits()
+        #: Compile host -> [jobs, run seconds, compile seconds measured there].
+        self.transfer: dict[str, list[float]] = {}
+        self._open: dict[str, _Build] = {}  # the open build of each submitter
+        self.builds: list[_Build] = []  # closed builds
+        self._rows = 0
+        self._closed_seen = False
+
+    def take(self, row: Row) -> None:
+        """One job's row from icetools.jobs (rows come in order of request). Called for every
+        job of a recording: written for speed. A wait goes into its build's histogram only; a
+        build's histogram is added to its submitter's when the build closes, and the cluster's
+        is the sum of the submitters' (so each wait is counted once per job, not three times)."""
+        (_, file, _, submitter, server, kind, outcome, _, requested, started, ended,
+         wait_ms, run_ms, real_msec, _, _, _, _, _) = row
+        if submitter is None:  # (a job seen only at its end: no build to put it in)
+            if kind == "remote":
+                if wait_ms is not None:
+                    self.unattributed_waits.add(int(wait_ms + 0.5))
+                if real_msec is not None and run_ms is not None and server is not None and outcome != "lost":
+                    self._transfer(server, run_ms, real_msec)
+            return
+        at = requested if requested is not None else started if started is not None else ended
+        build = self._open.get(submitter)
+        if build is None or at - build.active >= self.gap:
+            if build is not None and at < build.start:
+                build = self._earlier(submitter, at)  # a late row (see jobs.REORDER_LIMIT)
+            else:
+                if build is not None:
+                    self._close(build)
+                build = self._open[submitter] = _Build(submitter, at)
+        if kind == "remote":
+            build.remote += 1
+            if wait_ms is not None:
+                waited = int(wait_ms + 0.5)
+                waits = build.waits
+                if waits is None:  # a late row of a closed build: its submitter's figures
+                    waits = self._submitter_waits(submitter)
+                waits.count += 1
+                if waited > waits.max_ms:
+                    waits.max_ms = waited
+                key = waited if waited < EXACT_WAIT_MS else _wait_bucket(waited)
+                histogram = waits.histogram
+                histogram[key] = histogram.get(key, 0) + 1
+            if real_msec is not None and run_ms is not None and server is not None and outcome != "lost":
+                sums = self.transfer.get(server)
+                if sums is None:
+                    sums = self.transfer[server] = [0, 0.0, 0.0]
+                sums[0] += 1
+                sums[1] += run_ms
+                sums[2] += real_msec
+        else:
+            build.local += 1
+        if outcome != "ok":
+            if outcome == "failed":
+                build.failed += 1
+            elif outcome == "lost":
+                build.lost += 1
+            else:
+                build.unfinished += 1
+        if ended is not None:
+            if ended > build.end:
+                build.end = ended
+            if ended > build.active:
+                build.active = ended
+        else:
+            last = started if started is not None else at
+            if last > build.end:
+                build.end = last
+        if at > build.active:
+            build.active = at
+        if run_ms is not None:
+            build.run_ms += run_ms
+            if run_ms > build.slowest:
+                build.slowest = run_ms
+                build.slowest_file = file or None
+        self._rows += 1
+        if not self._rows & (_SWEEP_ROWS - 1):
+            self._sweep(at)
+
+    def _transfer(self, server: str, run_ms: float, real_msec: int) -> None:
+        sums = self.transfer.get(server)
+        if sums is None:
+            sums = self.transfer[server] = [0, 0.0, 0.0]
+        sums[0] += 1
+        sums[1] += run_ms
+        sums[2] += real_msec
+
+    def _submitter_waits(self, submitter: str) -> Waits:
+        waits = self.submitter_waits.get(submitter)
+        if waits is None:
+            waits = self.submitter_waits[submitter] = Waits()
+        return waits
+
+    def _close(self, build: _Build) -> None:
+        """A build is over: its waits join its submitter's, and only its figures are kept."""
+        if build.waits is not None:
+            build.wait_p95 = percentile(build.waits.histogram, 95)
+            self._submitter_waits(build.submitter).merge(build.waits)
+            build.waits = None
+        self.builds.append(build)
+
+    def _earlier(self, submitter: str, at: float) -> _Build:
+        """The closed build of ``submitter`` that a row requested at ``at`` belongs to."""
+        for build in reversed(self.builds):
+            if build.submitter == submitter and build.start <= at:
+                return build
+        build = _Build(submitter, at)
+        self._close(build)
+        return build
+
+    def _sweep(self, now: float) -> None:
+        """Close the builds whose gap has passed: rows come in order of request, so no later
+        row can join them (their wait histograms are dropped)."""
+        for submitter, build in list(self._open.items()):
+            if now - build.active >= self.gap:
+                self._close(build)
+                del self._open[submitter]
+
+    def finish(self, monitor: Monitor) -> None:
+        self.slots.finish(monitor)
+        self.jobs.finish(monitor)
+        for build in self._open.values():
+            self._close(build)
+        self._open.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        use = self.slots.use
+        offered = sum(u[0] for u in use.values())
+        busy = sum(u[1] for u in use.values())
+        cluster = Waits()
+        for waits in (*self.submitter_waits.values(), self.unattributed_waits):
+            cluster.merge(waits)
+        return {
+            "wait": {
+                "cluster": cluster.to_json(),
+                "submitters": [
+                    {"name": name, **waits.to_json()} for name, waits in sorted(self.submitter_waits.items())
+                ],
+            },
+            "utilisation": {
+                "cluster": _use(offered, busy),
+                "hosts": [{"name": name, **_use(*u)} for name, u in sorted(use.items()) if u[0] > 0],
+            },
+            "waiting_with_free_slots_s": round(self.slots.held_s, 3),
+            "saturated_s": round(self.slots.saturated_s, 3),
+            "build_gap_s": self.gap,
+            "builds": [b.to_json() for b in sorted(self.builds, key=lambda b: (b.start, b.submitter))],
+            "transfer": [
+                {
+                    "name": name,
+                    "jobs": int(jobs),
+                    "run_s": round(run / 1000, 3),
+                    "compile_s": round(real / 1000, 3),
+                    "transfer_s": round(max(0.0, run - real) / 1000, 3),
+                }
+                for name, (jobs, run, real) in sorted(self.transfer.items())
+            ],
+        }
+
+
+def _use(offered: float, busy: float) -> dict[str, float | None]:
+    return {
+        "offered_slot_s": round(offered, 3),
+        "busy_slot_s": round(busy, 3),
+        "ratio": round(busy / offered, 3) if offered > 0 else None,
+    }
+
+
+def analyse(reader: CaptureReader, *, gap: float = DEFAULT_GAP, fast: bool = True,
+            progress_stream: TextIO | None = None) -> tuple[dict[str, Any], ReplayResult]:
+    """Replay a capture and return what ``icetools stats --json`` prints (the "why" keys
+    included), with the replay's result. ``fast=False`` replays record by record."""
+    why = WhyAnalysis(gap)
+    monitor = Monitor(publishers=why.publishers)
+    if fast:
+        result = replay_file(monitor, reader, progress_stream=progress_stream)
+    else:
+        result = replay(monitor, reader)
+    why.finish(monitor)
+    return report(monitor, why), result
