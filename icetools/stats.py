@@ -12,8 +12,8 @@ import dataclasses
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .jobs import JobsPublisher, Row, host_name, printable
-from .monitor import Event, EventKind, HostCounters, Monitor, Publisher
+from .jobs import Row, host_name, job_row, printable
+from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, Monitor, Publisher
 from .replay import ReplayResult, replay, replay_file
 
 BUSIEST_HOSTS = 5
@@ -188,18 +188,22 @@ def render_why(report: dict[str, Any]) -> list[str]:
 # ---- why is my build slow? ------------------------------------------------------------------
 #
 # Waits, slot use, builds and transfer time (issue 11; the definitions are in docs/analysis.md).
-# Two publishers on the Monitor that replays the recording: SlotsPublisher follows the cluster
-# in time order (jobs waiting, slots offered and taken), and the rows of icetools.jobs (the same
-# JobsPublisher, so a job is what `icetools jobs` says it is) feed the per-job figures. Both keep
-# running sums, histograms and one open build per submitter: memory does not grow with the jobs.
+# One publisher follows the cluster in time order: remote jobs waiting, the slots hosts offer and
+# the jobs taking them, each submitter's open build. When a job ends it becomes its row of
+# `icetools jobs` (jobs.job_row, as in the trace), and the per-job figures come from that row:
+# a job is what `icetools jobs` says it is. Running sums, histograms and one open build per
+# submitter: memory does not grow with the jobs.
 
 #: A submitter's build ends after this many seconds without a request or a job of it running.
 DEFAULT_GAP = 30.0
 #: Waits are counted in whole milliseconds, exactly below this; above it to four significant
 #: digits (rounded down), so a wait histogram holds at most ~10,000 + 9,000 per decade values.
 EXACT_WAIT_MS = 10_000
-#: Rows between two sweeps that close the builds whose gap has passed.
-_SWEEP_ROWS = 4096
+#: Requests between two sweeps that close the builds whose gap has passed.
+_SWEEP_REQUESTS = 4096
+#: Jobs in flight beyond this are taken for lost (as the Monitor's MAX_ACTIVE_JOBS): the oldest
+#: ends, unfinished, so memory stays bounded on a stream that never ends its jobs.
+MAX_IN_FLIGHT = MAX_ACTIVE_JOBS
 
 
 def _wait_bucket(ms: int) -> int:
@@ -249,13 +253,14 @@ class _HostSlots:
     """One host (by the Monitor's id) as the slots see it: how many remote jobs it accepts now,
     how many run there, and the slot-seconds offered and used until ``last``."""
 
-    __slots__ = ("use", "slots", "running", "last")
+    __slots__ = ("use", "slots", "running", "last", "report")
 
     def __init__(self, use: list[float], t: float) -> None:
         self.use = use  # [offered, busy] slot-seconds, shared by every id of one host name
         self.slots = 0
         self.running = 0
         self.last = t
+        self.report = ""  # the host's report its slots were last read from
 
     def advance(self, t: float) -> None:
         dt = t - self.last
@@ -272,135 +277,11 @@ def _free(slots: int, running: int) -> int:
     return slots - running if running < slots else 0
 
 
-class SlotsPublisher(Publisher):
-    """Follows the cluster in time order: remote jobs waiting (requested, not started), and per
-    host the slots it offers to remote jobs (MaxJobs while online, unless NoRemote) and the remote
-    jobs running there. Integrates slot-seconds offered and busy per host name, and the time
-    during which jobs waited with a slot free somewhere or with none free."""
-
-    kinds = frozenset({
-        EventKind.JOB_SUBMITTED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED, EventKind.HOST_ADDED,
-        EventKind.HOST_CHANGED, EventKind.HOST_OFFLINE, EventKind.RESET,
-    })
-
-    def __init__(self) -> None:
-        self.use: dict[str, list[float]] = {}  # host name -> [offered, busy] slot-seconds
-        self._hosts: dict[int, _HostSlots] = {}
-        #: Remote jobs in flight by id: the host each runs on, or _WAITING.
-        self._open: dict[int, _HostSlots | object] = {}
-        self._waiting = 0  # remote jobs requested and not started
-        self._free = 0  # free slots on hosts that accept remote jobs
-        self._last: float | None = None
-        self.held_s = 0.0  # jobs waited while a slot was free
-        self.saturated_s = 0.0  # jobs waited and no slot was free
-
-    def _host(self, host_id: int, t: float, monitor: Monitor) -> _HostSlots:
-        h = self._hosts.get(host_id)
-        if h is None:
-            name = host_name(monitor, host_id) or f"#{host_id}"
-            use = self.use.get(name)
-            if use is None:
-                use = self.use[name] = [0.0, 0.0]
-            h = self._hosts[host_id] = _HostSlots(use, t)
-        return h
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        # Called for every job event of a recording: written for speed (_HostSlots.advance
-        # inlined).
-        kind, t, host, job = event
-        if self._waiting:
-            dt = t - self._last  # type: ignore[operator]  # (set by the event that made one wait)
-            if dt > 0:
-                if self._free:
-                    self.held_s += dt
-                else:
-                    self.saturated_s += dt
-        self._last = t
-        if job is not None:
-            if job.local:
-                return  # a local job takes no slot the scheduler offers
-            job_id = job.id
-            opened = self._open
-            if kind is _JOB_SUBMITTED:
-                if job_id in opened:  # the id used again without the old job ending
-                    self._release(opened.pop(job_id), t)
-                opened[job_id] = _WAITING
-                self._waiting += 1
-                return
-            # Its end, or its start: what it held is given back (it waited; or it begins
-            # again elsewhere; or the Monitor met a job it had dropped again).
-            h = opened.pop(job_id, None)
-            if h is _WAITING:
-                self._waiting -= 1
-            elif h is not None:
-                dt = t - h.last
-                if dt > 0:
-                    use = h.use
-                    slots = h.slots
-                    running = h.running
-                    use[0] += slots * dt
-                    use[1] += (running if running < slots else slots) * dt
-                h.last = t
-                h.running -= 1
-                if h.running < h.slots:
-                    self._free += 1
-            if kind is not _JOB_STARTED or job.server_id is None:
-                return
-            h = self._hosts.get(job.server_id) or self._host(job.server_id, t, monitor)
-            dt = t - h.last
-            running = h.running
-            if dt > 0:
-                use = h.use
-                slots = h.slots
-                use[0] += slots * dt
-                use[1] += (running if running < slots else slots) * dt
-            h.last = t
-            if running < h.slots:
-                self._free -= 1
-            h.running = running + 1
-            opened[job_id] = h
-            return
-        if host is not None:
-            h = self._hosts.get(host.id) or self._host(host.id, t, monitor)
-            slots = 0 if kind is _HOST_OFFLINE else host.remote_slots()
-            if slots != h.slots:
-                h.advance(t)
-                self._free += _free(slots, h.running) - _free(h.slots, h.running)
-                h.slots = slots
-            return
-        # RESET: the Monitor forgot hosts and jobs; what ran is over, unseen.
-        for h in self._hosts.values():
-            h.advance(t)
-        self._hosts.clear()
-        self._open.clear()
-        self._waiting = self._free = 0
-
-    def _release(self, h: _HostSlots | object, t: float) -> None:
-        if h is _WAITING:
-            self._waiting -= 1
-            return
-        assert isinstance(h, _HostSlots)
-        h.advance(t)
-        h.running -= 1
-        if h.running < h.slots:
-            self._free += 1
-
-    def finish(self, monitor: Monitor) -> None:
-        """The end of the recording: the sums run to its last instant."""
-        self.publish(Event(EventKind.RESET, monitor.now), monitor)
-
-
-_WAITING = object()  # (a remote job requested and not started)
-_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
-_JOB_STARTED = EventKind.JOB_STARTED
-_HOST_OFFLINE = EventKind.HOST_OFFLINE
-
-
 class _Build:
     """A submitter's build while it is open (then only its figures are kept)."""
 
     __slots__ = (
-        "submitter", "start", "end", "active", "remote", "local", "failed", "lost",
+        "submitter", "start", "end", "active", "in_flight", "remote", "local", "failed", "lost",
         "unfinished", "run_ms", "waits", "wait_p95", "slowest", "slowest_file",
     )
 
@@ -409,6 +290,7 @@ class _Build:
         self.start = at
         self.end = at  # the last end (or start, or request) of its jobs
         self.active = at  # the last request or end of a job: the gap is counted from here
+        self.in_flight = 0  # its jobs requested and not ended
         self.remote = self.local = self.failed = self.lost = self.unfinished = 0
         self.run_ms = 0.0  # the jobs' run times added up
         self.waits: Waits | None = Waits()  # (until it closes)
@@ -437,65 +319,224 @@ class _Build:
         }
 
 
-class WhyAnalysis:
-    """The "why is my build slow" figures of a recording. Attach :attr:`publishers` to the
-    Monitor that replays it, call :meth:`finish` after the last record, then :func:`report`
-    (with this) or :meth:`to_json`."""
+#: What a job in flight holds: _WAITING (a remote job requested, not started), the _HostSlots
+#: of the host running it (a remote job), or None (a local job: no slot the scheduler offers).
+_WAITING = object()
+_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
+_JOB_STARTED = EventKind.JOB_STARTED
+_JOB_FINISHED = EventKind.JOB_FINISHED
+_HOST_OFFLINE = EventKind.HOST_OFFLINE
+
+
+class WhyAnalysis(Publisher):
+    """The "why is my build slow" figures of a recording. Attach it to the Monitor that replays
+    the recording (``Monitor(publishers=[why])``), call :meth:`finish` after the last record,
+    then :func:`report` (with it) or :meth:`to_json`.
+
+    In time order it follows: remote jobs waiting (requested, not started); per host the slots
+    it offers to remote jobs (MaxJobs while online, unless NoRemote) and the remote jobs running
+    there, integrated into slot-seconds offered and busy per host name and into the time jobs
+    waited with a slot free somewhere or with none free; per submitter its open build (a request
+    after ``gap`` seconds without a request or a job of it in flight opens a new one). A job's
+    end makes its row of ``icetools jobs``, which gives its wait, run time, outcome and the
+    compile time measured on the host."""
+
+    kinds = frozenset(EventKind)
 
     def __init__(self, gap: float = DEFAULT_GAP) -> None:
         if not gap > 0:
             raise ValueError("the gap between builds must be positive")
         self.gap = gap
-        self.slots = SlotsPublisher()
-        self.jobs = JobsPublisher(self.take)
-        self.publishers: tuple[Publisher, ...] = (self.slots, self.jobs)
+        self.use: dict[str, list[float]] = {}  # host name -> [offered, busy] slot-seconds
+        self._hosts: dict[int, _HostSlots] = {}
+        #: Jobs in flight by id: (what it holds, its build or None, the job).
+        self._open: dict[int, tuple[Any, _Build | None, Job]] = {}
+        self._waiting = 0  # remote jobs requested and not started
+        self._free = 0  # free slots on hosts that accept remote jobs
+        self._last: float | None = None
+        self.held_s = 0.0  # jobs waited while a slot was free
+        self.saturated_s = 0.0  # jobs waited and no slot was free
         #: Waits per submitter (a build's join when it closes), and of jobs whose submitter is
         #: not known; the cluster's are their sum.
         self.submitter_waits: dict[str, Waits] = {}
         self.unattributed_waits = Waits()
-        #: Compile host -> [jobs, run seconds, compile seconds measured there].
+        #: Compile host -> [jobs, run ms, compile ms measured there].
         self.transfer: dict[str, list[float]] = {}
-        self._open: dict[str, _Build] = {}  # the open build of each submitter
+        self._builds: dict[str, _Build] = {}  # the open build of each submitter
         self.builds: list[_Build] = []  # closed builds
-        self._rows = 0
-        self._closed_seen = False
+        self._requests = 0
 
-    def take(self, row: Row) -> None:
-        """One job's row from icetools.jobs (rows come in order of request). Called for every
-        job of a recording: written for speed. A wait goes into its build's histogram only; a
-        build's histogram is added to its submitter's when the build closes, and the cluster's
-        is the sum of the submitters' (so each wait is counted once per job, not three times)."""
+    # -- events -------------------------------------------------------------------------------
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        # Called for every job event of a recording: written for speed (_HostSlots.advance
+        # inlined on the job paths).
+        kind, t, host, job = event
+        if self._waiting:
+            dt = t - self._last  # type: ignore[operator]  # (set by the event that made one wait)
+            if dt > 0:
+                if self._free:
+                    self.held_s += dt
+                else:
+                    self.saturated_s += dt
+        self._last = t
+        if job is not None:
+            job_id = job.id
+            opened = self._open
+            if kind is _JOB_FINISHED:
+                entry = opened.pop(job_id, None)
+                if entry is None:  # only its end was seen: no submitter, no build
+                    self._take(job_row(job, None, None, host_name(monitor, job.server_id)), None)
+                    return
+                held, build, _ = entry
+                if held is not None:
+                    if held is _WAITING:
+                        self._waiting -= 1
+                    else:
+                        self._give_back(held, t)
+                server = monitor.hosts.get(job.server_id) if job.server_id is not None else None
+                self._take(job_row(
+                    job, job.submitted if job.seen_submit else None,
+                    build.submitter if build is not None else None,
+                    server.name or None if server is not None else None,
+                ), build)
+                return
+            entry = opened.get(job_id)
+            if kind is _JOB_SUBMITTED or job.local:
+                # A request: a remote job's MON_GET_CS, a local job's MON_LOCAL_JOB_BEGIN.
+                if entry is not None:  # the id used again without the old job ending
+                    self._end(job_id, t, monitor)
+                build = self._build(job.client_id, t, monitor)
+                if job.local:
+                    opened[job_id] = (None, build, job)
+                else:
+                    opened[job_id] = (_WAITING, build, job)
+                    self._waiting += 1
+                if len(opened) > MAX_IN_FLIGHT:
+                    self._end(next(iter(opened)), t, monitor)
+                return
+            # A remote job's MON_JOB_BEGIN.
+            if entry is None:  # requested before the recording: its start is its request
+                build = self._build(job.client_id, t, monitor)
+            else:
+                held, build, _ = entry
+                if held is _WAITING:
+                    self._waiting -= 1
+                else:  # begun again (moved by the scheduler): its first slot is free again
+                    self._give_back(held, t)
+            if job.server_id is None:
+                opened[job_id] = (None, build, job)
+                return
+            h = self._hosts.get(job.server_id) or self._host(job.server_id, t, monitor)
+            dt = t - h.last
+            running = h.running
+            if dt > 0:
+                use = h.use
+                slots = h.slots
+                use[0] += slots * dt
+                use[1] += (running if running < slots else slots) * dt
+            h.last = t
+            if running < h.slots:
+                self._free -= 1
+            h.running = running + 1
+            opened[job_id] = (h, build, job)
+            if len(opened) > MAX_IN_FLIGHT:
+                self._end(next(iter(opened)), t, monitor)
+            return
+        if host is not None:
+            h = self._hosts.get(host.id) or self._host(host.id, t, monitor)
+            if kind is _HOST_OFFLINE:
+                slots = 0
+                h.report = ""
+            elif host.statmsg is h.report:
+                return  # the same report again (a monitor login, a host with nothing new)
+            else:
+                h.report = host.statmsg
+                slots = host.remote_slots()
+            if slots != h.slots:
+                h.advance(t)
+                self._free += _free(slots, h.running) - _free(h.slots, h.running)
+                h.slots = slots
+            return
+        self._reset(t, monitor)
+
+    def _give_back(self, h: _HostSlots, t: float) -> None:
+        dt = t - h.last
+        if dt > 0:
+            use = h.use
+            slots = h.slots
+            running = h.running
+            use[0] += slots * dt
+            use[1] += (running if running < slots else slots) * dt
+        h.last = t
+        h.running -= 1
+        if h.running < h.slots:
+            self._free += 1
+
+    def _host(self, host_id: int, t: float, monitor: Monitor) -> _HostSlots:
+        name = host_name(monitor, host_id) or f"#{host_id}"
+        use = self.use.get(name)
+        if use is None:
+            use = self.use[name] = [0.0, 0.0]
+        h = self._hosts[host_id] = _HostSlots(use, t)
+        return h
+
+    def _reset(self, t: float, monitor: Monitor) -> None:
+        """The Monitor forgot hosts and jobs (a reconnect), or the recording ends: what was in
+        flight is over, unfinished; the slots stop counting."""
+        for job_id in list(self._open):
+            self._end(job_id, t, monitor)
+        for h in self._hosts.values():
+            h.advance(t)
+        self._hosts.clear()
+        self._waiting = self._free = 0
+
+    def _end(self, job_id: int, t: float, monitor: Monitor) -> None:
+        """A job in flight that will never end in this model: its row as it stands (unfinished)."""
+        held, build, job = self._open.pop(job_id)
+        if held is _WAITING:
+            self._waiting -= 1
+        elif held is not None:
+            self._give_back(held, t)
+        self._take(self._row(job, build, monitor), build)
+
+    @staticmethod
+    def _row(job: Job, build: _Build | None, monitor: Monitor) -> Row:
+        return job_row(
+            job, job.submitted if job.seen_submit else None,
+            build.submitter if build is not None else None,
+            host_name(monitor, job.server_id) if job.server_id is not None else None,
+        )
+
+    # -- builds -------------------------------------------------------------------------------
+
+    def _build(self, client_id: int | None, t: float, monitor: Monitor) -> _Build | None:
+        """The build a request of ``client_id`` at ``t`` belongs to: its submitter's open one,
+        or a new one after a quiet gap."""
+        if client_id is None:
+            return None  # (the submitter of a job begun before the recording is not known)
+        host = monitor.hosts.get(client_id)
+        name = host.name if host is not None and host.name else f"#{client_id}"
+        build = self._builds.get(name)
+        if build is None or (not build.in_flight and t - build.active >= self.gap):
+            if build is not None:
+                self._close(build)
+            build = self._builds[name] = _Build(name, t)
+        build.in_flight += 1
+        if t > build.active:
+            build.active = t
+        self._requests += 1
+        if not self._requests & (_SWEEP_REQUESTS - 1):
+            self._sweep(t)
+        return build
+
+    def _take(self, row: Row, build: _Build | None) -> None:
+        """A job's row (see jobs.COLUMNS), when it ended: into the figures of its build, its
+        submitter and its compile host."""
         (_, file, _, submitter, server, kind, outcome, _, requested, started, ended,
          wait_ms, run_ms, real_msec, _, _, _, _, _) = row
-        if submitter is None:  # (a job seen only at its end: no build to put it in)
-            if kind == "remote":
-                if wait_ms is not None:
-                    self.unattributed_waits.add(int(wait_ms + 0.5))
-                if real_msec is not None and run_ms is not None and server is not None and outcome != "lost":
-                    self._transfer(server, run_ms, real_msec)
-            return
-        at = requested if requested is not None else started if started is not None else ended
-        build = self._open.get(submitter)
-        if build is None or at - build.active >= self.gap:
-            if build is not None and at < build.start:
-                build = self._earlier(submitter, at)  # a late row (see jobs.REORDER_LIMIT)
-            else:
-                if build is not None:
-                    self._close(build)
-                build = self._open[submitter] = _Build(submitter, at)
-        if kind == "remote":
-            build.remote += 1
-            if wait_ms is not None:
-                waited = int(wait_ms + 0.5)
-                waits = build.waits
-                if waits is None:  # a late row of a closed build: its submitter's figures
-                    waits = self._submitter_waits(submitter)
-                waits.count += 1
-                if waited > waits.max_ms:
-                    waits.max_ms = waited
-                key = waited if waited < EXACT_WAIT_MS else _wait_bucket(waited)
-                histogram = waits.histogram
-                histogram[key] = histogram.get(key, 0) + 1
+        remote = kind == "remote"
+        if remote:
             if real_msec is not None and run_ms is not None and server is not None and outcome != "lost":
                 sums = self.transfer.get(server)
                 if sums is None:
@@ -503,6 +544,21 @@ class WhyAnalysis:
                 sums[0] += 1
                 sums[1] += run_ms
                 sums[2] += real_msec
+            if wait_ms is not None:
+                waited = int(wait_ms + 0.5)
+                waits = build.waits if build is not None else self.unattributed_waits
+                assert waits is not None  # (a build with jobs in flight is open)
+                waits.count += 1
+                if waited > waits.max_ms:
+                    waits.max_ms = waited
+                key = waited if waited < EXACT_WAIT_MS else _wait_bucket(waited)
+                histogram = waits.histogram
+                histogram[key] = histogram.get(key, 0) + 1
+        if build is None:
+            return
+        build.in_flight -= 1
+        if remote:
+            build.remote += 1
         else:
             build.local += 1
         if outcome != "ok":
@@ -518,27 +574,14 @@ class WhyAnalysis:
             if ended > build.active:
                 build.active = ended
         else:
-            last = started if started is not None else at
-            if last > build.end:
+            last = started if started is not None else requested
+            if last is not None and last > build.end:
                 build.end = last
-        if at > build.active:
-            build.active = at
         if run_ms is not None:
             build.run_ms += run_ms
             if run_ms > build.slowest:
                 build.slowest = run_ms
                 build.slowest_file = file or None
-        self._rows += 1
-        if not self._rows & (_SWEEP_ROWS - 1):
-            self._sweep(at)
-
-    def _transfer(self, server: str, run_ms: float, real_msec: int) -> None:
-        sums = self.transfer.get(server)
-        if sums is None:
-            sums = self.transfer[server] = [0, 0.0, 0.0]
-        sums[0] += 1
-        sums[1] += run_ms
-        sums[2] += real_msec
 
     def _submitter_waits(self, submitter: str) -> Waits:
         waits = self.submitter_waits.get(submitter)
@@ -554,32 +597,33 @@ class WhyAnalysis:
             build.waits = None
         self.builds.append(build)
 
-    def _earlier(self, submitter: str, at: float) -> _Build:
-        """The closed build of ``submitter`` that a row requested at ``at`` belongs to."""
-        for build in reversed(self.builds):
-            if build.submitter == submitter and build.start <= at:
-                return build
-        build = _Build(submitter, at)
-        self._close(build)
-        return build
-
     def _sweep(self, now: float) -> None:
-        """Close the builds whose gap has passed: rows come in order of request, so no later
-        row can join them (their wait histograms are dropped)."""
-        for submitter, build in list(self._open.items()):
-            if now - build.active >= self.gap:
+        """Close the builds whose gap has passed (nothing of theirs in flight, quiet for the
+        gap): no later request can join them."""
+        for submitter, build in list(self._builds.items()):
+            if not build.in_flight and now - build.active >= self.gap:
                 self._close(build)
-                del self._open[submitter]
+                del self._builds[submitter]
 
     def finish(self, monitor: Monitor) -> None:
-        self.slots.finish(monitor)
-        self.jobs.finish(monitor)
-        for build in self._open.values():
+        """The end of the recording: jobs in flight end there, unfinished, and so do the sums
+        and the open builds."""
+        t = monitor.now
+        if self._waiting and self._last is not None and t > self._last:
+            if self._free:
+                self.held_s += t - self._last
+            else:
+                self.saturated_s += t - self._last
+        self._last = t
+        self._reset(t, monitor)
+        for build in self._builds.values():
             self._close(build)
-        self._open.clear()
+        self._builds.clear()
+
+    # -- the answer ---------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        use = self.slots.use
+        use = self.use
         offered = sum(u[0] for u in use.values())
         busy = sum(u[1] for u in use.values())
         cluster = Waits()
@@ -596,8 +640,8 @@ class WhyAnalysis:
                 "cluster": _use(offered, busy),
                 "hosts": [{"name": name, **_use(*u)} for name, u in sorted(use.items()) if u[0] > 0],
             },
-            "waiting_with_free_slots_s": round(self.slots.held_s, 3),
-            "saturated_s": round(self.slots.saturated_s, 3),
+            "waiting_with_free_slots_s": round(self.held_s, 3),
+            "saturated_s": round(self.saturated_s, 3),
             "build_gap_s": self.gap,
             "builds": [b.to_json() for b in sorted(self.builds, key=lambda b: (b.start, b.submitter))],
             "transfer": [
@@ -626,7 +670,7 @@ def analyse(reader: CaptureReader, *, gap: float = DEFAULT_GAP, fast: bool = Tru
     """Replay a capture and return what ``icetools stats --json`` prints (the "why" keys
     included), with the replay's result. ``fast=False`` replays record by record."""
     why = WhyAnalysis(gap)
-    monitor = Monitor(publishers=why.publishers)
+    monitor = Monitor(publishers=[why])
     if fast:
         result = replay_file(monitor, reader, progress_stream=progress_stream)
     else:
