@@ -392,8 +392,18 @@ class WhyAnalysis(Publisher):
                 if held is not None:
                     if held is _WAITING:
                         self._waiting -= 1
-                    else:
-                        self._give_back(held, t)
+                    else:  # (self._give_back, inlined)
+                        dt = t - held.last
+                        if dt > 0:
+                            use = held.use
+                            slots = held.slots
+                            running = held.running
+                            use[0] += slots * dt
+                            use[1] += (running if running < slots else slots) * dt
+                        held.last = t
+                        held.running -= 1
+                        if held.running < held.slots:
+                            self._free += 1
                 server = monitor.hosts.get(job.server_id) if job.server_id is not None else None
                 self._take(job_row(
                     job, job.submitted if job.seen_submit else None,
