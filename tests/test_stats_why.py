@@ -154,6 +154,49 @@ def test_a_host_running_more_jobs_than_its_slots_counts_as_full() -> None:
     assert r["builds"][0]["parallelism"] == 2.0  # the jobs' own run time is not cut
 
 
+def test_a_reconnect_ends_what_was_in_flight_and_the_slots_count_again_from_the_new_reports() -> None:
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, _host(1, 0))),
+        (0.0, m.MonStats(2, _host(2, 1))),
+        (1.0, m.MonGetCS(filename="old.c", job_id=1, client_id=1)),
+        (1.0, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        # reconnect at 2 s: the new scheduler numbers hosts and jobs from 1 again
+        (3.0, m.MonStats(1, _host(2, 1))),
+        (3.0, m.MonStats(2, _host(1, 0))),
+        (3.0, m.MonGetCS(filename="new.c", job_id=1, client_id=2)),
+        (3.0, m.MonJobBegin(job_id=1, stime=0, host_id=1)),
+        (4.0, m.MonJobDone(job_id=1, exitcode=0, real_msec=900)),
+        (5.0, m.MonStats(2, _host(1, 0))),
+    ]
+    records = _stream(frames)
+    records.insert(5, ConnectRecord(2.0, 43, 43, 44, "s:1", True))
+    r = _why(records)
+    # node2: 1 slot for 0-2 s and 3-5 s; busy 1-2 s (old.c, cut by the reconnect) and 3-4 s.
+    assert r["utilisation"]["hosts"] == [{"name": "node2", "offered_slot_s": 4.0, "busy_slot_s": 2.0, "ratio": 0.5}]
+    assert r["builds"] == [
+        {"submitter": "node1", "start": 1.0, "end": 4.0, "wall_s": 3.0, "jobs": 2, "remote": 2, "local": 0,
+         "failed": 0, "lost": 0, "unfinished": 1, "run_s": 1.0, "parallelism": 0.33, "wait_p95_ms": 0,
+         "slowest_file": "new.c"},
+    ]
+
+
+def test_jobs_that_never_end_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import icetools.stats
+
+    monkeypatch.setattr(icetools.stats, "MAX_IN_FLIGHT", 10)
+    frames: list[tuple[float, m.Message]] = [(0.0, m.MonStats(1, _host(1, 0))), (0.0, m.MonStats(2, _host(2, 1)))]
+    frames += [(1.0 + i, m.MonGetCS(filename=f"{i}.c", job_id=i, client_id=1)) for i in range(1, 31)]
+    why = WhyAnalysis()
+    monitor = Monitor(publishers=[why])
+    replay(monitor, _stream(frames))
+    assert len(why._open) == 10 and why._waiting == 10  # the 20 oldest ended, unfinished
+    why.finish(monitor)
+    (build,) = report(monitor, why)["builds"]
+    assert (build["jobs"], build["unfinished"], build["wait_p95_ms"]) == (30, 30, None)
+    # node2's slot stayed free while they waited, from the first request (2 s) to the end (31 s).
+    assert (report(monitor, why)["waiting_with_free_slots_s"], report(monitor, why)["saturated_s"]) == (29.0, 0.0)
+
+
 def test_the_wait_histogram_is_exact_below_ten_seconds_and_four_digits_above() -> None:
     frames: list[tuple[float, m.Message]] = [(0.0, m.MonStats(1, _host(1, 0))), (0.0, m.MonStats(2, _host(2, 8)))]
     waits_ms = [1, 9999, 12_345, 123_456]
