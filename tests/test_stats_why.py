@@ -278,14 +278,17 @@ def check_against_jobs(stats: dict[str, Any], rows: list[dict[str, Any]]) -> Non
         run = sum(r["run_ms"] for r in mine) / 1000
         assert b["run_s"] == pytest.approx(run, abs=0.002)
         assert b["wall_s"] == pytest.approx(max(r["ended"] for r in mine) - min(r["requested"] for r in mine), abs=0.002)
-    # Busy slot-seconds are the remote jobs' run times (no host ran more jobs than its slots).
+    # Busy slot-seconds are the remote jobs' run times (no host ran more jobs than its slots;
+    # a host that went offline stops offering slots before its lost jobs' ends are reported).
     use = stats["utilisation"]
-    busy = sum(r["run_ms"] for r in remote) / 1000
-    assert use["cluster"]["busy_slot_s"] == pytest.approx(busy, abs=0.005)
-    for host in use["hosts"]:
-        assert host["busy_slot_s"] == pytest.approx(sum(r["run_ms"] for r in remote if r["server"] == host["name"]) / 1000, abs=0.005)
-        assert 0 <= host["ratio"] <= 1
-    assert 0 <= use["cluster"]["ratio"] <= 1
+    exact = not any(r["outcome"] == "lost" for r in remote)
+    for name, entry in [(None, use["cluster"])] + [(h["name"], h) for h in use["hosts"]]:
+        busy = sum(r["run_ms"] for r in remote if name is None or r["server"] == name) / 1000
+        if exact:
+            assert entry["busy_slot_s"] == pytest.approx(busy, abs=0.005), name
+        else:
+            assert entry["busy_slot_s"] <= busy + 0.005, name
+        assert 0 <= entry["ratio"] <= 1
     for t in stats["transfer"]:
         mine = [r for r in remote if r["server"] == t["name"]]
         run, real = sum(r["run_ms"] for r in mine), sum(r["real_msec"] for r in mine)
@@ -301,10 +304,13 @@ def check_builds(stats: dict[str, Any], rows: list[dict[str, Any]], runs: list[t
     runs = sorted(runs[:2], key=lambda run: (first[run[0]], run[0])) + runs[2:]
     assert [b["submitter"] for b in builds] == [submitter for submitter, _, _ in runs]
     for b, (submitter, sources, link) in zip(builds, runs):
-        assert (b["remote"], b["local"], b["failed"], b["lost"], b["unfinished"]) == (len(sources), 1, 0, 0, 0)
+        # Each source compiled remotely once, and the link. (Under load a spoke daemon can lose
+        # the scheduler mid-build: its jobs end lost and icecc compiles them again locally.)
+        assert (b["remote"], b["failed"], b["unfinished"]) == (len(sources), 0, 0)
+        assert b["local"] == 1 + b["lost"]
         mine = [r for r in rows if r["submitter"] == submitter and b["start"] <= round(r["requested"], 3) <= b["end"]]
         assert sorted(Path(r["file"]).name for r in mine if r["kind"] == "remote") == sorted(Path(s).name for s in sources)
-        assert [Path(r["file"]).name for r in mine if r["kind"] == "local"] == [Path(link).name]
+        assert Path(link).name in [Path(r["file"]).name for r in mine if r["kind"] == "local"]
         assert b["parallelism"] is not None and b["parallelism"] > 0
         assert Path(b["slowest_file"]).name in {Path(s).name for s in sources} | {Path(link).name}
     # More jobs than slots: the overlapping builds waited, for lack of slots part of the time.
