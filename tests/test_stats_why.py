@@ -317,10 +317,12 @@ def check_builds(stats: dict[str, Any], rows: list[dict[str, Any]], runs: list[t
     assert stats["wait"]["cluster"]["max_ms"] > 0
     assert builds[0]["wait_p95_ms"] > 0 or builds[1]["wait_p95_ms"] > 0
     assert stats["saturated_s"] > 0
-    # Every host that accepts remote jobs was online throughout: it offered its slots for the
-    # whole recording (from its login report, within the first second).
+    # Every host that accepts remote jobs (one slot each) offered it for the whole recording,
+    # from its login report within the first second; less if it lost the scheduler meanwhile.
     for host in stats["utilisation"]["hosts"]:
-        assert stats["duration"] - 1 <= host["offered_slot_s"] <= stats["duration"]
+        assert host["offered_slot_s"] <= stats["duration"]
+        if not any(b["lost"] for b in builds):
+            assert stats["duration"] - 1 <= host["offered_slot_s"]
 
 
 def test_the_shipped_recording_of_overlapping_builds() -> None:
