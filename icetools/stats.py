@@ -432,7 +432,7 @@ class WhyAnalysis(Publisher):
                 held, build, _ = entry
                 if held is _WAITING:
                     self._waiting -= 1
-                else:  # begun again (moved by the scheduler): its first slot is free again
+                elif held is not None:  # begun again (moved by the scheduler): its first slot is free again
                     self._give_back(held, t)
             if job.server_id is None:
                 opened[job_id] = (None, build, job)

@@ -180,6 +180,27 @@ def test_a_reconnect_ends_what_was_in_flight_and_the_slots_count_again_from_the_
     ]
 
 
+def test_a_job_begun_again_elsewhere_frees_its_first_slot() -> None:
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, _host(1, 0))),
+        (0.0, m.MonStats(2, _host(2, 1))),
+        (0.0, m.MonStats(3, _host(3, 1))),
+        (1.0, m.MonGetCS(filename="moved.c", job_id=1, client_id=1)),
+        (1.0, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (2.0, m.MonJobBegin(job_id=1, stime=0, host_id=3)),  # the scheduler moved it
+        (2.0, m.MonGetCS(filename="next.c", job_id=2, client_id=1)),
+        (2.0, m.MonJobBegin(job_id=2, stime=0, host_id=2)),  # node2's slot is free again
+        (3.0, m.MonJobDone(job_id=1, exitcode=0, real_msec=900)),
+        (3.0, m.MonJobDone(job_id=2, exitcode=0, real_msec=900)),
+        (4.0, m.MonStats(1, _host(1, 0))),
+    ]
+    r = _why(_stream(frames))
+    assert [(h["name"], h["busy_slot_s"]) for h in r["utilisation"]["hosts"]] == [("node2", 2.0), ("node3", 1.0)]
+    assert (r["waiting_with_free_slots_s"], r["saturated_s"]) == (0.0, 0.0)
+    # As in `jobs`: the job started when it began anew (so it waited 1 s and ran 1 s).
+    assert r["wait"]["cluster"] == {"count": 2, "p50_ms": 0, "p95_ms": 1000, "max_ms": 1000}
+
+
 def test_jobs_that_never_end_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
     import icetools.stats
 
