@@ -253,9 +253,10 @@ class _HostSlots:
     """One host (by the Monitor's id) as the slots see it: how many remote jobs it accepts now,
     how many run there, and the slot-seconds offered and used until ``last``."""
 
-    __slots__ = ("use", "slots", "running", "last", "report")
+    __slots__ = ("name", "use", "slots", "running", "last", "report")
 
-    def __init__(self, use: list[float], t: float) -> None:
+    def __init__(self, name: str, use: list[float], t: float) -> None:
+        self.name = name
         self.use = use  # [offered, busy] slot-seconds, shared by every id of one host name
         self.slots = 0
         self.running = 0
@@ -463,6 +464,12 @@ class WhyAnalysis(Publisher):
             else:
                 h.report = host.statmsg
                 slots = host.remote_slots()
+                if host.name and h.name != host.name:
+                    # Named only now (it was known by id from a job): its slots count under
+                    # its name from here on (before its first report it offered none).
+                    h.advance(t)
+                    h.name = host.name
+                    h.use = self.use.setdefault(host.name, [0.0, 0.0])
             if slots != h.slots:
                 h.advance(t)
                 self._free += _free(slots, h.running) - _free(h.slots, h.running)
@@ -488,7 +495,7 @@ class WhyAnalysis(Publisher):
         use = self.use.get(name)
         if use is None:
             use = self.use[name] = [0.0, 0.0]
-        h = self._hosts[host_id] = _HostSlots(use, t)
+        h = self._hosts[host_id] = _HostSlots(name, use, t)
         return h
 
     def _reset(self, t: float, monitor: Monitor) -> None:

@@ -201,6 +201,20 @@ def test_a_job_begun_again_elsewhere_frees_its_first_slot() -> None:
     assert r["wait"]["cluster"] == {"count": 2, "p50_ms": 0, "p95_ms": 1000, "max_ms": 1000}
 
 
+def test_a_host_known_by_id_before_its_first_report_counts_under_its_name() -> None:
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, _host(1, 0))),
+        (1.0, m.MonJobBegin(job_id=7, stime=0, host_id=2)),  # requested before the recording
+        (2.0, m.MonStats(2, _host(2, 2))),
+        (3.0, m.MonJobDone(job_id=7, exitcode=0, real_msec=1500)),
+        (4.0, m.MonStats(1, _host(1, 0))),
+    ]
+    r = _why(_stream(frames))
+    assert r["utilisation"]["hosts"] == [{"name": "node2", "offered_slot_s": 4.0, "busy_slot_s": 1.0, "ratio": 0.25}]
+    assert r["builds"] == [] and r["wait"]["cluster"]["count"] == 0
+    assert r["transfer"] == [{"name": "node2", "jobs": 1, "run_s": 2.0, "compile_s": 1.5, "transfer_s": 0.5}]
+
+
 def test_jobs_that_never_end_do_not_pile_up(monkeypatch: pytest.MonkeyPatch) -> None:
     import icetools.stats
 
