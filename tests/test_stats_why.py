@@ -436,6 +436,8 @@ def test_live_overlapping_builds_on_a_real_cluster(small_cluster: realcluster.Cl
     # What the test ran: node1 and node2 at once, then node1 after a pause longer than the gap.
     assert [r.submitter for r in runs[:2]] in (["node1", "node2"], ["node2", "node1"]) and runs[2].submitter == "node1"
     assert runs[2].began - max(r.ended for r in runs[:2]) >= pause
+    assert all(Path(s).with_suffix(".o").is_file() for r in runs for s in r.sources)  # objects built
+    assert all(Path(r.link).is_file() for r in runs)
     stats, rows = _stats(capture, "--gap", str(gap)), _jobs(capture)
     check_against_jobs(stats, rows)
     check_builds(stats, rows, [(r.submitter, r.sources, r.link) for r in runs])
