@@ -33,8 +33,7 @@ from .render import TYPE_NAMES, Dumper, printable
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
 from .index import open_at
-from .stats import render_report
-from .stats import report as stats_report
+from .stats import DEFAULT_GAP, analyse, render_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
 # by the commands that use them: every command pays for what is imported here at start-up, and
@@ -578,25 +577,38 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("file", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
+@click.option(
+    "--gap",
+    type=FiniteFloatRange(min=0, min_open=True),
+    default=DEFAULT_GAP,
+    show_default=True,
+    metavar="SECONDS",
+    help="A submitter's build ends after this long without a request or a job of it running.",
+)
 @_salvage_option
-def stats(file: Path, as_json: bool, salvage: bool) -> None:
-    """What happened in a recording: per host and for the whole cluster.
+def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
+    """What happened in a recording, and why builds were slow: per host and for the cluster.
 
     Per host: jobs compiled for others, jobs submitted, local jobs, failures (jobs compiled
     there that failed, including those lost when the host went away), mean and 95th-percentile
     compile time, bytes in and out. For the cluster: remote, local and failed jobs, the peak of
     jobs finished in one second, the busiest hosts and the slowest files.
 
+    Why slow: how long remote jobs waited for a compile host (per submitter), how much of the
+    slots the hosts offered was used, how long jobs waited while a slot was free (the scheduler
+    or environments held them back) or with none free (the cluster is too small), each build
+    (jobs of a submitter up to a pause of --gap seconds) and the time lost to transfers per
+    host. Definitions: docs/analysis.md.
+
     \b
     Examples:
       icetools stats build.icecap
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
+      icetools stats day.icecap --json --gap 60 | jq '.builds[] | {submitter, wall_s, parallelism}'
     """
-    monitor = Monitor()
     _text_output()
     with _open_capture(file, salvage) as reader:
-        result = replay_file(monitor, reader, progress_stream=sys.stderr)
-        report = stats_report(monitor)
+        report, result = analyse(reader, gap=gap, progress_stream=sys.stderr)
         if as_json:
             click.echo(json.dumps(report, indent=1))
         else:

@@ -120,13 +120,14 @@ class JobsPublisher(Publisher):
             self._flush(monitor)
             return
         pending = self._open.get(job.id)
-        if pending is None or pending.job is not job:
+        if pending is None:
+            pending = self._start(job, t)
+        elif pending.job is not job:
             pending = self._adopt(job, t, pending, monitor)
         # Names as the Monitor knows them while the job runs (a reset makes it forget them).
-        hosts = monitor.hosts
-        if pending.submitter is None and (host := hosts.get(job.client_id)) is not None:
+        if pending.submitter is None and (host := monitor.hosts.get(job.client_id)) is not None:
             pending.submitter = host.name or None
-        if pending.server is None and (host := hosts.get(job.server_id)) is not None:
+        if pending.server is None and job.server_id is not None and (host := monitor.hosts.get(job.server_id)) is not None:
             pending.server = host.name or None
         if kind is _JOB_FINISHED:
             del self._open[job.id]

@@ -269,6 +269,16 @@ class Host:
             self._apply_pending()
         _applier(tuple(stats))(self, *stats.values())
 
+    def remote_slots(self) -> int:
+        """How many remote jobs the host accepts (MaxJobs, 0 with NoRemote), read without
+        applying pending reports unless one of them sets those keys (most only change the load):
+        for readers that ask at every report."""
+        for shape, _ in self._pending:
+            if not _SLOT_KEYS.isdisjoint(shape.keyset):
+                self._apply_pending()
+                break
+        return 0 if self._no_remote else max(0, self._max_jobs)
+
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, []
         for shape, tail in pending:
@@ -381,6 +391,9 @@ def _applier(keys: tuple[str, ...]) -> Callable[..., None]:
     _APPLIERS[keys] = apply
     return apply
 
+
+#: The report keys that say how many remote jobs a host accepts (Host.remote_slots).
+_SLOT_KEYS = frozenset({"MaxJobs", "NoRemote"})
 
 #: Report shapes a host remembers (icecream sends two: with and without load averages).
 MAX_SHAPES = 4

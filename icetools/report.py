@@ -33,8 +33,8 @@ from .errors import OutputError
 from .jobs import COLUMNS, JobsPublisher, Row
 from .monitor import Event, EventKind, Monitor, Publisher
 from .replay import ReplayResult, replay_file
-from . import stats as stats_module
-from .stats import percentile
+from .stats import WhyAnalysis
+from .stats import report as stats_report
 
 #: Buckets of the time series (busy, offered, waiting): at most this many, at least half.
 SERIES_BUCKETS = 400
@@ -42,9 +42,6 @@ SERIES_BUCKETS = 400
 TIMELINE_JOBS = 3000
 #: Builds listed: the last ones.
 MAX_BUILDS = 500
-#: A submitter idle (no job of its own requested or in flight) longer than this ends its build
-#: (stats' default gap).
-BUILD_GAP_S = 30.0
 #: Upper bounds (ms) of the wait-time distribution's bars; the last bar is everything above.
 WAIT_BOUNDS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 
@@ -113,38 +110,6 @@ class Buckets:
         return out
 
 
-class _Build:
-    __slots__ = ("submitter", "start", "end", "jobs", "remote", "local", "failed", "lost", "unfinished", "run_s", "waits", "slowest")
-
-    def __init__(self, submitter: str, start: float) -> None:
-        self.submitter = submitter
-        self.start = start
-        self.end = start
-        self.jobs = self.remote = self.local = self.failed = self.lost = self.unfinished = 0
-        self.run_s = 0.0
-        self.waits: collections.Counter[int] = collections.Counter()
-        self.slowest: tuple[float, str] = (-1.0, "")
-
-    def to_json(self) -> dict[str, Any]:
-        wall = self.end - self.start
-        return {
-            "submitter": self.submitter,
-            "start": round(self.start, 6),
-            "end": round(self.end, 6),
-            "wall_s": round(wall, 3),
-            "jobs": self.jobs,
-            "remote": self.remote,
-            "local": self.local,
-            "failed": self.failed,
-            "lost": self.lost,
-            "unfinished": self.unfinished,
-            "run_s": round(self.run_s, 3),
-            "parallelism": round(self.run_s / wall, 2) if wall > 0 else None,
-            "wait_p95_ms": percentile(self.waits, 95),
-            "slowest_file": self.slowest[1] or None,
-        }
-
-
 class ReportPublisher(Publisher):
     """Hosts' offered slots from the Monitor's host events; everything about jobs from the rows
     of a :class:`JobsPublisher` fed through :meth:`row`. Call :meth:`finish` at the end."""
@@ -155,18 +120,11 @@ class ReportPublisher(Publisher):
         self.buckets = Buckets(("busy", "offered", "waiting"))
         #: host id -> (name, slots, since): hosts online now and the slots they offer.
         self._online: dict[int, tuple[str, int, float]] = {}
-        self.offered_s: collections.Counter[str] = collections.Counter()  # host name -> slot seconds
-        self.busy_s: collections.Counter[str] = collections.Counter()
-        self.waits: collections.Counter[int] = collections.Counter()  # whole ms -> jobs
-        self.waits_by: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
         self.wait_bars = [0] * (len(WAIT_BOUNDS_MS) + 1)
         self.jobs: collections.deque[Row] = collections.deque(maxlen=TIMELINE_JOBS)
         self.rows: list[Row] = []  # rows of the current batch, placed in finish()
         self.job_count = 0
         self.unfinished: list[Row] = []
-        self._builds: dict[str, _Build] = {}
-        self.builds: collections.deque[_Build] = collections.deque(maxlen=MAX_BUILDS)
-        self.build_count = 0
         self.end = 0.0
 
     # -- hosts --------------------------------------------------------------------------------
@@ -174,7 +132,6 @@ class ReportPublisher(Publisher):
     def _close(self, host_id: int, t: float) -> None:
         name, slots, since = self._online.pop(host_id)
         if t > since and slots:
-            self.offered_s[name] += slots * (t - since)
             self.buckets.add("offered", since, t, slots)
 
     def publish(self, event: Event, monitor: Monitor) -> None:
@@ -212,54 +169,15 @@ class ReportPublisher(Publisher):
             self.buckets.add("waiting", requested, started if started is not None else (end or requested), 1)
         if remote and started is not None and end is not None:
             self.buckets.add("busy", started, end, 1)
-            if row[_SERVER] is not None:
-                self.busy_s[row[_SERVER]] += end - started
         wait = row[_WAIT]
         if remote and wait is not None:
             ms = int(round(wait))
-            self.waits[ms] += 1
-            self.waits_by[row[_SUBMITTER] or "?"][ms] += 1
             i = 0
             while i < len(WAIT_BOUNDS_MS) and ms > WAIT_BOUNDS_MS[i]:
                 i += 1
             self.wait_bars[i] += 1
         if started is not None:
             self.jobs.append(row[:_END] + (end,) + row[_END + 1:])
-        self._build(row, end)
-
-    def _build(self, row: Row, end: float | None) -> None:
-        submitter = row[_SUBMITTER]
-        first = row[_REQ] if row[_REQ] is not None else row[_START]
-        if submitter is None or first is None:
-            return
-        last = end if end is not None else first
-        build = self._builds.get(submitter)
-        if build is None or first > build.end + BUILD_GAP_S:
-            if build is not None:
-                self.builds.append(build)
-            build = self._builds[submitter] = _Build(submitter, first)
-            self.build_count += 1
-        build.start = min(build.start, first)
-        build.end = max(build.end, last)
-        build.jobs += 1
-        if row[_KIND] == "remote":
-            build.remote += 1
-        else:
-            build.local += 1
-        if row[_OUTCOME] == "failed":
-            build.failed += 1
-        elif row[_OUTCOME] == "lost":
-            build.lost += 1
-        elif row[_OUTCOME] == "unfinished":
-            build.unfinished += 1
-            return  # no run time: it ran on past the end of the recording
-        if row[_START] is not None and end is not None:
-            run = end - row[_START]
-            build.run_s += run
-            if run > build.slowest[0]:
-                build.slowest = (run, row[_FILE])
-        if row[_WAIT] is not None and row[_KIND] == "remote":
-            build.waits[int(round(row[_WAIT]))] += 1
 
     def finish(self, monitor: Monitor) -> None:
         self.end = end = monitor.now
@@ -267,52 +185,15 @@ class ReportPublisher(Publisher):
             self._job(row, end)
         for host_id in list(self._online):
             self._close(host_id, end)
-        for build in sorted(self._builds.values(), key=lambda b: b.start):
-            self.builds.append(build)
-        self._builds.clear()
 
     # -- the figures --------------------------------------------------------------------------
 
     def figures(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """What the page draws, around ``stats``' report; ``stats``' own keys win where it has
-        them (the same figures, computed once)."""
-        def wait_json(hist: collections.Counter[int]) -> dict[str, Any]:
-            return {
-                "count": sum(hist.values()),
-                "p50_ms": percentile(hist, 50),
-                "p95_ms": percentile(hist, 95),
-                "max_ms": max(hist) if hist else None,
-            }
-
-        def use(offered: float, busy: float) -> dict[str, Any]:
-            return {
-                "offered_slot_s": round(offered, 3),
-                "busy_slot_s": round(busy, 3),
-                "ratio": round(busy / offered, 3) if offered > 0 else None,
-            }
-
-        # The shape of stats --json's own keys, which take their place when stats has them.
-        computed = {
-            "wait": {
-                "cluster": wait_json(self.waits),
-                "submitters": [{"name": name, **wait_json(h)} for name, h in sorted(self.waits_by.items())],
-            },
-            "utilisation": {
-                "cluster": use(sum(self.offered_s.values()), sum(self.busy_s.values())),
-                "hosts": [
-                    {"name": name, **use(offered, self.busy_s[name])}
-                    for name, offered in sorted(self.offered_s.items())
-                    if offered > 0
-                ],
-            },
-            "build_gap_s": BUILD_GAP_S,
-            "builds": [b.to_json() for b in self.builds],
-        }
+        """What the page draws: ``stats --json``'s report (its figures are the page's numbers),
+        with the chart of builds cut to the last ones, and the series, bars and job timeline."""
         out = dict(stats)
-        for key, value in computed.items():
-            out.setdefault(key, value)
-        builds_total = len(out["builds"]) if "builds" in stats else self.build_count
-        out["builds"] = out["builds"][-MAX_BUILDS:]  # the chart's: the last ones
+        builds_total = len(out["builds"])
+        out["builds"] = out["builds"][-MAX_BUILDS:]
         jobs = sorted(self.jobs, key=lambda r: (r[_START], r[_ID]))
         return {
             "stats": out,
@@ -332,26 +213,18 @@ class ReportPublisher(Publisher):
 
 
 def collect(reader: CaptureReader, *, progress_stream: TextIO | None = None) -> tuple[dict[str, Any], ReplayResult]:
-    """Replay the capture as fast as possible; the report's data and the replay's result."""
+    """Replay the capture as fast as possible; the report's data and the replay's result. The
+    figures are stats' own (its WhyAnalysis beside the same replay), so the report and
+    ``stats --json`` cannot disagree."""
     figures = ReportPublisher()
     jobs = JobsPublisher(figures.row)
-    publishers: list[Publisher] = [jobs, figures]
-    # stats' own "why slow" analysis where this version of stats has one (issue 11, branch
-    # wt-why): then wait, utilisation and builds are exactly stats --json's.
-    why_analysis = getattr(stats_module, "WhyAnalysis", None)
-    why = why_analysis() if why_analysis is not None else None
-    if why is not None:
-        publishers.append(why)
-    monitor = Monitor(publishers=publishers)
+    why = WhyAnalysis()
+    monitor = Monitor(publishers=[jobs, figures, why])
     result = replay_file(monitor, reader, progress_stream=progress_stream)
     jobs.finish(monitor)
     figures.finish(monitor)
-    if why is not None:
-        why.finish(monitor)
-        stats = stats_module.report(monitor, why)  # type: ignore[call-arg]
-    else:
-        stats = stats_module.report(monitor)
-    return figures.figures(stats), result
+    why.finish(monitor)
+    return figures.figures(stats_report(monitor, why)), result
 
 
 # ---- the page -------------------------------------------------------------------------------

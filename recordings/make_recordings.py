@@ -132,6 +132,21 @@ def make_layouts(cluster: Cluster, work: Path) -> None:
         rec.stop_when(lambda p: count_type(p, 0x55) >= 5 and count_type(p, 0x4F) >= 1, "jobs at every version")
 
 
+def make_builds(work: Path) -> None:
+    """Two submitters building at once on a 2-slot cluster (node1 from namespace A, node2 from
+    its spoke: 4 files each, so jobs wait), a pause longer than the default gap of `stats`
+    (30 s), then node1 builds again: three builds (tests/build_sessions.py)."""
+    from tests.build_sessions import overlapping_builds, warm_up
+    from icetools.stats import DEFAULT_GAP
+
+    with Cluster(daemons=3, tmpdir=work / "buildscluster", max_jobs=1) as cluster:
+        warm_up(cluster, work, (1, 2))
+        rec = Recording(cluster, HERE / "builds.icecap")
+        runs = overlapping_builds(cluster, work / "builds", files=4, weight=80, pause=DEFAULT_GAP + 5)
+        rec.stop_when(lambda p: count_type(p, 0x55) >= 12 and count_type(p, 0x4F) >= 3, "12 jobs and 3 links")
+        print("builds:", [(r.submitter, len(r.sources)) for r in runs])
+
+
 DEMO_COMPONENTS = ("parser", "lexer", "net", "http", "json", "render", "sched", "store", "crypto", "ui")
 
 
@@ -164,10 +179,10 @@ def make_demo(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", help="build failures-local daemon-dies protocols layouts demo")
+    parser.add_argument("which", nargs="*", help="build failures-local daemon-dies protocols layouts builds demo")
     parser.add_argument("--golden-only", action="store_true")
     args = parser.parse_args()
-    which = set(args.which or ["build", "failures-local", "daemon-dies", "protocols", "layouts", "demo"])
+    which = set(args.which or ["build", "failures-local", "daemon-dies", "protocols", "layouts", "builds", "demo"])
     if not args.golden_only:
         # A fixed work folder, so that file names in the recordings read the same every time.
         work = Path("/tmp/icetools-recordings")
@@ -187,6 +202,8 @@ def main() -> None:
                         make_layouts(cluster, work)
                     if "daemon-dies" in which:
                         make_daemon_dies(cluster, work)
+            if "builds" in which:
+                make_builds(work)
             if "demo" in which:
                 make_demo(work)
         finally:

@@ -20,7 +20,7 @@ from icetools.jobs import write_jobs
 from icetools.monitor import Monitor
 from icetools.render import decode_records, json_line
 from icetools.replay import replay, replay_fast
-from icetools.stats import report
+from icetools.stats import analyse
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 
@@ -47,8 +47,10 @@ def replay_state(path: Path, *, fast: bool = False) -> dict[str, Any]:
 
 
 def stats_report(path: Path, *, fast: bool = False) -> dict[str, Any]:
-    """What ``icetools stats --json PATH`` prints, as data."""
-    return report(replayed(path, fast=fast))
+    """What ``icetools stats --json PATH`` prints, as data (the "why" figures included, with the
+    default gap between builds)."""
+    with CaptureReader(path) as reader:
+        return analyse(reader, fast=fast)[0]
 
 
 def jobs_csv(path: Path) -> str:

@@ -13,13 +13,14 @@ API summary::
       .scheduler_host, .scheduler_port        "127.0.0.1", PORT as seen from namespace A
       .netns_a, .prefix, .rundir, .tmpdir, .scheduler_log, .daemons, .startup_seconds
       .run_in_a(argv, **kw) / .popen_in_a(argv, **kw)   default env: client_env()
-      .client_env(extra=None) -> dict         ICECC_* stripped, ICECC_TEST_SOCKET = daemon 1's
+      .popen_on(k, argv, **kw)                a client of daemon k, in its namespace
+      .client_env(extra=None, *, node=1) -> dict   ICECC_* stripped, ICECC_TEST_SOCKET = daemon node's
       .monitor(version=43) -> MonitorTap      registered raw monitor connection
       .wait_ready(timeout=None, *, nodes=None, require_stats=True) -> {node: hostid}
       .host_ids() -> {node: hostid}
-      .compile_files(n, workdir, jobs=None, *, tag, with_main, work, env, cflags) -> [CompileResult]
+      .compile_files(n, workdir, jobs=None, *, tag, with_main, work, env, cflags, node=1) -> [CompileResult]
       .compile_failing(n, workdir, jobs=None, ...) -> [CompileResult]
-      .link(objects, output, *, extra_args=()) -> CompileResult
+      .link(objects, output, *, extra_args=(), node=1) -> CompileResult
       .icerun(argv) -> CompileResult
       .kill_daemon_while_compiling(k, workdir, *, files=1, work=600, tap=None,
                                    hold_clients=True, wait_clients=True) -> KillReport
@@ -42,6 +43,8 @@ Layout (one instance; ``<p>`` = ``icet-<our pid>-<seq>``)::
                   veth k (10.77.k.1/24) ----+
     netns <p>-nk  iceccd nodek -s 10.77.k.1:PORT, eth0 = 10.77.k.2/24   (k = 2..N)
 
+Each spoke has a default route via A and A forwards, so spokes reach each other (a build submitted
+from a spoke, :meth:`Cluster.popen_on`, needs to reach the compile hosts in the other spokes).
 Nothing runs in the root network namespace and no namespace has a route out, so the scheduler's and
 the daemons' broadcasts stay inside the cluster. Every name carries our pid, so parallel runs do not
 collide, and namespaces of dead pids are swept on the next start.
@@ -880,6 +883,13 @@ class Cluster:
             _ip("-n", d.netns, "addr", "add", f"10.77.{k}.2/24", "dev", "eth0")
             _ip("-n", self.netns_a, "link", "set", f"veth{k}", "up")
             _ip("-n", d.netns, "link", "set", "eth0", "up")
+            # Spokes reach each other through A (a submitter in a spoke must reach the compile
+            # hosts in the other spokes, or its remote jobs fail with exit 118 and run locally).
+            # A itself has no route out, so nothing leaves the namespaces.
+            _ip("-n", d.netns, "route", "add", "default", "via", f"10.77.{k}.1")
+        if len(self.daemons) > 1:
+            subprocess.run(["ip", "netns", "exec", self.netns_a, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+                           check=True, capture_output=True, timeout=20)
 
     def _spawn(self, ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         # stdout/stderr go to a file next to the program's own log (crash messages, usage errors).
@@ -1018,10 +1028,11 @@ class Cluster:
     def ns_argv(self, argv: Sequence[str], ns: str | None = None) -> list[str]:
         return ["ip", "netns", "exec", ns or self.netns_a, *map(str, argv)]
 
-    def client_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """Environment for icecc/icerun clients: talk to daemon 1 through its private socket."""
+    def client_env(self, extra: Mapping[str, str] | None = None, *, node: int = 1) -> dict[str, str]:
+        """Environment for icecc/icerun clients: talk to daemon ``node`` (default 1) through its
+        private socket. Run such a client in that daemon's namespace (:meth:`popen_on`)."""
         env = _base_env()
-        env["ICECC_TEST_SOCKET"] = str(self.daemons[0].socket_path)
+        env["ICECC_TEST_SOCKET"] = str(self.daemon(node).socket_path)
         if extra:
             env.update(extra)
         return env
@@ -1039,17 +1050,27 @@ class Cluster:
         self._track(proc)
         return proc
 
+    def popen_on(self, node: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """``subprocess.Popen`` in daemon ``node``'s namespace, as a client of that daemon (default
+        env: ``client_env(node=node)``): a build submitted from that host. Killed by stop()."""
+        kwargs.setdefault("env", self.client_env(node=node))
+        kwargs.setdefault("start_new_session", True)
+        proc = subprocess.Popen(self.ns_argv(argv, self.daemon(node).netns), **kwargs)
+        self._track(proc)
+        return proc
+
     # -- work -------------------------------------------------------------------------------
 
     def _run_clients(self, commands: Sequence[tuple[list[str], Path | None, Path | None]],
-                     jobs: int | None, env: Mapping[str, str] | None, timeout: float) -> list[CompileResult]:
-        client_env = self.client_env(env)
+                     jobs: int | None, env: Mapping[str, str] | None, timeout: float,
+                     node: int = 1) -> list[CompileResult]:
+        client_env = self.client_env(env, node=node)
 
         def one(cmd: tuple[list[str], Path | None, Path | None]) -> CompileResult:
             argv, src, out = cmd
             t0 = time.monotonic()
-            proc = self.popen_in_a(argv, env=client_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=str(src.parent) if src else None)
+            proc = self.popen_on(node, argv, env=client_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, cwd=str(src.parent) if src else None)
             try:
                 stdout, stderr = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -1078,14 +1099,15 @@ class Cluster:
     def compile_files(self, n: int, workdir: str | os.PathLike[str], jobs: int | None = None, *,
                       tag: str = "src", with_main: bool = False, work: int = 0,
                       env: Mapping[str, str] | None = None, cflags: Sequence[str] = ("-O2",),
-                      timeout: float = 120.0) -> list[CompileResult]:
+                      timeout: float = 120.0, node: int = 1) -> list[CompileResult]:
         """Write ``n`` distinct C files into ``workdir`` and run ``icecc gcc -c`` on them in parallel
-        (``jobs`` at a time, default all) from namespace A. ``with_main`` puts a ``main`` calling
-        every file's function into file 0 so the objects can be linked into a program."""
+        (``jobs`` at a time, default all) from daemon ``node``'s host (default: namespace A).
+        ``with_main`` puts a ``main`` calling every file's function into file 0 so the objects
+        can be linked into a program."""
         sources = self._write_sources(n, Path(workdir), tag, work=work, with_main=with_main)
         commands = [(["icecc", "gcc", *cflags, "-c", str(s), "-o", str(s.with_suffix(".o"))], s, s.with_suffix(".o"))
                     for s in sources]
-        return self._run_clients(commands, jobs, env, timeout)
+        return self._run_clients(commands, jobs, env, timeout, node)
 
     def compile_failing(self, n: int, workdir: str | os.PathLike[str], jobs: int | None = None, *,
                         tag: str = "bad", env: Mapping[str, str] | None = None,
@@ -1098,11 +1120,12 @@ class Cluster:
 
     def link(self, objects: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str], *,
              extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-             timeout: float = 60.0) -> CompileResult:
+             timeout: float = 60.0, node: int = 1) -> CompileResult:
         """``icecc gcc OBJS -o OUTPUT``: not a compile, so icecc runs it as a local job
-        (MON_LOCAL_JOB_BEGIN / JOB_LOCAL_DONE). Use ``extra_args=['-r']`` for objects without main."""
+        (MON_LOCAL_JOB_BEGIN / JOB_LOCAL_DONE) on daemon ``node``. Use ``extra_args=['-r']`` for
+        objects without main."""
         argv = ["icecc", "gcc", *extra_args, *map(str, objects), "-o", str(output)]
-        return self._run_clients([(argv, None, Path(output))], 1, env, timeout)[0]
+        return self._run_clients([(argv, None, Path(output))], 1, env, timeout, node)[0]
 
     def icerun(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                timeout: float = 60.0) -> CompileResult:

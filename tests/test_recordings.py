@@ -18,7 +18,7 @@ CAPTURES = sorted(RECORDINGS.glob("*.icecap"))
 
 def test_there_are_recordings() -> None:
     names = {p.name for p in CAPTURES}
-    assert {"build.icecap", "failures-local.icecap", "daemon-dies.icecap", "demo.icecap"} <= names
+    assert {"build.icecap", "builds.icecap", "failures-local.icecap", "daemon-dies.icecap", "demo.icecap"} <= names
     assert {f"protocol-{v}.icecap" for v in (21, 28, 29, 38, 39, 43)} <= names
 
 
