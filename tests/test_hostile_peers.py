@@ -187,11 +187,16 @@ def test_serve_backs_off_shows_the_failures_and_stops_on_sigterm(tmp_path: Path,
         proc, port = start_serve("-s", f"127.0.0.1:{server.port}", "--record", str(out))
         try:
             assert_reconnects_are_bounded(server)
-            status = json.loads(get(port, "/api/state"))["status"]
-            # Between two short-lived connections the page says it is retrying, and why.
-            wait_for(lambda: json.loads(get(port, "/api/state"))["status"]["state"] == "retrying",
-                     what="the page to say retrying")
-            status = json.loads(get(port, "/api/state"))["status"]
+            # Between two short-lived connections the page says it is retrying, and why (read
+            # from the same answer: the next connection may have begun by the next request).
+            seen: list[dict] = []
+
+            def retrying() -> bool:
+                seen.append(json.loads(get(port, "/api/state"))["status"])
+                return seen[-1]["state"] == "retrying"
+
+            wait_for(retrying, what="the page to say retrying")
+            status = seen[-1]
             assert status["failures"] >= 2 and "failures in a row" in status["message"], status
             assert status["recording"] == "recording"
             metrics = get(port, "/metrics")
