@@ -125,7 +125,18 @@ def test_failures_links_and_icerun(real_cluster: Cluster, tmp_path: Path) -> Non
     link = real_cluster.link([r.output for r in good], tmp_path / "prog")
     assert link.ok, link.stderr
     assert real_cluster.icerun(["true"]).ok
-    wait_for(lambda: count_frames(path, LOCAL_DONE) >= 2 and count_frames(path, JOB_DONE) >= 4, "jobs")
+
+    def settled() -> bool:
+        # Not just a count of local jobs: icecc re-runs the failed compiles locally, and those
+        # can be the first two local jobs to end. The link itself, and every local job's end.
+        if count_frames(path, JOB_DONE) < 4 or count_frames(path, LOCAL_DONE) < 2:
+            return False
+        lines = dump_json(path)
+        begins = {x["job_id"]: x for x in of_type(lines, "MON_LOCAL_JOB_BEGIN")}
+        ended = {x["job_id"] for x in of_type(lines, "JOB_LOCAL_DONE")}
+        return any(x["file"].endswith("prog") for x in begins.values()) and set(begins) <= ended
+
+    wait_for(settled, "the link and every local job to end")
     lines = rec.stop()
 
     get_cs = {x["job_id"]: x for x in of_type(lines, "MON_GET_CS")}
