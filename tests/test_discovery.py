@@ -1,7 +1,7 @@
 """Scheduler location rules and the discovery datagrams of every scheduler generation.
 
-(Discovery over the network is tested against the real scheduler, inside the real cluster's
-namespaces, in test_real_cluster.py; nothing here sends a packet.)
+(Discovery over the network is tested against real schedulers, inside namespaces of ours, in
+test_real_cluster.py and test_discover.py; nothing here sends a packet.)
 """
 
 from __future__ import annotations
