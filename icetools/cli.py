@@ -907,7 +907,7 @@ def discover(netname: str | None, as_json: bool, timeout: float, port: int) -> N
       icetools discover -n ICECREAM --timeout 5
       icetools discover --json | jq -r '.[] | "\\(.address):\\(.port)"'
     """
-    from .discovery import by_network, collect, nothing_answered, render_table, reply_json, same_netname
+    from .discovery import by_network, collect, not_answers, nothing_answered, render_table, reply_json, same_netname
 
     found = collect(port=port, window=timeout)
     replies = by_network(found.replies)
@@ -918,7 +918,7 @@ def discover(netname: str | None, as_json: bool, timeout: float, port: int) -> N
         hint = f" (schedulers of other networks did: {', '.join(map(repr, others))})" if netname is not None and others else ""
         raise nothing_answered(netname, timeout, found.ignored, hint)
     if found.ignored:
-        warn(f"ignored {found.ignored} datagram{'s' if found.ignored != 1 else ''} that were not scheduler answers")
+        warn(f"ignored {not_answers(found.ignored)}")
     now = time.time()
     _text_output()
     if as_json:

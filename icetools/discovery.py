@@ -248,10 +248,14 @@ def best_first(replies: list[DiscoveryReply] | tuple[DiscoveryReply, ...]) -> li
     return sorted(replies, key=lambda r: (-r.version, r.start_time))
 
 
+def not_answers(count: int) -> str:
+    return "1 datagram that was not a scheduler's answer" if count == 1 else f"{count} datagrams that were not scheduler answers"
+
+
 def nothing_answered(netname: str | None, window: float, ignored: int = 0, hint: str = "") -> SchedulerNotFound:
     """The error for a broadcast nobody (suitable) answered, the same for every command."""
     who = "no scheduler" if netname is None else f"no scheduler for network {netname!r}"
-    extra = f"; {ignored} datagram{'s' if ignored != 1 else ''} that were not scheduler answers ignored" if ignored else ""
+    extra = f"; ignored {not_answers(ignored)}" if ignored else ""
     return SchedulerNotFound(f"{who} answered a broadcast within {window:g} s{extra}{hint}")
 
 
@@ -357,6 +361,7 @@ __all__ = [
     "collect",
     "discover",
     "locate_scheduler",
+    "not_answers",
     "nothing_answered",
     "parse_hostport",
     "parse_reply",

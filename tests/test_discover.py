@@ -254,4 +254,4 @@ def test_nothing_answers_is_one_error_line(tmp_path: Path) -> None:
             stop_process(responder)
         assert (noise.returncode, noise.stdout) == (1, "")
         assert noise.stderr == ("icetools: error: no scheduler for network 'ICECREAM' answered a broadcast "
-                                "within 0.5 s; 2 datagrams that were not scheduler answers ignored\n")
+                                "within 0.5 s; ignored 2 datagrams that were not scheduler answers\n")

@@ -133,3 +133,10 @@ def test_table_escapes_netnames_and_groups_by_network() -> None:
     ]
     assert lines[1].split()[4:] == ["?", "?"]
     assert lines[2].split()[-2:] == ["2d", "03:04:05"]
+
+
+def test_nothing_answered_counts_what_was_ignored() -> None:
+    assert str(d.nothing_answered(None, 2)) == "no scheduler answered a broadcast within 2 s"
+    assert str(d.nothing_answered("NET", 0.5, 1)) == (
+        "no scheduler for network 'NET' answered a broadcast within 0.5 s; "
+        "ignored 1 datagram that was not a scheduler's answer")
