@@ -24,7 +24,8 @@ from .defaults import SERVE_LISTEN as DEFAULT_LISTEN
 from .defaults import SERVE_MAX_CLIENTS
 from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
-from .discovery import locate_scheduler, parse_hostport
+from .discovery import DEFAULT_PORT as DEFAULT_SCHEDULER_PORT
+from .discovery import DISCOVERY_WINDOW, locate_scheduler, parse_hostport
 from .errors import IcetoolsError, OptionError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
@@ -860,3 +861,67 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# ---------------------------------------------------------------------------------- discover
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "-n",
+    "--netname",
+    metavar="NETNAME",
+    help="Only schedulers of this network name (compared as icecream does: ASCII case folded). "
+    "Default: every scheduler that answers.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects instead of the table.")
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(min=0, max=600, min_open=True),
+    default=DISCOVERY_WINDOW,
+    show_default=True,
+    metavar="S",
+    help="Seconds to collect answers (every scheduler answers at once; slow links need more).",
+)
+@click.option(
+    "-p",
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_SCHEDULER_PORT,
+    show_default=True,
+    metavar="PORT",
+    help="UDP port to broadcast to: the schedulers' -p.",
+)
+def discover(netname: str | None, as_json: bool, timeout: float, port: int) -> None:
+    """Every scheduler that answers icecream's discovery broadcast.
+
+    One request goes to the broadcast address of each network interface (as icecc and iceccd
+    send it; loopback and point-to-point links excluded). Every scheduler answers, whatever
+    its network name, with its address, port, name, protocol version and start time. Exit
+    status 1 if none (of NETNAME) answers. Datagrams that are not a scheduler's answer are
+    ignored and counted on stderr.
+
+    \b
+    Examples:
+      icetools discover
+      icetools discover -n ICECREAM --timeout 5
+      icetools discover --json | jq -r '.[] | "\\(.address):\\(.port)"'
+    """
+    from .discovery import by_network, collect, not_answers, nothing_answered, render_table, reply_json, same_netname
+
+    found = collect(port=port, window=timeout)
+    replies = by_network(found.replies)
+    if netname is not None:
+        others = sorted({r.netname for r in replies if not same_netname(r.netname, netname)})
+        replies = [r for r in replies if same_netname(r.netname, netname)]
+    if not replies:
+        hint = f" (schedulers of other networks did: {', '.join(map(repr, others))})" if netname is not None and others else ""
+        raise nothing_answered(netname, timeout, found.ignored, hint)
+    if found.ignored:
+        warn(f"ignored {not_answers(found.ignored)}")
+    now = time.time()
+    _text_output()
+    if as_json:
+        click.echo(json.dumps([reply_json(r, now) for r in replies], indent=1))
+    else:
+        click.echo(render_table(replies, now))

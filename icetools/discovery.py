@@ -9,6 +9,7 @@ those of icecream's ``DiscoverSched`` (request: one byte, our protocol version; 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import fcntl
 import os
 import select
@@ -66,13 +67,50 @@ def scheduler_from_environment(environ: Mapping[str, str] | None = None) -> str 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DiscoveryReply:
-    """A scheduler that answered: its address, protocol version, start time and netname."""
+    """A scheduler that answered: where the answer came from, and what it says.
+
+    ``netname`` was decoded with ``surrogateescape`` (bytes that are not UTF-8 survive, exactly);
+    it came from the network, so escape it (render.printable) before showing it. ``start_time``
+    is the scheduler's own clock (Unix seconds) as sent, 0 from schedulers before protocol 33,
+    which send neither it nor their version (icecream then assumes version 32, and so do we).
+    """
 
     host: str
     port: int
     version: int
     start_time: int
     netname: str
+
+    def started(self) -> datetime.datetime | None:
+        """The start time as an aware UTC datetime; None if unknown (0) or not a date at all."""
+        if self.start_time <= 0:
+            return None
+        try:
+            return datetime.datetime.fromtimestamp(self.start_time, datetime.timezone.utc)
+        except (OverflowError, OSError, ValueError):  # years beyond 9999 and the like
+            return None
+
+    def uptime(self, now: float | None = None) -> int | None:
+        """Whole seconds since the scheduler started, by our clock; None if the start time is
+        unknown, absurd, or in our future (another host's clock ahead of ours: we cannot tell)."""
+        now = time.time() if now is None else now
+        if self.started() is None or self.start_time > now:
+            return None
+        return int(now - self.start_time)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Discovery:
+    """Everything one broadcast brought back: each scheduler once, in order of arrival, and how
+    many datagrams were not a scheduler's answer (wrong size or mark, a bogus version)."""
+
+    replies: tuple[DiscoveryReply, ...]
+    ignored: int
+
+
+def same_netname(a: str, b: str) -> bool:
+    """icecream compares netnames with strcasecmp(): bytewise, ASCII letters folded only."""
+    return a.encode("utf-8", "surrogateescape").lower() == b.encode("utf-8", "surrogateescape").lower()
 
 
 def build_request(version: int = PROTOCOL_VERSION) -> bytes:
@@ -85,7 +123,9 @@ def parse_reply(data: bytes, own_version: int, source: tuple[str, int]) -> Disco
     """Decode a reply to our request in any of its historical forms; None if it is not one."""
 
     def name_at(offset: int) -> str:
-        return data[offset:].split(b"\0", 1)[0].decode("utf-8", "replace")
+        # icecream's get_broad_answer() overwrites the last byte with NUL: a netname that fills
+        # the datagram without a terminator loses its last byte there, so here too.
+        return data[offset : size - 1].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
     size = len(data)
     if size == 16 and data[0] == own_version + 1:
@@ -155,23 +195,28 @@ def broadcast_addresses() -> list[str]:
     return result
 
 
-def discover(
-    netname: str = DEFAULT_NETNAME,
+#: Why a broadcast could not even be sent; the commands add what to do about it.
+NO_INTERFACE = "no network interface to broadcast on (loopback and point-to-point links are not used)"
+
+
+def collect(
     *,
     port: int = DEFAULT_PORT,
     window: float = DISCOVERY_WINDOW,
     version: int = PROTOCOL_VERSION,
     addresses: list[str] | None = None,
-) -> list[DiscoveryReply]:
-    """Broadcast a discovery request and collect every matching reply for ``window`` seconds,
-    best first (highest version, then the earliest started), as icecream chooses."""
+) -> Discovery:
+    """Broadcast one discovery request and keep every scheduler that answers within ``window``
+    seconds, whatever its netname: icecream's request carries only our version, every
+    scheduler answers it with its own netname, and the asker picks (DiscoverSched; getNetnames
+    lists them all). A scheduler reached over two interfaces answers twice: kept once per
+    address, port and netname."""
     targets = broadcast_addresses() if addresses is None else addresses
     if not targets:
-        raise SchedulerNotFound(
-            "no network interface to broadcast on; give the scheduler with -s HOST[:PORT]"
-        )
+        raise SchedulerNotFound(NO_INTERFACE)
     request = build_request(version)
-    replies: list[DiscoveryReply] = []
+    replies: dict[tuple[str, int, str], DiscoveryReply] = {}
+    ignored = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         for address in targets:
@@ -184,15 +229,102 @@ def discover(
             ready, _, _ = select.select([s], [], [], left)
             if not ready:
                 break
-            data, source = s.recvfrom(REPLY_SIZE + 1)
+            try:
+                # One byte more than any answer: an oversized datagram is then seen as such.
+                data, source = s.recvfrom(REPLY_SIZE + 1)
+            except OSError:
+                continue  # a queued ICMP error; reading it cleared it
             reply = parse_reply(data, version, source)
+            # icecream ignores versions outside 1..127 as bogus (try_get_scheduler).
             if reply is None or not 1 <= reply.version < 128:
+                ignored += 1
                 continue
-            if reply.netname.lower() != netname.lower():
-                continue
-            replies.append(reply)
-    replies.sort(key=lambda r: (-r.version, r.start_time))
-    return replies
+            replies.setdefault((reply.host, reply.port, reply.netname), reply)
+    return Discovery(tuple(replies.values()), ignored)
+
+
+def best_first(replies: list[DiscoveryReply] | tuple[DiscoveryReply, ...]) -> list[DiscoveryReply]:
+    """Highest version, then the earliest started: the one icecream's DiscoverSched picks first."""
+    return sorted(replies, key=lambda r: (-r.version, r.start_time))
+
+
+def not_answers(count: int) -> str:
+    return "1 datagram that was not a scheduler's answer" if count == 1 else f"{count} datagrams that were not scheduler answers"
+
+
+def nothing_answered(netname: str | None, window: float, ignored: int = 0, hint: str = "") -> SchedulerNotFound:
+    """The error for a broadcast nobody (suitable) answered, the same for every command."""
+    who = "no scheduler" if netname is None else f"no scheduler for network {netname!r}"
+    extra = f"; ignored {not_answers(ignored)}" if ignored else ""
+    return SchedulerNotFound(f"{who} answered a broadcast within {window:g} s{extra}{hint}")
+
+
+def discover(
+    netname: str = DEFAULT_NETNAME,
+    *,
+    port: int = DEFAULT_PORT,
+    window: float = DISCOVERY_WINDOW,
+    version: int = PROTOCOL_VERSION,
+    addresses: list[str] | None = None,
+) -> list[DiscoveryReply]:
+    """The schedulers for ``netname`` that answer a broadcast within ``window`` seconds, best
+    first (highest version, then the earliest started), as icecream chooses."""
+    found = collect(port=port, window=window, version=version, addresses=addresses)
+    return best_first([r for r in found.replies if same_netname(r.netname, netname)])
+
+
+def reply_json(reply: DiscoveryReply, now: float) -> dict[str, object]:
+    """One answer for ``discover --json``: exact values (the netname too; json escapes it)."""
+    started = reply.started()
+    return {
+        "address": reply.host,
+        "port": reply.port,
+        "netname": reply.netname,
+        "protocol": reply.version,
+        "start_time": reply.start_time,
+        "started": None if started is None else started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "uptime": reply.uptime(now),
+    }
+
+
+def _local_time(reply: DiscoveryReply) -> str:
+    started = reply.started()
+    if started is None:
+        return "?"
+    try:
+        return started.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # within a day of year 9999, in some zone
+        return "?"
+
+
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "?"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    clock = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def render_table(replies: list[DiscoveryReply] | tuple[DiscoveryReply, ...], now: float) -> str:
+    """The answers as a table for people: netnames escaped (they come from the network), start
+    times in local time, "?" where a scheduler did not say or said something impossible."""
+    from .render import printable  # render pulls in the message tables; only this needs it
+
+    header = ("ADDRESS", "PORT", "NETNAME", "PROTOCOL", "STARTED", "UPTIME")
+    rows = [header] + [
+        (r.host, str(r.port), printable(r.netname), str(r.version), _local_time(r), _duration(r.uptime(now)))
+        for r in replies
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def by_network(replies: list[DiscoveryReply] | tuple[DiscoveryReply, ...]) -> list[DiscoveryReply]:
+    """Grouped by netname (as icecream compares them), each group best first."""
+    return sorted(
+        best_first(replies), key=lambda r: r.netname.encode("utf-8", "surrogateescape").lower()
+    )
 
 
 def locate_scheduler(
@@ -207,25 +339,34 @@ def locate_scheduler(
     if explicit:
         return parse_hostport(explicit)
     name = netname or DEFAULT_NETNAME
-    replies = discover(name, window=window)
+    try:
+        replies = discover(name, window=window)
+    except SchedulerNotFound as e:
+        raise SchedulerNotFound(f"{e}; give the scheduler with -s HOST[:PORT]") from None
     if not replies:
-        raise SchedulerNotFound(
-            f"no scheduler for network {name!r} answered a broadcast within {window:g} s "
-            "(give one with -s HOST[:PORT] or ICECC_SCHEDULER)"
-        )
+        raise nothing_answered(name, window, hint=" (give one with -s HOST[:PORT] or ICECC_SCHEDULER)")
     return replies[0].host, replies[0].port
 
 
 __all__ = [
     "DEFAULT_NETNAME",
     "DEFAULT_PORT",
+    "Discovery",
     "DiscoveryReply",
+    "best_first",
     "broadcast_addresses",
+    "by_network",
     "build_reply",
     "build_request",
+    "collect",
     "discover",
     "locate_scheduler",
+    "not_answers",
+    "nothing_answered",
     "parse_hostport",
     "parse_reply",
+    "render_table",
+    "reply_json",
+    "same_netname",
     "scheduler_from_environment",
 ]

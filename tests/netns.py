@@ -204,6 +204,16 @@ class Namespace:
             self.ip("addr", "add", cidr, "brd", "+", "dev", dev)
             self.ip("link", "set", dev, "up")
 
+    def link_to(self, other: str, dev: str, cidr: str, other_dev: str, other_cidr: str) -> None:
+        """A veth pair from here into namespace ``other`` (one we created too, e.g. a real
+        cluster's namespace A): still nothing reaches the host's network. Deleting either
+        namespace deletes the pair."""
+        self.ip("link", "add", dev, "type", "veth", "peer", "name", other_dev, "netns", other)
+        self.ip("addr", "add", cidr, "brd", "+", "dev", dev)
+        _ip("-n", other, "addr", "add", other_cidr, "brd", "+", "dev", other_dev)
+        _ip("-n", other, "link", "set", other_dev, "up")
+        self.ip("link", "set", dev, "up")
+
     def argv(self, command: Sequence[str]) -> list[str]:
         # `ip netns exec` execs the command itself: the Popen's pid is the program's pid.
         return ["ip", "netns", "exec", self.name, *command]

@@ -8,7 +8,8 @@ monitor and waker helpers run this same file as child processes inside namespace
 API summary::
 
     Cluster(daemons=3, tmpdir=None, *, port=8765, max_jobs=2, local_max_jobs=None,
-            ready_timeout=60.0, verbose_logs=True, waker_interval=0.3)   # context manager
+            ready_timeout=60.0, verbose_logs=True, waker_interval=0.3,
+            netname=None)                 # context manager; netname: -n of scheduler and daemons
       .start() / .stop()                      stop() is idempotent; atexit also calls it
       .scheduler_host, .scheduler_port        "127.0.0.1", PORT as seen from namespace A
       .netns_a, .prefix, .rundir, .tmpdir, .scheduler_log, .daemons, .startup_seconds
@@ -748,6 +749,7 @@ class Cluster:
         ready_timeout: float = 60.0,
         verbose_logs: bool = True,
         waker_interval: float | None = 0.3,
+        netname: str | None = None,
     ) -> None:
         if not 1 <= daemons <= 250:
             raise ValueError("daemons must be between 1 and 250")
@@ -761,6 +763,7 @@ class Cluster:
         self.ready_timeout = ready_timeout
         self.verbose_logs = verbose_logs
         self.waker_interval = waker_interval
+        self.netname = netname  # None: icecream's default, ICECREAM
         self.rundir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=RUN_BASE))
         _give_to_icecc(self.rundir)  # the scheduler writes its log here after dropping to 'icecc'
         self._own_tmpdir = tmpdir is None
@@ -908,6 +911,8 @@ class Cluster:
 
     def _start_scheduler(self) -> None:
         argv = ["icecc-scheduler", "-p", str(self.scheduler_port), "-l", str(self.scheduler_log)]
+        if self.netname is not None:
+            argv += ["-n", self.netname]
         if self.verbose_logs:
             argv.append("-vvv")
         self._scheduler = self._spawn(self.netns_a, argv, self.scheduler_log)
@@ -939,6 +944,8 @@ class Cluster:
         env["ICECC_TESTS"] = "1"  # 3 s scheduler reconnect instead of 20-51 s
         argv = ["iceccd", "-s", f"{d.scheduler_ip}:{self.scheduler_port}", "-N", d.node,
                 "-m", str(d.max_jobs), "-b", str(d.dir / "env"), "-l", str(d.log)]
+        if self.netname is not None:
+            argv += ["-n", self.netname]  # the scheduler's network (moot with -s, but honest)
         if self.verbose_logs:
             argv.append("-vvv")
         d.proc = self._spawn(d.netns, argv, d.log, env)

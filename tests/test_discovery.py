@@ -1,7 +1,7 @@
 """Scheduler location rules and the discovery datagrams of every scheduler generation.
 
-(Discovery over the network is tested against the real scheduler, inside the real cluster's
-namespaces, in test_real_cluster.py; nothing here sends a packet.)
+(Discovery over the network is tested against real schedulers, inside namespaces of ours, in
+test_real_cluster.py and test_discover.py; nothing here sends a packet.)
 """
 
 from __future__ import annotations
@@ -70,3 +70,73 @@ def test_foreign_datagrams_are_not_replies() -> None:
     assert d.parse_reply(b"\x99" * 268, 44, ("h", 1)) is None
     assert d.build_reply(b"\x14", 44, 0, "X") is None  # requester below 21 gets no answer
     assert d.build_reply(b"ICF" + b"\0" * 265, 44, 0, "X") is None
+
+
+def test_netname_bytes_survive_exactly() -> None:
+    """Bytes that are not UTF-8 are kept (surrogateescape), not replaced by U+FFFD: discover
+    --json shows them exactly, and a netname compares as the bytes icecream compares."""
+    reply = d.build_reply(b"\x2c", 43, 1, "x")
+    assert reply is not None
+    latin1 = reply[:13] + b"caf\xe9".ljust(255, b"\0")
+    parsed = d.parse_reply(latin1, 44, ("h", 1))
+    assert parsed is not None and parsed.netname == "caf\udce9"
+    assert parsed.netname.encode("utf-8", "surrogateescape") == b"caf\xe9"
+
+
+def test_a_netname_without_nul_loses_its_last_byte_as_in_icecream() -> None:
+    """get_broad_answer() writes NUL over the last byte of every answer."""
+    reply = d.build_reply(b"\x2c", 43, 1, "x")
+    assert reply is not None
+    parsed = d.parse_reply(reply[:13] + b"N" * 255, 44, ("h", 1))
+    assert parsed is not None and parsed.netname == "N" * 254
+    old = d.parse_reply(bytes([45]) + b"O" * 15, 44, ("h", 1))
+    assert old is not None and old.netname == "O" * 14
+
+
+def test_netnames_compare_like_strcasecmp() -> None:
+    assert d.same_netname("Beta-2", "bETA-2")
+    assert not d.same_netname("ICECREAM", "ICECREAM ")
+    assert not d.same_netname("\u00e9", "\u00c9")  # strcasecmp folds ASCII letters only
+    assert d.same_netname("caf\udce9", "CAF\udce9")
+
+
+@pytest.mark.parametrize(
+    ("start", "started", "uptime"),
+    [
+        (1_000_000 - 3725, "1970-01-12T12:44:35Z", 3725),
+        (0, None, None),  # protocol <= 32: not sent
+        (-5, None, None),  # 33-37 sent it signed
+        (1_000_000 + 10, "1970-01-12T13:46:50Z", None),  # in our future: uptime unknown
+        (2**64 - 1, None, None),  # no date holds it
+    ],
+)
+def test_start_time_and_uptime(start: int, started: str | None, uptime: int | None) -> None:
+    reply = d.DiscoveryReply("10.0.0.1", 8765, 43, start, "NET")
+    assert d.reply_json(reply, 1_000_000.5) == {
+        "address": "10.0.0.1", "port": 8765, "netname": "NET", "protocol": 43,
+        "start_time": start, "started": started, "uptime": uptime,
+    }
+
+
+def test_table_escapes_netnames_and_groups_by_network() -> None:
+    replies = [
+        d.DiscoveryReply("10.0.0.3", 8765, 42, 100, "beta"),
+        d.DiscoveryReply("10.0.0.2", 8766, 43, 0, "ALPHA\x1b[2J"),
+        d.DiscoveryReply("10.0.0.1", 8765, 43, 200, "Beta"),
+    ]
+    lines = d.render_table(d.by_network(replies), 200 + 2 * 86400 + 3 * 3600 + 4 * 60 + 5).splitlines()
+    assert [line.split()[:4] for line in lines] == [
+        ["ADDRESS", "PORT", "NETNAME", "PROTOCOL"],
+        ["10.0.0.2", "8766", "ALPHA\\x1b[2J", "43"],
+        ["10.0.0.1", "8765", "Beta", "43"],  # icecream's pick for beta first: the higher version
+        ["10.0.0.3", "8765", "beta", "42"],
+    ]
+    assert lines[1].split()[4:] == ["?", "?"]
+    assert lines[2].split()[-2:] == ["2d", "03:04:05"]
+
+
+def test_nothing_answered_counts_what_was_ignored() -> None:
+    assert str(d.nothing_answered(None, 2)) == "no scheduler answered a broadcast within 2 s"
+    assert str(d.nothing_answered("NET", 0.5, 1)) == (
+        "no scheduler for network 'NET' answered a broadcast within 0.5 s; "
+        "ignored 1 datagram that was not a scheduler's answer")
