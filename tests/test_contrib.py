@@ -229,7 +229,7 @@ PROMETHEUS_LISTEN = "127.0.0.1:19091"
 class Prometheus:
     """Debian's prometheus inside namespace A, on its loopback, with its own data directory."""
 
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+    def __init__(self, cluster: Cluster, workdir: Path, binary: str) -> None:
         self.cluster = cluster
         config = workdir / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
@@ -240,7 +240,7 @@ class Prometheus:
         self.log = workdir / "prometheus.log"
         with self.log.open("wb") as log:
             self.proc = cluster.popen_in_a(
-                [program("prometheus", "prometheus"), f"--config.file={config}",
+                [binary, f"--config.file={config}",
                  f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={PROMETHEUS_LISTEN}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
@@ -295,6 +295,7 @@ def test_kit_against_a_real_cluster(real_cluster: Cluster, tmp_path: Path) -> No
     the rules loaded while the cluster compiles, and every dashboard query, variable query and
     rule expression returns series; the alerts stay quiet on the healthy cluster until serve stops,
     when IcetoolsDown's expression turns true."""
+    binary = program("prometheus", "prometheus")
     state = tmp_path / "state"
     state.mkdir()
     (exec_start,) = unit_settings("ExecStart")
@@ -303,10 +304,12 @@ def test_kit_against_a_real_cluster(real_cluster: Cluster, tmp_path: Path) -> No
     argv[2] = argv[2].replace(UNIT_ICETOOLS, shlex.join([sys.executable, "-m", "icetools"]))
     env = {**os.environ, **unit_environment(), "STATE_DIRECTORY": str(state), "ICETOOLS_LISTEN": SERVE_LISTEN,
            "ICECC_SCHEDULER": f"127.0.0.1:{real_cluster.scheduler_port}"}
+    # Prometheus first: until serve listens, its scrapes fail and up is 0.
+    prometheus = Prometheus(real_cluster, tmp_path, binary)
     serve = real_cluster.popen_in_a(argv, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    prometheus = Prometheus(real_cluster, tmp_path)
     try:
+
         def value(expr: str) -> float | None:
             answer = prometheus.ask(("/api/v1/query", {"query": expr}))[0]
             result = answer and answer.get("status") == "success" and answer["data"]["result"]
