@@ -326,7 +326,8 @@ def test_kit_against_a_real_cluster(real_cluster: Cluster, tmp_path: Path) -> No
 
         # The dashboard's variables, as Grafana's label_values() would list them.
         dash = dashboard()
-        variables = {v["name"]: v["definition"] for v in dash["templating"]["list"] if v["type"] == "query"}
+        variables = {v["name"]: v["query"] for v in dash["templating"]["list"] if v["type"] == "query"}
+        assert all(v["definition"] == v["query"] for v in dash["templating"]["list"] if v["type"] == "query")
         label_values = {}
         for name, definition in variables.items():
             m = re.fullmatch(r"label_values\((.+), (\w+)\)", definition)
