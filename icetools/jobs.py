@@ -217,7 +217,8 @@ class JobsPublisher(Publisher):
 
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
     """The row of a job as it stands (see COLUMNS): ``requested`` as seen (None if the recording
-    did not see the request), host names where known (else ``#ID``)."""
+    did not see the request), host names where known (else ``#ID``). (stats.WhyAnalysis._take
+    computes the fields it needs the same way: change both together.)"""
     if submitter is None and job.client_id is not None:
         submitter = f"#{job.client_id}"
     if server is None and job.server_id is not None:
