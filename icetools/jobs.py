@@ -316,61 +316,56 @@ _str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-acceler
 
 #: JSON texts of recent values, for json_line: a float's repr costs 250-400 ns, and a recording's
 #: times repeat (a scheduler sends in batches: many frames share one time) as do durations in
-#: milliseconds, host names and files. Floats are cached by value except zeros (0.0 and -0.0
-#: are equal keys but print differently); strings by value, escaped. Cleared when full.
-_texts: dict[Any, str] = {}
+#: milliseconds, host names and files. Keys are None, strings (escaped) and floats that are not
+#: whole numbers: so no int (or bool) can find a float's text by being equal to it, and 0.0 and
+#: -0.0 (equal keys that print differently) are never cached. Cleared when full.
+_texts: dict[Any, str] = {None: "null"}
 _TEXTS_LIMIT = 8192
 
 
 def _float_text(value: float | None) -> str:
-    """A time or duration of a row (a float or None) as JSON, as json.dumps writes it (repr);
-    remembered in _texts."""
+    """A time or duration of a row (a float, or None) as JSON, as json.dumps writes it (repr);
+    remembered in _texts when it may be."""
     if value is None:
         return "null"
+    if not value:
+        return repr(value)  # 0.0 or -0.0 (or an int 0)
     text = repr(value)
-    if value and value.__class__ is float:  # (an int equal to a cached float must not hit it)
+    if value.__class__ is float and not value.is_integer():
         if len(_texts) >= _TEXTS_LIMIT:
             _texts.clear()
+            _texts[None] = "null"
         _texts[value] = text
     return text
 
 
 def _str_text(value: str | None) -> str:
-    """A name, language or file of a row (a str or None) as JSON; remembered in _texts."""
+    """A name, language or file of a row (a str, or None) as JSON; remembered in _texts."""
     if value is None:
         return "null"
     text = _str(value)
     if len(_texts) >= _TEXTS_LIMIT:
         _texts.clear()
+        _texts[None] = "null"
     _texts[value] = text
     return text
 
 
 def json_line(row: Row) -> str:
-    """``json.dumps(dict(zip(COLUMNS, row)))`` plus a newline, in a fraction of the time: a row's
-    types are known (see job_row), and the texts of its floats and strings are looked up in
-    _texts before being formatted."""
+    """``json.dumps(dict(zip(COLUMNS, row), ensure_ascii=False))`` plus a newline, in a fraction
+    of the time: a row's types are known (see job_row), and the texts of its floats and strings
+    are looked up in _texts before being formatted."""
     (job_id, file, lang, submitter, server, kind, outcome, rerun_of, requested, started, ended,
      wait_ms, run_ms, real_msec, user_msec, sys_msec, in_bytes, out_bytes, exit_code) = row
     n = "null"
     text = _texts.get
-    # Only a float (or a str, for the string columns) may take a cached text: ints of equal
-    # value would hit a float's key. The columns hold those types or None.
-    t_requested = (text(requested) if requested.__class__ is float else None) or _float_text(requested)
-    t_started = (text(started) if started.__class__ is float else None) or _float_text(started)
-    t_ended = (text(ended) if ended.__class__ is float else None) or _float_text(ended)
-    t_wait = (text(wait_ms) if wait_ms.__class__ is float else None) or _float_text(wait_ms)
-    t_run = (text(run_ms) if run_ms.__class__ is float else None) or _float_text(run_ms)
-    t_file = (text(file) if file.__class__ is str else None) or _str_text(file)
-    t_lang = (text(lang) if lang.__class__ is str else None) or _str_text(lang)
-    t_submitter = (text(submitter) if submitter.__class__ is str else None) or _str_text(submitter)
-    t_server = (text(server) if server.__class__ is str else None) or _str_text(server)
     return (
-        f'{{"id": {job_id}, "file": {t_file}, "lang": {t_lang}, '
-        f'"submitter": {t_submitter}, "server": {t_server}, "kind": "{kind}", "outcome": "{outcome}", '
-        f'"rerun_of": {n if rerun_of is None else rerun_of}, '
-        f'"requested": {t_requested}, "started": {t_started}, "ended": {t_ended}, "wait_ms": {t_wait}, '
-        f'"run_ms": {t_run}, "real_msec": {n if real_msec is None else real_msec}, '
+        f'{{"id": {job_id}, "file": {text(file) or _str_text(file)}, "lang": {text(lang) or _str_text(lang)}, '
+        f'"submitter": {text(submitter) or _str_text(submitter)}, "server": {text(server) or _str_text(server)}, '
+        f'"kind": "{kind}", "outcome": "{outcome}", "rerun_of": {n if rerun_of is None else rerun_of}, '
+        f'"requested": {text(requested) or _float_text(requested)}, "started": {text(started) or _float_text(started)}, '
+        f'"ended": {text(ended) or _float_text(ended)}, "wait_ms": {text(wait_ms) or _float_text(wait_ms)}, '
+        f'"run_ms": {text(run_ms) or _float_text(run_ms)}, "real_msec": {n if real_msec is None else real_msec}, '
         f'"user_msec": {n if user_msec is None else user_msec}, "sys_msec": {n if sys_msec is None else sys_msec}, '
         f'"in_bytes": {n if in_bytes is None else in_bytes}, "out_bytes": {n if out_bytes is None else out_bytes}, '
         f'"exit_code": {n if exit_code is None else exit_code}}}\n'
