@@ -602,8 +602,8 @@ class Monitor:
         self._update_routes()
 
     def _update_routes(self) -> None:
-        """Who receives each kind of event, as one tuple of ``publish`` methods per kind in a
-        plain attribute: the handlers test it for emptiness (an enum in a set would cost a
+        """Who receives each kind of event, as one tuple of receivers (see
+        :meth:`Publisher.receiver`) per kind in a plain attribute: the handlers test it for emptiness (an enum in a set would cost a
         Python-level hash per frame) and build no event nobody wants."""
         routes = {
             kind: tuple(r for p in self.publishers if (r := p.receiver(kind)) is not None)
