@@ -43,6 +43,7 @@ REORDER_LIMIT = 10_000
 Row = tuple[Any, ...]
 
 _JOB_FINISHED = EventKind.JOB_FINISHED
+_RESET = EventKind.RESET
 _DONE = JobState.DONE
 _FAILED = JobState.FAILED
 _LOCAL_DONE = JobState.LOCAL_DONE
@@ -110,33 +111,51 @@ class JobsPublisher(Publisher):
 
     # -- events ---------------------------------------------------------------------------
 
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        # Called for nearly every frame of a busy recording: written for speed.
-        kind, t, _, job = event
-        if job is None:  # RESET: the Monitor forgot its jobs; those in flight never end
-            for pending in self._open.values():
-                self._end(pending, monitor)
-            self._open.clear()
-            self._flush(monitor)
-            return
-        pending = self._open.get(job.id)
-        if pending is None:
-            pending = self._start(job, t)
-        elif pending.job is not job:
-            pending = self._adopt(job, t, pending, monitor)
-        # Names as the Monitor knows them while the job runs (a reset makes it forget them).
-        if pending.submitter is None and (host := monitor.hosts.get(job.client_id)) is not None:
-            pending.submitter = host.name or None
-        if pending.server is None and job.server_id is not None and (host := monitor.hosts.get(job.server_id)) is not None:
-            pending.server = host.name or None
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        # A method per kind: they run for nearly every frame of a busy recording.
         if kind is _JOB_FINISHED:
-            del self._open[job.id]
-            pending.done = True
-            if pending.late:
-                self._write(pending, monitor)
-            queue = self._queue
-            if queue and queue[0].done:
-                self._flush(monitor)
+            return self._on_finished
+        if kind is _RESET:
+            return self._on_reset
+        return self._on_job if kind in self.kinds else None
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        receiver = self.receiver(event.kind)
+        if receiver is not None:
+            receiver(event, monitor)
+
+    def _on_reset(self, event: Event, monitor: Monitor) -> None:
+        # The Monitor forgot its jobs: those in flight never end.
+        for pending in self._open.values():
+            self._end(pending, monitor)
+        self._open.clear()
+        self._flush(monitor)
+
+    def _on_job(self, event: Event, monitor: Monitor) -> _Pending:
+        """A job's request or start (and, through _on_finished, its end): its pending row,
+        with the host names as the Monitor knows them while it runs (a reset makes it forget
+        them)."""
+        job = event[3]
+        pending = self._open.get(job.id)  # type: ignore[union-attr]
+        if pending is None:
+            pending = self._start(job, event[1])  # type: ignore[arg-type]
+        elif pending.job is not job:
+            pending = self._adopt(job, event[1], pending, monitor)  # type: ignore[arg-type]
+        if pending.submitter is None and (host := monitor.hosts.get(job.client_id)) is not None:  # type: ignore[union-attr]
+            pending.submitter = host.name or None
+        if pending.server is None and job.server_id is not None and (host := monitor.hosts.get(job.server_id)) is not None:  # type: ignore[union-attr]
+            pending.server = host.name or None
+        return pending
+
+    def _on_finished(self, event: Event, monitor: Monitor) -> None:
+        pending = self._on_job(event, monitor)
+        del self._open[pending.job.id]
+        pending.done = True
+        if pending.late:
+            self._write(pending, monitor)
+        queue = self._queue
+        if queue and queue[0].done:
+            self._flush(monitor)
 
     def _adopt(self, job: Job, t: float, pending: _Pending | None, monitor: Monitor) -> _Pending:
         """The pending row for a job the publisher meets for the first time under its id."""
@@ -217,7 +236,8 @@ class JobsPublisher(Publisher):
 
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
     """The row of a job as it stands (see COLUMNS): ``requested`` as seen (None if the recording
-    did not see the request), host names where known (else ``#ID``)."""
+    did not see the request), host names where known (else ``#ID``). (stats.WhyAnalysis._take
+    computes the fields it needs the same way: change both together.)"""
     if submitter is None and job.client_id is not None:
         submitter = f"#{job.client_id}"
     if server is None and job.server_id is not None:
@@ -294,21 +314,58 @@ class RowWriter:
 
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C-accelerated where available
 
+#: JSON texts of recent values, for json_line: a float's repr costs 250-400 ns, and a recording's
+#: times repeat (a scheduler sends in batches: many frames share one time) as do durations in
+#: milliseconds, host names and files. Keys are None, strings (escaped) and floats that are not
+#: whole numbers: so no int (or bool) can find a float's text by being equal to it, and 0.0 and
+#: -0.0 (equal keys that print differently) are never cached. Cleared when full.
+_texts: dict[Any, str] = {None: "null"}
+_TEXTS_LIMIT = 8192
+
+
+def _float_text(value: float | None) -> str:
+    """A time or duration of a row (a float, or None) as JSON, as json.dumps writes it (repr);
+    remembered in _texts when it may be."""
+    if value is None:
+        return "null"
+    if not value:
+        return repr(value)  # 0.0 or -0.0 (or an int 0)
+    text = repr(value)
+    if value.__class__ is float and not value.is_integer():
+        if len(_texts) >= _TEXTS_LIMIT:
+            _texts.clear()
+            _texts[None] = "null"
+        _texts[value] = text
+    return text
+
+
+def _str_text(value: str | None) -> str:
+    """A name, language or file of a row (a str, or None) as JSON; remembered in _texts."""
+    if value is None:
+        return "null"
+    text = _str(value)
+    if len(_texts) >= _TEXTS_LIMIT:
+        _texts.clear()
+        _texts[None] = "null"
+    _texts[value] = text
+    return text
+
 
 def json_line(row: Row) -> str:
-    """``json.dumps(dict(zip(COLUMNS, row)))`` plus a newline, in a third of the time: a row's
-    types are known (see job_row)."""
+    """``json.dumps(dict(zip(COLUMNS, row), ensure_ascii=False))`` plus a newline, in a fraction
+    of the time: a row's types are known (see job_row), and the texts of its floats and strings
+    are looked up in _texts before being formatted."""
     (job_id, file, lang, submitter, server, kind, outcome, rerun_of, requested, started, ended,
      wait_ms, run_ms, real_msec, user_msec, sys_msec, in_bytes, out_bytes, exit_code) = row
     n = "null"
+    text = _texts.get
     return (
-        f'{{"id": {job_id}, "file": {_str(file)}, "lang": {n if lang is None else _str(lang)}, '
-        f'"submitter": {n if submitter is None else _str(submitter)}, '
-        f'"server": {n if server is None else _str(server)}, "kind": "{kind}", "outcome": "{outcome}", '
-        f'"rerun_of": {n if rerun_of is None else rerun_of}, '
-        f'"requested": {n if requested is None else requested}, "started": {n if started is None else started}, '
-        f'"ended": {n if ended is None else ended}, "wait_ms": {n if wait_ms is None else wait_ms}, '
-        f'"run_ms": {n if run_ms is None else run_ms}, "real_msec": {n if real_msec is None else real_msec}, '
+        f'{{"id": {job_id}, "file": {text(file) or _str_text(file)}, "lang": {text(lang) or _str_text(lang)}, '
+        f'"submitter": {text(submitter) or _str_text(submitter)}, "server": {text(server) or _str_text(server)}, '
+        f'"kind": "{kind}", "outcome": "{outcome}", "rerun_of": {n if rerun_of is None else rerun_of}, '
+        f'"requested": {text(requested) or _float_text(requested)}, "started": {text(started) or _float_text(started)}, '
+        f'"ended": {text(ended) or _float_text(ended)}, "wait_ms": {text(wait_ms) or _float_text(wait_ms)}, '
+        f'"run_ms": {text(run_ms) or _float_text(run_ms)}, "real_msec": {n if real_msec is None else real_msec}, '
         f'"user_msec": {n if user_msec is None else user_msec}, "sys_msec": {n if sys_msec is None else sys_msec}, '
         f'"in_bytes": {n if in_bytes is None else in_bytes}, "out_bytes": {n if out_bytes is None else out_bytes}, '
         f'"exit_code": {n if exit_code is None else exit_code}}}\n'

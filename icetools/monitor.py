@@ -502,6 +502,9 @@ _DONE = JobState.DONE
 _FAILED = JobState.FAILED
 
 
+_new_tuple = tuple.__new__  # builds an Event without NamedTuple's Python-level __new__
+
+
 class Event(NamedTuple):
     """A change in the cluster. ``host``/``job`` are the live objects (read them at once or
     copy what you keep: they go on changing)."""
@@ -523,6 +526,16 @@ class Publisher:
 
     def publish(self, event: Event, monitor: Monitor) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        """What the Monitor calls with the events of ``kind`` (None: it wants none of them).
+
+        :meth:`publish` for the kinds in ``kinds``. A publisher that receives events from
+        nearly every frame can return one method per kind instead, so that it does not test
+        the kind again on each event the Monitor has already told apart."""
+        if self.kinds is None or kind in self.kinds:
+            return self.publish
+        return None
 
 
 # ---- the monitor ------------------------------------------------------------------------------
@@ -589,11 +602,11 @@ class Monitor:
         self._update_routes()
 
     def _update_routes(self) -> None:
-        """Who receives each kind of event, as one tuple of ``publish`` methods per kind in a
-        plain attribute: the handlers test it for emptiness (an enum in a set would cost a
+        """Who receives each kind of event, as one tuple of receivers (see
+        :meth:`Publisher.receiver`) per kind in a plain attribute: the handlers test it for emptiness (an enum in a set would cost a
         Python-level hash per frame) and build no event nobody wants."""
         routes = {
-            kind: tuple(p.publish for p in self.publishers if p.kinds is None or kind in p.kinds)
+            kind: tuple(r for p in self.publishers if (r := p.receiver(kind)) is not None)
             for kind in EventKind
         }
         self._to_host_added = routes[EventKind.HOST_ADDED]
@@ -612,7 +625,7 @@ class Monitor:
         host: Host | None = None,
         job: Job | None = None,
     ) -> None:
-        event = tuple.__new__(Event, (kind, t, host, job))
+        event = _new_tuple(Event, (kind, t, host, job))
         for publish in to:
             publish(event, self)
 
@@ -695,8 +708,11 @@ class Monitor:
                 self.totals.first_host_seen = t
         elif statmsg == host.statmsg and host.online:
             host.last_seen = t  # the same report again (every monitor login repeats them all)
-            if self._to_host_changed:
-                self._emit(self._to_host_changed, _HOST_CHANGED, t, host=host)
+            to = self._to_host_changed
+            if to:  # (_emit, inlined: it runs for nearly every frame)
+                event = _new_tuple(Event, (_HOST_CHANGED, t, host, None))
+                for publish in to:
+                    publish(event, self)
             return
         name = host.name
         came_back = not host.online
@@ -714,8 +730,12 @@ class Monitor:
         if added:
             if self._to_host_added:
                 self._emit(self._to_host_added, _HOST_ADDED, t, host=host)
-        elif self._to_host_changed:
-            self._emit(self._to_host_changed, _HOST_CHANGED, t, host=host)
+        else:
+            to = self._to_host_changed
+            if to:  # (_emit, inlined: it runs for nearly every frame)
+                event = _new_tuple(Event, (_HOST_CHANGED, t, host, None))
+                for publish in to:
+                    publish(event, self)
 
     def _add_job(self, job: Job) -> None:
         jobs = self.jobs
@@ -745,8 +765,11 @@ class Monitor:
         client = self.hosts.get(client_id) or self._host(client_id, t)
         client.jobs_as_client.add(job_id)
         client.counters.submitted += 1
-        if self._to_job_submitted:
-            self._emit(self._to_job_submitted, _JOB_SUBMITTED, t, job=job)
+        to = self._to_job_submitted
+        if to:  # (_emit, inlined: it runs for nearly every frame)
+            event = _new_tuple(Event, (_JOB_SUBMITTED, t, None, job))
+            for publish in to:
+                publish(event, self)
 
     def _on_job_begin(self, msg: m.MonJobBegin, t: float) -> None:
         job_id, stime, host_id = msg
@@ -762,8 +785,11 @@ class Monitor:
         job.stime = stime
         server = self.hosts.get(host_id) or self._host(host_id, t)
         server.jobs_as_server.add(job_id)
-        if self._to_job_started:
-            self._emit(self._to_job_started, _JOB_STARTED, t, job=job)
+        to = self._to_job_started
+        if to:  # (_emit, inlined: it runs for nearly every frame)
+            event = _new_tuple(Event, (_JOB_STARTED, t, None, job))
+            for publish in to:
+                publish(event, self)
 
     def _on_job_done(self, msg: m.MonJobDone, t: float) -> None:
         job_id, code, real_msec, user_msec, sys_msec, pfaults, in_c, in_u, out_c, out_u, _, _ = msg
@@ -833,8 +859,11 @@ class Monitor:
             totals.peak_jobs_per_second = in_second
             totals.peak_second = second
         self.finished.append(job)
-        if self._to_job_finished:
-            self._emit(self._to_job_finished, _JOB_FINISHED, t, job=job)
+        to = self._to_job_finished
+        if to:  # (_emit, inlined: it runs for nearly every frame)
+            event = _new_tuple(Event, (_JOB_FINISHED, t, None, job))
+            for publish in to:
+                publish(event, self)
 
     def _note_slow(self, job: Job, server: Host | None) -> None:
         name = server.name if server is not None and server.name else f"#{job.server_id}"
@@ -877,8 +906,11 @@ class Monitor:
             if failed is not None and t - failed[1] <= RERUN_WINDOW:
                 job.rerun_of = failed[0]
                 self.totals.reruns += 1
-        if self._to_job_started:
-            self._emit(self._to_job_started, _JOB_STARTED, t, job=job)
+        to = self._to_job_started
+        if to:  # (_emit, inlined: it runs for nearly every frame)
+            event = _new_tuple(Event, (_JOB_STARTED, t, None, job))
+            for publish in to:
+                publish(event, self)
 
     def _on_local_done(self, msg: m.JobLocalDone, t: float) -> None:
         (job_id,) = msg
@@ -899,8 +931,11 @@ class Monitor:
             host.jobs_as_client.discard(job.id)
         self._count_finished(t)
         self.finished.append(job)
-        if self._to_job_finished:
-            self._emit(self._to_job_finished, _JOB_FINISHED, t, job=job)
+        to = self._to_job_finished
+        if to:  # (_emit, inlined: it runs for nearly every frame)
+            event = _new_tuple(Event, (_JOB_FINISHED, t, None, job))
+            for publish in to:
+                publish(event, self)
 
     # -- checkpoints (icetools.index) -----------------------------------------------------
 

@@ -9,11 +9,12 @@ Monitor that has replayed a recording into the answer, as data; :func:`render_re
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .jobs import Row, host_name, job_row
-from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, Monitor, Publisher
+from .jobs import host_name
+from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher
 from .render import printable
 from .replay import ReplayResult, replay, replay_file
 
@@ -191,9 +192,10 @@ def render_why(report: dict[str, Any]) -> list[str]:
 #
 # Waits, slot use, builds and transfer time (issue 11; the definitions are in docs/analysis.md).
 # One publisher follows the cluster in time order: remote jobs waiting, the slots hosts offer and
-# the jobs taking them, each submitter's open build. When a job ends it becomes its row of
-# `icetools jobs` (jobs.job_row, as in the trace), and the per-job figures come from that row:
-# a job is what `icetools jobs` says it is. Running sums, histograms and one open build per
+# the jobs taking them, each submitter's open build. When a job ends its figures are those of its
+# row of `icetools jobs` (jobs.job_row, as in the trace; WhyAnalysis._take computes only the
+# fields it needs, the same way, without building the row): a job is what `icetools jobs` says
+# it is (tests/test_stats_why.py's check_against_jobs). Running sums, histograms and one open build per
 # submitter: memory does not grow with the jobs.
 
 #: A submitter's build ends after this many seconds without a request or a job of it running.
@@ -329,6 +331,10 @@ _JOB_SUBMITTED = EventKind.JOB_SUBMITTED
 _JOB_STARTED = EventKind.JOB_STARTED
 _JOB_FINISHED = EventKind.JOB_FINISHED
 _HOST_OFFLINE = EventKind.HOST_OFFLINE
+_RESET = EventKind.RESET
+_DONE = JobState.DONE
+_FAILED = JobState.FAILED
+_LOCAL_DONE = JobState.LOCAL_DONE
 
 
 class WhyAnalysis(Publisher):
@@ -371,10 +377,25 @@ class WhyAnalysis(Publisher):
 
     # -- events -------------------------------------------------------------------------------
 
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        # One method per kind: they run for nearly every frame of a recording.
+        if kind is _JOB_SUBMITTED:
+            return self._on_submitted
+        if kind is _JOB_STARTED:
+            return self._on_started
+        if kind is _JOB_FINISHED:
+            return self._on_finished
+        if kind is _RESET:
+            return self._on_reset
+        return self._on_host
+
     def publish(self, event: Event, monitor: Monitor) -> None:
-        # Called for every job event of a recording: written for speed (_HostSlots.advance
-        # inlined on the job paths).
-        kind, t, host, job = event
+        self.receiver(event.kind)(event, monitor)  # type: ignore[misc]
+
+    def _on_submitted(self, event: Event, monitor: Monitor) -> None:
+        # A remote job's request (MON_GET_CS). (Each receiver first integrates the time jobs
+        # waited up to this event, inlined.)
+        _, t, _, job = event
         if self._waiting:
             dt = t - self._last  # type: ignore[operator]  # (set by the event that made one wait)
             if dt > 0:
@@ -383,101 +404,145 @@ class WhyAnalysis(Publisher):
                 else:
                     self.saturated_s += dt
         self._last = t
-        if job is not None:
-            job_id = job.id
-            opened = self._open
-            if kind is _JOB_FINISHED:
-                entry = opened.pop(job_id, None)
-                if entry is None:  # only its end was seen: no submitter, no build
-                    self._take(job_row(job, None, None, host_name(monitor, job.server_id)), None)
-                    return
-                held, build, _ = entry
-                if held is not None:
-                    if held is _WAITING:
-                        self._waiting -= 1
-                    else:  # (self._give_back, inlined)
-                        dt = t - held.last
-                        if dt > 0:
-                            use = held.use
-                            slots = held.slots
-                            running = held.running
-                            use[0] += slots * dt
-                            use[1] += (running if running < slots else slots) * dt
-                        held.last = t
-                        held.running -= 1
-                        if held.running < held.slots:
-                            self._free += 1
-                server = monitor.hosts.get(job.server_id) if job.server_id is not None else None
-                self._take(job_row(
-                    job, job.submitted if job.seen_submit else None,
-                    build.submitter if build is not None else None,
-                    server.name or None if server is not None else None,
-                ), build)
-                return
-            entry = opened.get(job_id)
-            if kind is _JOB_SUBMITTED or job.local:
-                # A request: a remote job's MON_GET_CS, a local job's MON_LOCAL_JOB_BEGIN.
-                if entry is not None:  # the id used again without the old job ending
-                    self._end(job_id, t, monitor)
-                build = self._build(job.client_id, t, monitor)
-                if job.local:
-                    opened[job_id] = (None, build, job)
-                else:
-                    opened[job_id] = (_WAITING, build, job)
-                    self._waiting += 1
-                if len(opened) > MAX_IN_FLIGHT:
-                    self._end(next(iter(opened)), t, monitor)
-                return
-            # A remote job's MON_JOB_BEGIN.
-            if entry is None:  # requested before the recording: its start is its request
-                build = self._build(job.client_id, t, monitor)
-            else:
-                held, build, _ = entry
-                if held is _WAITING:
-                    self._waiting -= 1
-                elif held is not None:  # begun again (moved by the scheduler): its first slot is free again
-                    self._give_back(held, t)
-            if job.server_id is None:
-                opened[job_id] = (None, build, job)
-                return
-            h = self._hosts.get(job.server_id) or self._host(job.server_id, t, monitor)
-            dt = t - h.last
-            running = h.running
+        self._request(job, t, monitor)  # type: ignore[arg-type]
+
+    def _request(self, job: Job, t: float, monitor: Monitor) -> None:
+        """A request: a remote job's MON_GET_CS, a local job's MON_LOCAL_JOB_BEGIN."""
+        job_id = job.id
+        opened = self._open
+        if job_id in opened:  # the id used again without the old job ending
+            self._end(job_id, t, monitor)
+        build = self._build(job.client_id, t, monitor)
+        if job.local:
+            opened[job_id] = (None, build, job)
+        else:
+            opened[job_id] = (_WAITING, build, job)
+            self._waiting += 1
+        if len(opened) > MAX_IN_FLIGHT:
+            self._end(next(iter(opened)), t, monitor)
+
+    def _on_started(self, event: Event, monitor: Monitor) -> None:
+        _, t, _, job = event
+        if self._waiting:
+            dt = t - self._last  # type: ignore[operator]
             if dt > 0:
-                use = h.use
-                slots = h.slots
-                use[0] += slots * dt
-                use[1] += (running if running < slots else slots) * dt
-            h.last = t
-            if running < h.slots:
-                self._free -= 1
-            h.running = running + 1
-            opened[job_id] = (h, build, job)
-            if len(opened) > MAX_IN_FLIGHT:
-                self._end(next(iter(opened)), t, monitor)
+                if self._free:
+                    self.held_s += dt
+                else:
+                    self.saturated_s += dt
+        self._last = t
+        if job.local:  # type: ignore[union-attr]  # (a local job's start is its request)
+            self._request(job, t, monitor)  # type: ignore[arg-type]
             return
-        if host is not None:
-            h = self._hosts.get(host.id) or self._host(host.id, t, monitor)
-            if kind is _HOST_OFFLINE:
-                slots = 0
-                h.report = ""
-            elif host.statmsg is h.report:
-                return  # the same report again (a monitor login, a host with nothing new)
-            else:
-                h.report = host.statmsg
-                slots = host.remote_slots()
-                if host.name and h.name != host.name:
-                    # Named only now (it was known by id from a job): its slots count under
-                    # its name from here on (before its first report it offered none).
-                    h.advance(t)
-                    h.name = host.name
-                    h.use = self.use.setdefault(host.name, [0.0, 0.0])
-            if slots != h.slots:
-                h.advance(t)
-                self._free += _free(slots, h.running) - _free(h.slots, h.running)
-                h.slots = slots
+        # A remote job's MON_JOB_BEGIN (_HostSlots.advance inlined).
+        job_id = job.id  # type: ignore[union-attr]
+        opened = self._open
+        entry = opened.get(job_id)
+        if entry is None:  # requested before the recording: its start is its request
+            build = self._build(job.client_id, t, monitor)  # type: ignore[union-attr]
+        else:
+            held, build, _ = entry
+            if held is _WAITING:
+                self._waiting -= 1
+            elif held is not None:  # begun again (moved by the scheduler): its first slot is free again
+                self._give_back(held, t)
+        server_id = job.server_id  # type: ignore[union-attr]
+        if server_id is None:
+            opened[job_id] = (None, build, job)
             return
+        h = self._hosts.get(server_id) or self._host(server_id, t, monitor)
+        dt = t - h.last
+        running = h.running
+        if dt > 0:
+            use = h.use
+            slots = h.slots
+            use[0] += slots * dt
+            use[1] += (running if running < slots else slots) * dt
+        h.last = t
+        if running < h.slots:
+            self._free -= 1
+        h.running = running + 1
+        opened[job_id] = (h, build, job)
+        if len(opened) > MAX_IN_FLIGHT:
+            self._end(next(iter(opened)), t, monitor)
+
+    def _on_finished(self, event: Event, monitor: Monitor) -> None:
+        _, t, _, job = event
+        if self._waiting:
+            dt = t - self._last  # type: ignore[operator]
+            if dt > 0:
+                if self._free:
+                    self.held_s += dt
+                else:
+                    self.saturated_s += dt
+        self._last = t
+        entry = self._open.pop(job.id, None)  # type: ignore[union-attr]
+        server_id = job.server_id  # type: ignore[union-attr]
+        if entry is None:  # only its end was seen: no submitter, no build
+            self._take(job, None, host_name(monitor, server_id), None)  # type: ignore[arg-type]
+            return
+        held, build, _ = entry
+        if held is not None:
+            if held is _WAITING:
+                self._waiting -= 1
+            else:  # (self._give_back, inlined)
+                dt = t - held.last
+                if dt > 0:
+                    use = held.use
+                    slots = held.slots
+                    running = held.running
+                    use[0] += slots * dt
+                    use[1] += (running if running < slots else slots) * dt
+                held.last = t
+                held.running -= 1
+                if held.running < held.slots:
+                    self._free += 1
+        server = monitor.hosts.get(server_id) if server_id is not None else None
+        self._take(
+            job, job.submitted if job.seen_submit else None,  # type: ignore[union-attr]
+            server.name or None if server is not None else None, build,
+        )
+
+    def _on_reset(self, event: Event, monitor: Monitor) -> None:
+        t = event.t
+        self._integrate(t)
         self._reset(t, monitor)
+
+    def _on_host(self, event: Event, monitor: Monitor) -> None:
+        kind, t, host, _ = event
+        if self._waiting:
+            self._integrate(t)
+        self._last = t
+        h = self._hosts.get(host.id) or self._host(host.id, t, monitor)  # type: ignore[union-attr]
+        if kind is _HOST_OFFLINE:
+            slots = 0
+            h.report = ""
+        elif host.statmsg is h.report:  # type: ignore[union-attr]
+            return  # the same report again (a monitor login, a host with nothing new)
+        else:
+            h.report = host.statmsg  # type: ignore[union-attr]
+            slots = host.remote_slots()  # type: ignore[union-attr]
+            if host.name and h.name != host.name:  # type: ignore[union-attr]
+                # Named only now (it was known by id from a job): its slots count under
+                # its name from here on (before its first report it offered none).
+                h.advance(t)
+                h.name = host.name  # type: ignore[union-attr]
+                h.use = self.use.setdefault(host.name, [0.0, 0.0])  # type: ignore[union-attr]
+        if slots != h.slots:
+            h.advance(t)
+            self._free += _free(slots, h.running) - _free(h.slots, h.running)
+            h.slots = slots
+
+    def _integrate(self, t: float) -> None:
+        """The time jobs waited, from the last event to ``t``: with a slot free or with none."""
+        if self._waiting:
+            dt = t - self._last  # type: ignore[operator]
+            if dt > 0:
+                if self._free:
+                    self.held_s += dt
+                else:
+                    self.saturated_s += dt
+        self._last = t
 
     def _give_back(self, h: _HostSlots, t: float) -> None:
         dt = t - h.last
@@ -517,14 +582,9 @@ class WhyAnalysis(Publisher):
             self._waiting -= 1
         elif held is not None:
             self._give_back(held, t)
-        self._take(self._row(job, build, monitor), build)
-
-    @staticmethod
-    def _row(job: Job, build: _Build | None, monitor: Monitor) -> Row:
-        return job_row(
+        self._take(
             job, job.submitted if job.seen_submit else None,
-            build.submitter if build is not None else None,
-            host_name(monitor, job.server_id) if job.server_id is not None else None,
+            host_name(monitor, job.server_id) if job.server_id is not None else None, build,
         )
 
     # -- builds -------------------------------------------------------------------------------
@@ -549,22 +609,39 @@ class WhyAnalysis(Publisher):
             self._sweep(t)
         return build
 
-    def _take(self, row: Row, build: _Build | None) -> None:
-        """A job's row (see jobs.COLUMNS), when it ended: into the figures of its build, its
-        submitter and its compile host."""
-        (_, file, _, submitter, server, kind, outcome, _, requested, started, ended,
-         wait_ms, run_ms, real_msec, _, _, _, _, _) = row
-        remote = kind == "remote"
+    def _take(self, job: Job, requested: float | None, server: str | None, build: _Build | None) -> None:
+        """A job that ended (or never will, in this model): into the figures of its build, its
+        submitter and its compile host. The figures are those of its row of ``icetools jobs``
+        (see jobs.job_row: ``requested`` as seen, ``server`` the compile host's name if known),
+        computed here without building the row: this runs for every job."""
+        state = job.state
+        started = job.started
+        if state is _DONE or state is _FAILED:  # a MON_JOB_DONE was seen
+            outcome = ("lost" if job.lost else "failed") if state is _FAILED else "ok"
+            ended = job.ended
+            real_msec = job.real_msec
+        elif state is _LOCAL_DONE:
+            outcome = "lost" if job.lost else "ok"
+            ended = job.ended
+            real_msec = None
+        else:
+            outcome = "unfinished"
+            ended = real_msec = None
+        run_ms = None if started is None or ended is None else round((ended - started) * 1000, 3)
+        remote = not job.local
         if remote:
-            if real_msec is not None and run_ms is not None and server is not None and outcome != "lost":
-                sums = self.transfer.get(server)
-                if sums is None:
-                    sums = self.transfer[server] = [0, 0.0, 0.0]
-                sums[0] += 1
-                sums[1] += run_ms
-                sums[2] += real_msec
-            if wait_ms is not None:
-                waited = int(wait_ms + 0.5)
+            if real_msec is not None and run_ms is not None and outcome != "lost":
+                if server is None and job.server_id is not None:
+                    server = f"#{job.server_id}"
+                if server is not None:
+                    sums = self.transfer.get(server)
+                    if sums is None:
+                        sums = self.transfer[server] = [0, 0.0, 0.0]
+                    sums[0] += 1
+                    sums[1] += run_ms
+                    sums[2] += real_msec
+            if requested is not None and started is not None:
+                waited = int(round((started - requested) * 1000, 3) + 0.5)  # (the row's wait_ms)
                 waits = build.waits if build is not None else self.unattributed_waits
                 assert waits is not None  # (a build with jobs in flight is open)
                 waits.count += 1
@@ -600,7 +677,7 @@ class WhyAnalysis(Publisher):
             build.run_ms += run_ms
             if run_ms > build.slowest:
                 build.slowest = run_ms
-                build.slowest_file = file or None
+                build.slowest_file = job.file or None
 
     def _submitter_waits(self, submitter: str) -> Waits:
         waits = self.submitter_waits.get(submitter)

@@ -24,8 +24,7 @@ from typing import Any, TextIO
 
 from .capture import CaptureReader
 from .errors import OutputError
-from .jobs import host_name, job_row
-from .jobs import json_line
+from .jobs import _str_text, _texts, host_name, job_row, json_line
 from .monitor import Event, EventKind, Job, Monitor, Publisher
 from .replay import ReplayResult, replay_file
 
@@ -41,6 +40,11 @@ _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: JSON escape (``\udcff``), as on standard output, rather than failing half-way.
 _UNPAIRED = "backslashreplace"
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
+_JOB_STARTED = EventKind.JOB_STARTED
+_JOB_FINISHED = EventKind.JOB_FINISHED
+#: Slice titles remembered (see TracePublisher._title).
+_TITLES_LIMIT = 8192
 
 
 def _us(t: float) -> int:
@@ -71,7 +75,10 @@ class _Lanes:
 
 
 class _InFlight:
-    __slots__ = ("job", "requested", "submitter", "server", "wait_pid", "wait_tid", "pid", "tid", "flow")
+    __slots__ = (
+        "job", "requested", "submitter", "server", "wait_pid", "wait_tid", "pid", "tid", "flow",
+        "request_ts", "start_ts",
+    )
 
     def __init__(self, job: Job, requested: float | None) -> None:
         self.job = job
@@ -84,6 +91,10 @@ class _InFlight:
         self.pid = 0  # the compile host's process and lane once started (0: not started)
         self.tid = 0
         self.flow = 0  # bind_id of the wait -> compile arrow (0: none)
+        #: _us(requested) while it waits, _us(job.started) once on a slot (each is the time of
+        #: the event that set it, so computed once there).
+        self.request_ts = 0
+        self.start_ts = 0
 
 
 class TracePublisher(Publisher):
@@ -105,6 +116,11 @@ class TracePublisher(Publisher):
         self._counter_ts: int | None = None
         self._flows = 0
         self._unplaced = False
+        #: The last event's time and its _us (times repeat: a scheduler sends in batches).
+        self._t: float | None = None
+        self._ts = 0
+        #: File -> the JSON text of its slice title (see _short), for recent files.
+        self._titles: dict[str, str] = {}
         self.jobs = 0  # job slices written
         self._write(self._meta("process_name", CLUSTER_PID, 0, "cluster"))
         self._write(self._meta("process_sort_index", CLUSTER_PID, 0, None, sort_index=0))
@@ -165,36 +181,142 @@ class TracePublisher(Publisher):
 
     # -- events -------------------------------------------------------------------------------
 
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        # A method per kind: they run for nearly every frame of a recording.
+        return {
+            _JOB_SUBMITTED: self._on_submitted,
+            _JOB_STARTED: self._on_started,
+            _JOB_FINISHED: self._on_finished,
+            EventKind.HOST_ADDED: self._on_host,
+            EventKind.HOST_CHANGED: self._on_host,
+            EventKind.HOST_OFFLINE: self._on_offline,
+            EventKind.RESET: self._on_reset,
+        }[kind]
+
     def publish(self, event: Event, monitor: Monitor) -> None:
-        kind, t, host, job = event
-        ts = _us(t)
-        self._at(ts)
-        if kind is EventKind.JOB_SUBMITTED:
-            assert job is not None
-            self._submitted(job, ts, monitor)
-        elif kind is EventKind.JOB_STARTED:
-            assert job is not None
-            self._started(job, ts, monitor)
-        elif kind is EventKind.JOB_FINISHED:
-            assert job is not None
-            self._finished(job, ts, monitor)
-        elif kind is EventKind.HOST_ADDED or kind is EventKind.HOST_CHANGED:
-            assert host is not None
-            pid = self._pid(monitor, host.id)
-            load = host.load
-            if self._loads.get(pid) != load:
-                self._loads[pid] = load
-                self._write(f'{{"ph":"C","name":"load","pid":{pid},"tid":0,"ts":{ts},"args":{{"load":{load}}}}}')
-        elif kind is EventKind.HOST_OFFLINE:
-            assert host is not None
-            pid = self._pid(monitor, host.id)
-            self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
-        elif kind is EventKind.RESET:
-            # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
-            for flight in list(self._open.values()):
-                self._end(flight, ts, monitor)
-            self._open.clear()
-            self._pid_of_id.clear()
+        self.receiver(event.kind)(event, monitor)  # type: ignore[misc]
+
+    def _instant(self, t: float) -> int:
+        """The event's time in microseconds; a new instant writes the counters of the last one
+        (see _at). The hot receivers inline this."""
+        if t == self._t:
+            return self._ts
+        ts = self._ts = _us(t)
+        self._t = t
+        if ts != self._counter_ts:
+            self._flush_counters()
+            self._counter_ts = ts
+        return ts
+
+    def _on_submitted(self, event: Event, monitor: Monitor) -> None:
+        _, t, _, job = event
+        if t == self._t:  # (self._instant, inlined)
+            ts = self._ts
+        else:
+            ts = self._ts = int(round(t * 1_000_000))
+            self._t = t
+            if ts != self._counter_ts:
+                self._flush_counters()
+                self._counter_ts = ts
+        job_id = job.id  # type: ignore[union-attr]
+        if job_id in self._open:
+            self._orphan(job, ts, monitor)  # type: ignore[arg-type]
+        flight = self._open[job_id] = _InFlight(job, job.submitted)  # type: ignore[union-attr, arg-type]
+        client_id = job.client_id  # type: ignore[union-attr]
+        if client_id is None:
+            return
+        host = monitor.hosts.get(client_id)
+        if host is not None and host.name:
+            flight.submitter = host.name
+        pid = flight.wait_pid = self._pid_of_id.get(client_id) or self._pid(monitor, client_id)
+        lanes = self._waits[pid]
+        flight.wait_tid = heapq.heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "waiting")
+        flight.request_ts = ts  # (job.submitted is this event's time)
+        self._waiting += 1  # (while it holds a waiting lane)
+
+    def _on_started(self, event: Event, monitor: Monitor) -> None:
+        _, t, _, job = event
+        if t == self._t:  # (self._instant, inlined)
+            ts = self._ts
+        else:
+            ts = self._ts = int(round(t * 1_000_000))
+            self._t = t
+            if ts != self._counter_ts:
+                self._flush_counters()
+                self._counter_ts = ts
+        flight = self._open.get(job.id)  # type: ignore[union-attr]
+        if flight is not None and flight.job is not job:
+            flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
+        if flight is None:
+            # A local job, or a remote one requested before the recording began.
+            flight = self._open[job.id] = _InFlight(job, job.submitted if job.local else None)  # type: ignore[union-attr, arg-type]
+        elif flight.wait_pid:
+            self._waiting -= 1
+            self._flows += 1
+            flight.flow = self._flows
+            self._wait_slice(flight, ts, monitor)
+        elif flight.pid:
+            # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
+            self._slots[flight.pid].give(flight.tid)
+            self._busy -= 1
+            flight.pid = flight.tid = 0
+        hosts = monitor.hosts
+        if flight.submitter is None and (host := hosts.get(job.client_id)) is not None and host.name:  # type: ignore[union-attr]
+            flight.submitter = host.name
+        server_id = job.server_id  # type: ignore[union-attr]
+        if server_id is None:
+            flight.server = None
+            return
+        host = hosts.get(server_id)
+        flight.server = host.name if host is not None and host.name else None
+        pid = flight.pid = self._pid_of_id.get(server_id) or self._pid(monitor, server_id)
+        lanes = self._slots[pid]
+        flight.tid = heapq.heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "slot")
+        flight.start_ts = ts  # (job.started is this event's time)
+        self._busy += 1
+
+    def _on_finished(self, event: Event, monitor: Monitor) -> None:
+        _, t, _, job = event
+        if t == self._t:  # (self._instant, inlined)
+            ts = self._ts
+        else:
+            ts = self._ts = int(round(t * 1_000_000))
+            self._t = t
+            if ts != self._counter_ts:
+                self._flush_counters()
+                self._counter_ts = ts
+        flight = self._open.get(job.id)  # type: ignore[union-attr]
+        if flight is not None and flight.job is not job:
+            flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
+        if flight is None:
+            flight = _InFlight(job, None)  # type: ignore[arg-type]  # only its end was seen
+        else:
+            del self._open[job.id]  # type: ignore[union-attr]
+        self._end(flight, ts, monitor)
+
+    def _on_host(self, event: Event, monitor: Monitor) -> None:
+        _, t, host, _ = event
+        ts = self._instant(t)
+        host_id = host.id  # type: ignore[union-attr]
+        pid = self._pid_of_id.get(host_id) or self._pid(monitor, host_id)
+        load = host.load  # type: ignore[union-attr]
+        if self._loads.get(pid) != load:
+            self._loads[pid] = load
+            self._write(f'{{"ph":"C","name":"load","pid":{pid},"tid":0,"ts":{ts},"args":{{"load":{load}}}}}')
+
+    def _on_offline(self, event: Event, monitor: Monitor) -> None:
+        _, t, host, _ = event
+        ts = self._instant(t)
+        pid = self._pid(monitor, host.id)  # type: ignore[union-attr]
+        self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
+
+    def _on_reset(self, event: Event, monitor: Monitor) -> None:
+        ts = self._instant(event.t)
+        # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
+        for flight in list(self._open.values()):
+            self._end(flight, ts, monitor)
+        self._open.clear()
+        self._pid_of_id.clear()
 
     def _orphan(self, job: Job, ts: int, monitor: Monitor) -> _InFlight | None:
         """The job in flight under this id, if it is this job; an older job under the same id
@@ -208,59 +330,20 @@ class TracePublisher(Publisher):
             return None
         return flight
 
-    def _submitted(self, job: Job, ts: int, monitor: Monitor) -> None:
-        self._orphan(job, ts, monitor)
-        flight = self._open[job.id] = _InFlight(job, job.submitted)
-        flight.submitter = host_name(monitor, job.client_id)
-        if job.client_id is not None:
-            pid = flight.wait_pid = self._pid(monitor, job.client_id)
-            flight.wait_tid = self._lane(pid, self._waits[pid], "waiting")
-            self._waiting += 1  # (while it holds a waiting lane)
-
-    def _started(self, job: Job, ts: int, monitor: Monitor) -> None:
-        flight = self._orphan(job, ts, monitor)
-        if flight is None:
-            # A local job, or a remote one requested before the recording began.
-            flight = self._open[job.id] = _InFlight(job, job.submitted if job.local else None)
-        elif flight.wait_pid:
-            self._waiting -= 1
-            self._flows += 1
-            flight.flow = self._flows
-            self._wait_slice(flight, ts, monitor)
-        elif flight.pid:
-            # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
-            self._slots[flight.pid].give(flight.tid)
-            self._busy -= 1
-            flight.pid = flight.tid = 0
-        flight.submitter = flight.submitter or host_name(monitor, job.client_id)
-        flight.server = host_name(monitor, job.server_id)
-        if job.server_id is None:
-            return
-        pid = flight.pid = self._pid(monitor, job.server_id)
-        flight.tid = self._lane(pid, self._slots[pid], "slot")
-        self._busy += 1
-
     def _wait_slice(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
         """The submitter waiting for a compile host: from the request to the start."""
         job = flight.job
-        assert flight.requested is not None
-        start = _us(flight.requested)
+        start = flight.request_ts
         server = flight.server or (host_name(monitor, job.server_id) if job.server_id is not None else None)
+        file = job.file
         self._write(
-            f'{{"ph":"X","cat":"wait","name":{_str(_short(job.file))},"pid":{flight.wait_pid},'
+            f'{{"ph":"X","cat":"wait","name":{self._titles.get(file) or self._title(file)},"pid":{flight.wait_pid},'
             f'"tid":{flight.wait_tid},"ts":{start},"dur":{end - start},"bind_id":{flight.flow},"flow_out":true,'
-            f'"args":{{"id":{job.id},"file":{_str(job.file)},"server":{"null" if server is None else _str(server)}}}}}'
+            f'"args":{{"id":{job.id},"file":{_texts.get(file) or _str_text(file)},'
+            f'"server":{(_texts.get(server) or _str_text(server)) if server.__class__ is str else "null"}}}}}'
         )
         self._waits[flight.wait_pid].give(flight.wait_tid)
         flight.wait_pid = flight.wait_tid = 0
-
-    def _finished(self, job: Job, ts: int, monitor: Monitor) -> None:
-        flight = self._orphan(job, ts, monitor)
-        if flight is None:
-            flight = _InFlight(job, None)  # only its end was seen
-        else:
-            del self._open[job.id]
-        self._end(flight, ts, monitor)
 
     def _end(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
         """Write the job's slice, ending at ``end``, and free its lanes."""
@@ -273,7 +356,9 @@ class TracePublisher(Publisher):
         flow = ""
         if flight.pid:  # it ran: on its compile host's slot
             pid, tid = flight.pid, flight.tid
-            start = _us(job.started) if job.started is not None else end
+            # (start_ts is _us(job.started), set with it; a job the Monitor dropped and met again
+            # only at its end has none)
+            start = flight.start_ts if job.started is not None else end
             self._slots[pid].give(tid)
             self._busy -= 1
             if flight.flow:
@@ -281,7 +366,7 @@ class TracePublisher(Publisher):
         elif flight.wait_pid:  # it never started: on the submitter's waiting lane
             assert flight.requested is not None
             pid, tid = flight.wait_pid, flight.wait_tid
-            start = _us(flight.requested)
+            start = flight.request_ts
             self._waits[pid].give(tid)
             self._waiting -= 1
         else:  # only its end was seen
@@ -290,16 +375,25 @@ class TracePublisher(Publisher):
                 self._write(self._meta("thread_name", CLUSTER_PID, UNPLACED_TID, "seen only at their end"))
             pid, tid, start = CLUSTER_PID, UNPLACED_TID, end
         self._write(
-            f'{{"ph":"X","cat":"{"local" if job.local else "remote"}","name":{_str(_short(job.file))},'
+            f'{{"ph":"X","cat":"{"local" if job.local else "remote"}","name":{self._titles.get(job.file) or self._title(job.file)},'
             f'"pid":{pid},"tid":{tid},"ts":{start},"dur":{max(0, end - start)}{flow},'
             f'"args":{json_line(row)[:-1]}}}'
         )
         self.jobs += 1
 
+    def _title(self, file: str) -> str:
+        """The JSON text of a slice's title (see _short), remembered for recent files."""
+        titles = self._titles
+        if len(titles) >= _TITLES_LIMIT:
+            titles.clear()
+        text = titles[file] = _str(_short(file))
+        return text
+
     def finish(self, monitor: Monitor) -> None:
         """The end of the recording: the jobs still in flight end there, as unfinished."""
         ts = _us(monitor.now)
         self._at(ts)
+        self._t = None
         for flight in list(self._open.values()):
             self._end(flight, max(ts, _us(flight.job.started or flight.requested or 0.0)), monitor)
         self._open.clear()

@@ -416,5 +416,12 @@ def test_json_lines_are_what_json_dumps_would_write() -> None:
         (2, "", None, None, None, "local", "lost", 7, 0.000001, 1e-06, 12345.678901, 0.0, 0.001,
          None, None, None, None, None, None),
     ]
-    for row in rows:
+    # json_line remembers the texts of floats and strings: repeated values, 0.0 and -0.0 (equal
+    # keys that print differently), ints equal to floats seen before.
+    rows += [
+        (3, "a.c", None, "n", "n", "remote", "ok", None, 2.5, 2.0, 0.0, -0.0, 0.0, 1, 2, 3, 4, 5, 0),
+        (4, "a.c", None, "n", "n", "remote", "ok", None, 2.5, 2, 0, 0.0, -0.0, 1, 2, 3, 4, 5, 0),
+        (5, "a.c", None, "n", "n", "remote", "ok", None, 2.0, 2.5, -0.0, 0.0, 0.0, 1, 2, 3, 4, 5, 0),
+    ]
+    for row in rows + rows:
         assert json_line(row) == json.dumps(dict(zip(COLUMNS, row)), ensure_ascii=False) + "\n"

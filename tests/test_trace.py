@@ -298,3 +298,27 @@ def test_a_job_begun_twice_moves_and_frees_its_first_slot() -> None:
     assert (names[jobs["b.c"]["pid"]], jobs["b.c"]["tid"]) == ("node2", 1)  # node2's slot 1 is free again
     busy = [e["args"]["busy"] for e in events if e["name"] == "busy slots"]
     assert busy[-1] == 0 and max(busy) == 1
+
+
+def test_a_job_the_monitor_dropped_and_met_again_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Monitor keeps at most MAX_ACTIVE_JOBS in flight; the oldest is dropped and, when its
+    # end comes, is a new job that never started (its slice cannot start at the first start).
+    monkeypatch.setattr("icetools.monitor.MAX_ACTIVE_JOBS", 2)
+    node = "Name:node{}\nIP:10.0.0.{}\nMaxJobs:4\n"
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, node.format(1, 1))),
+        (0.0, m.MonStats(2, node.format(2, 2))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.5, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (2.0, m.MonGetCS(filename="b.c", job_id=2, client_id=1)),
+        (2.5, m.MonGetCS(filename="c.c", job_id=3, client_id=1)),  # job 1 is dropped here
+        (3.0, m.MonJobDone(job_id=1, exitcode=0)),
+    ]
+    events: list[dict[str, Any]] = []
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    monitor = Monitor(publishers=[publisher])
+    replay(monitor, _stream(frames, reconnect_at=99.0))
+    publisher.finish(monitor)
+    check_format(events)
+    (done,) = [e for e in events if e["ph"] == "X" and e["cat"] == "remote" and e["args"]["id"] == 1]
+    assert (done["ts"], done["dur"], done["args"]["started"]) == (3_000_000, 0, None)
