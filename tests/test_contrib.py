@@ -217,7 +217,12 @@ for line in sys.stdin:
             body = r.read().decode()
         print(json.dumps(json.loads(body) if path.startswith("/api/") else body))
     except urllib.error.HTTPError as e:
-        print(e.read().decode())
+        # The API's errors are JSON; anything else (503 "Service Unavailable" while the server
+        # starts up) is no answer yet.
+        try:
+            print(json.dumps(json.loads(e.read().decode())))
+        except ValueError:
+            print("null")
     except OSError:
         print("null")
 """
