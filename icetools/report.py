@@ -21,9 +21,7 @@ import collections
 import hashlib
 import html
 import json
-import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
@@ -32,6 +30,7 @@ from .capture import CaptureReader
 from .errors import OutputError
 from .jobs import COLUMNS, JobsPublisher, Row
 from .monitor import Event, EventKind, Monitor, Publisher
+from .output import replaced
 from .replay import ReplayResult, replay_file
 from .stats import WhyAnalysis
 from .stats import report as stats_report
@@ -311,33 +310,10 @@ def render_html(data: dict[str, Any], title: str) -> str:
 def write_report(reader: CaptureReader, target: Path, title: str, *, progress_stream: TextIO | None = None) -> ReplayResult:
     """Replay the capture and write its report to ``target``, replaced atomically (a damaged
     capture or a failure leaves any previous file as it was)."""
-    target = Path(target)
-    if target.is_dir():
+    if Path(target).is_dir():  # said before the replay, which may take a while
         raise OutputError(f"{target} is a directory")
     data, result = collect(reader, progress_stream=progress_stream)
     page = render_html(data, title).encode("utf-8")
-    if target.exists() and not target.is_file():  # /dev/null, a pipe: written into
-        try:
-            with open(target, "wb") as out:
-                out.write(page)
-        except OSError as e:
-            raise OutputError(f"cannot write {target}: {e.strerror}") from None
-        return result
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path("."))
-    except OSError as e:
-        raise OutputError(f"cannot write {target}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(page)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)
-        os.replace(temp, target)
-    except OSError as e:
-        Path(temp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {target}: {e.strerror}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with replaced(target, binary=True) as out:
+        out.write(page)
     return result

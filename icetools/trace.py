@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .errors import OutputError
 from .jobs import _str_text, _texts, host_name, job_row, json_line
 from .monitor import Event, EventKind, Job, Monitor, Publisher
+from .output import replaced
 from .replay import ReplayResult, replay_file
 
 #: The process that holds the cluster-wide counters.
@@ -454,35 +452,8 @@ def write_trace(
 def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: TextIO | None = None) -> tuple[TracePublisher, ReplayResult]:
     """:func:`write_trace` into ``target``, replaced atomically: a damaged capture or a failure
     leaves no half-written trace (and any previous file as it was)."""
-    target = Path(target)
-    if target.is_dir():
-        raise OutputError(f"{target} is a directory")
-    if target.exists() and not target.is_file():
-        # A device or a pipe (-o /dev/null, a FIFO): written into, never replaced.
-        try:
-            with open(target, "w", encoding="utf-8", errors=_UNPAIRED) as out:
-                return write_trace(reader, out, progress_stream=progress_stream)
-        except OSError as e:
-            raise OutputError(f"cannot write {target}: {e.strerror}") from None
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or Path("."))
-    except OSError as e:
-        raise OutputError(f"cannot write {target}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors=_UNPAIRED) as out:
-            done = write_trace(reader, out, progress_stream=progress_stream)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, target)
-    except OSError as e:
-        Path(temp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write {target}: {e.strerror}") from None
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with replaced(target, errors=_UNPAIRED) as out:
+        done = write_trace(reader, out, progress_stream=progress_stream)
     return done
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
