@@ -40,6 +40,7 @@ _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 #: JSON escape (``\udcff``), as on standard output, rather than failing half-way.
 _UNPAIRED = "backslashreplace"
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_heappush = heapq.heappush
 _JOB_SUBMITTED = EventKind.JOB_SUBMITTED
 _JOB_STARTED = EventKind.JOB_STARTED
 _JOB_FINISHED = EventKind.JOB_FINISHED
@@ -75,26 +76,28 @@ class _Lanes:
 
 
 class _InFlight:
-    __slots__ = (
-        "job", "requested", "submitter", "server", "wait_pid", "wait_tid", "pid", "tid", "flow",
-        "request_ts", "start_ts",
-    )
+    """A job the trace has not written yet. Not slotted, on purpose (as Job): an instance sets
+    only its job and request time, the rest stays on the class until set, so making one per job
+    costs two stores rather than eleven."""
+
+    job: Job
+    requested: float | None
+    #: Host names as known while the job runs (a reset makes the Monitor forget them).
+    submitter: str | None = None
+    server: str | None = None
+    wait_pid = 0  # the submitter's process and lane while it waits (0: not waiting)
+    wait_tid = 0
+    pid = 0  # the compile host's process and lane once started (0: not started)
+    tid = 0
+    flow = 0  # bind_id of the wait -> compile arrow (0: none)
+    #: _us(requested) while it waits, _us(job.started) once on a slot (each is the time of the
+    #: event that set it, so computed once there).
+    request_ts = 0
+    start_ts = 0
 
     def __init__(self, job: Job, requested: float | None) -> None:
         self.job = job
         self.requested = requested
-        #: Host names as known while the job runs (a reset makes the Monitor forget them).
-        self.submitter: str | None = None
-        self.server: str | None = None
-        self.wait_pid = 0  # the submitter's process and lane while it waits (0: not waiting)
-        self.wait_tid = 0
-        self.pid = 0  # the compile host's process and lane once started (0: not started)
-        self.tid = 0
-        self.flow = 0  # bind_id of the wait -> compile arrow (0: none)
-        #: _us(requested) while it waits, _us(job.started) once on a slot (each is the time of
-        #: the event that set it, so computed once there).
-        self.request_ts = 0
-        self.start_ts = 0
 
 
 class TracePublisher(Publisher):
@@ -346,7 +349,7 @@ class TracePublisher(Publisher):
             f'"args":{{"id":{job.id},"file":{_texts.get(file) or _str_text(file)},'
             f'"server":{(_texts.get(server) or _str_text(server)) if server.__class__ is str else "null"}}}}}'
         )
-        self._waits[flight.wait_pid].give(flight.wait_tid)
+        _heappush(self._waits[flight.wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
         flight.wait_pid = flight.wait_tid = 0
 
     def _end(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
@@ -363,7 +366,7 @@ class TracePublisher(Publisher):
             # (start_ts is _us(job.started), set with it; a job the Monitor dropped and met again
             # only at its end has none)
             start = flight.start_ts if job.started is not None else end
-            self._slots[pid].give(tid)
+            _heappush(self._slots[pid].free, tid)  # (_Lanes.give, inlined)
             self._busy -= 1
             if flight.flow:
                 flow = f',"bind_id":{flight.flow},"flow_in":true'
