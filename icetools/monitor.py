@@ -279,6 +279,24 @@ class Host:
                 break
         return 0 if self._no_remote else max(0, self._max_jobs)
 
+    def reported_load(self) -> int:
+        """:attr:`load`, read without applying pending reports: only their ``Load`` line is
+        looked at (the last report with one holds it), for readers that ask at every report
+        (``trace``'s load counter). A malformed value applies them all, which is exact."""
+        pending = self._pending
+        for i in range(len(pending) - 1, -1, -1):
+            shape, tail = pending[i]
+            line = shape.load_line
+            if line < 0:
+                continue
+            text = tail[5 : tail.index("\n")] if line == 0 else tail.split("\n", line + 1)[line][5:]
+            try:
+                return int(text)
+            except ValueError:
+                self._apply_pending()
+                break
+        return self._load
+
     def _apply_pending(self) -> None:
         pending, self._pending = self._pending, []
         for shape, tail in pending:
@@ -410,6 +428,7 @@ class _Shape:
     apply: Callable[..., None]  # apply(host, *groups)
     keyset: frozenset[str]
     sets_name: bool
+    load_line: int  # the index of the "Load" line (-1: none), for Host.reported_load
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _shape_for, (self.keys,)  # (for checkpoints) rebuilt from its keys
@@ -422,7 +441,8 @@ def _shape_for(keys: tuple[str, ...]) -> _Shape:
         if len(_SHAPES) >= 1024:  # a stream of ever new keys: forget rather than grow
             _SHAPES.clear()
         shape = _SHAPES[keys] = _Shape(
-            keys, re.compile(pattern).fullmatch, _applier(keys), frozenset(keys), "Name" in keys
+            keys, re.compile(pattern).fullmatch, _applier(keys), frozenset(keys), "Name" in keys,
+            keys.index("Load") if "Load" in keys else -1,
         )
     return shape
 

@@ -128,3 +128,48 @@ def test_fields_can_be_set_and_stats_reads_the_last_report() -> None:
     host.report(icecream_report(1.0, 7, None))
     assert host.load == 7
     assert host.stats["Load"] == "7" and host.stats["Name"] == "node6"
+
+
+
+def loads_read(reports: list[str]) -> list[int]:
+    """Host.reported_load() after each report, and what reading host.load would give then (read
+    from a copy: reading it applies the pending reports, which reported_load must not need)."""
+    host = Host(1)
+    out = []
+    for text in reports:
+        host.report(text)
+        out.append((host.reported_load(), pickle.loads(pickle.dumps(host)).load))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(icecream_reports, st.lists(odd_report, min_size=1, max_size=12)))
+# A malformed load after a good one keeps the good one (as a whole update does).
+@example(["IP:a\nLoad:5\n", "IP:a\nLoad:6\n", "IP:a\nLoad:x\n", "IP:a\nLoad:7\nFreeMem:1\n", "IP:a\nLoad:x\n"])
+def test_the_reported_load_is_the_load(reports: list[str]) -> None:
+    read = loads_read(reports)
+    assert [a for a, _ in read] == [b for _, b in read]
+
+
+@settings(max_examples=200, deadline=None)
+@given(icecream_reports)
+def test_the_reported_load_is_the_load_whole_updates_give(reports: list[str]) -> None:
+    host = Host(1)
+    expected = []
+    for text in reports:
+        host.update(m.parse_statmsg(text))
+        expected.append(host.load)
+    assert [a for a, _ in loads_read(reports)] == expected
+
+
+def test_the_reported_load_leaves_reports_pending() -> None:
+    """What trace reads at every report must not apply them in full (see Host.report)."""
+    host = Host(1)
+    for i in range(3):  # the first reports teach it the stable lines and both shapes
+        host.report(icecream_report(1.0, i, None))
+        host.report(icecream_report(1.0, i, (i, i, i, i)))
+    host.report(icecream_report(1.0, 40, (4, 4, 4, 4)))
+    host.report(icecream_report(1.0, 41, None))
+    assert host.reported_load() == 41
+    assert len(host._pending) == 2
+    assert host.load == 41 and host.load_avg == (4, 4, 4)
