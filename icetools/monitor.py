@@ -243,7 +243,7 @@ class Host:
                 # parse is exact for such reports.
                 self._prefix = None
                 stats = parse_statmsg(statmsg)
-            elif (shape := _shape_of(tail, stats)) is not None:
+            elif (shape := _shape_of(tail, stats)) is not None and shape not in self._shapes:
                 self._shapes.insert(0, shape)
                 del self._shapes[MAX_SHAPES:]
         else:
@@ -437,7 +437,7 @@ class _Shape:
 def _shape_for(keys: tuple[str, ...]) -> _Shape:
     shape = _SHAPES.get(keys)
     if shape is None:
-        pattern = "".join(re.escape(key) + r":([^\n]*)\n" for key in keys)
+        pattern = "".join(f"{re.escape(key)}:({_VALUE_PATTERNS.get(key, _ANY_VALUE)})\n" for key in keys)
         if len(_SHAPES) >= 1024:  # a stream of ever new keys: forget rather than grow
             _SHAPES.clear()
         shape = _SHAPES[keys] = _Shape(
@@ -448,6 +448,17 @@ def _shape_for(keys: tuple[str, ...]) -> _Shape:
 
 
 _SHAPES: dict[tuple[str, ...], _Shape] = {}
+
+_ANY_VALUE = r"[^\n]*"
+#: What a shape matches for the numbers of a report: only values their conversion takes. A
+#: report with another value (malformed: the number keeps its previous value) does not match
+#: its shape and is applied whole, at once; matched, it could supersede a pending report whose
+#: value it would then have to fall back to.
+_INT_VALUE = r"-?[0-9]{1,18}"
+_VALUE_PATTERNS = {
+    **{key: _INT_VALUE for key in ("Load", "MaxJobs", "Version", "FreeMem", *_LOAD_AVG_KEYS)},
+    "Speed": r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?",
+}
 
 
 def _shape_of(text: str, stats: dict[str, str]) -> _Shape | None:

@@ -84,6 +84,10 @@ odd_report = st.builds(
 # A key of the stable lines that comes again after them, then not: the earlier value is back.
 @example(["IP:a\nLoad:5\nSpeed:1\nLoad:7\n", "IP:a\nLoad:5\nSpeed:2\nLoad:8\n", "IP:a\nLoad:5\nSpeed:3\n"], None)
 @example(["IP:a\nLoad:5\nSpeed:1\n", "IP:a\nLoad:5\nSpeed:2\n", "IP:a\nLoad:5\nSpeed:3\nLoad:9\n", "IP:a\nLoad:5\nSpeed:4\n"], None)
+# A malformed number in a report that would supersede a pending one: the pending value is the
+# one it keeps.
+@example(["IP:a\nLoad:1\n", "IP:a\nLoad:2\n", "IP:a\nLoad:3\n", "IP:a\nLoad:4\n", "IP:a\nLoad:x\n"], None)
+@example(["IP:a\nSpeed:1.5\n", "IP:a\nSpeed:2.5\n", "IP:a\nSpeed:3\n", "IP:a\nSpeed:nan\n"], None)
 def test_any_reports_give_what_whole_updates_give(reports: list[str], read_every: int | None) -> None:
     assert fast(reports, read_every) == reference(reports)
 
