@@ -175,6 +175,17 @@ def _stream(frames: list[tuple[float, m.Message]], reconnect_at: float) -> list[
         records.append(FrameRecord(t, m.encode(message, 43), 43))
     return records
 
+def traced(frames: list[tuple[float, m.Message]], *, reconnect_at: float) -> list[dict[str, Any]]:
+    """The trace events of a scripted stream (checked against the format)."""
+    events: list[dict[str, Any]] = []
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    monitor = Monitor(publishers=[publisher])
+    replay(monitor, _stream(frames, reconnect_at=reconnect_at))
+    publisher.finish(monitor)
+    check_format(events)
+    return events
+
+
 
 def test_a_reconnect_ends_the_jobs_in_flight() -> None:
     node = "Name:node{}\nIP:10.0.0.{}\nMaxJobs:4\n"
@@ -189,12 +200,7 @@ def test_a_reconnect_ends_the_jobs_in_flight() -> None:
         (3.5, m.MonJobBegin(job_id=1, stime=0, host_id=1)),
         (4.0, m.MonJobDone(job_id=1, exitcode=0)),
     ]
-    events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
-    monitor = Monitor(publishers=[publisher])
-    replay(monitor, _stream(frames, reconnect_at=2.0))
-    publisher.finish(monitor)
-    check_format(events)
+    events = traced(frames, reconnect_at=2.0)
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     jobs = {e["name"]: e for e in events if e["ph"] == "X" and e["cat"] == "remote"}
     assert (jobs["old.c"]["ts"], jobs["old.c"]["dur"], names[jobs["old.c"]["pid"]]) == (1_500_000, 500_000, "node2")
@@ -286,12 +292,7 @@ def test_a_job_begun_twice_moves_and_frees_its_first_slot() -> None:
         (4.0, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
         (5.0, m.MonJobDone(job_id=2, exitcode=0)),
     ]
-    events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
-    monitor = Monitor(publishers=[publisher])
-    replay(monitor, _stream(frames, reconnect_at=99.0))
-    publisher.finish(monitor)
-    check_format(events)
+    events = traced(frames, reconnect_at=99.0)
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     jobs = {e["name"]: e for e in events if e["ph"] == "X" and e["cat"] == "remote"}
     assert (names[jobs["a.c"]["pid"]], jobs["a.c"]["ts"], jobs["a.c"]["dur"]) == ("node3", 2_000_000, 1_000_000)
@@ -314,11 +315,6 @@ def test_a_job_the_monitor_dropped_and_met_again_at_its_end(monkeypatch: pytest.
         (2.5, m.MonGetCS(filename="c.c", job_id=3, client_id=1)),  # job 1 is dropped here
         (3.0, m.MonJobDone(job_id=1, exitcode=0)),
     ]
-    events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
-    monitor = Monitor(publishers=[publisher])
-    replay(monitor, _stream(frames, reconnect_at=99.0))
-    publisher.finish(monitor)
-    check_format(events)
+    events = traced(frames, reconnect_at=99.0)
     (done,) = [e for e in events if e["ph"] == "X" and e["cat"] == "remote" and e["args"]["id"] == 1]
     assert (done["ts"], done["dur"], done["args"]["started"]) == (3_000_000, 0, None)
