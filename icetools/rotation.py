@@ -245,8 +245,9 @@ class RotatingWriter:
     this series stay on disk: after each successful rotation the oldest beyond it are deleted.
     Files of other series (an earlier ``record`` run) are never touched.
 
-    A failure to write (a full disk) raises :class:`CaptureError` as CaptureWriter does, with
-    every earlier part whole: a new part that could not be written completely is removed, and
+    It stamps every record itself, from ``clock`` (the ``t`` arguments of the CaptureWriter
+    methods, for tools that rewrite recordings, are not taken). A failure to write (a full
+    disk) raises :class:`CaptureError` as CaptureWriter does, with every earlier part whole: a new part that could not be written completely is removed, and
     the part before it keeps its end record (or, if even that did not fit, ends at a whole
     record as any capture whose recorder stopped).
     """
@@ -271,10 +272,8 @@ class RotatingWriter:
         self._clock = clock
         self._wall = wall
         self.state = CarriedState()
-        #: Every part of this series still on disk, oldest first (the current one last).
+        #: The earlier parts of this series still on disk, oldest first (not the current one).
         self.paths: list[Path] = []
-        #: Parts begun (the current part's number is ``parts - 1``).
-        self.parts = 0
         self._frames_before = 0  # frames written to earlier parts
         self._bytes_before = 0
         self._connected = False  # a connection is up (what a new part would continue)
@@ -282,6 +281,7 @@ class RotatingWriter:
         now = clock()
         self.writer: CaptureWriter | _Stopped = self._open(series=series, part=0, origin=(wall(), now))
         self._t0 = now
+        #: Parts begun (the current part's number is ``parts - 1``).
         self.parts = 1
         self.series = self.writer.series
 
