@@ -7,9 +7,11 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -513,7 +515,7 @@ def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any], sa
     status = Status(mode="replay")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status, **web)
+        server = ClusterServer(monitor, status, name=file.name, **web)
         driver = ReplayDriver(file, status, server.hub, speed=speed, salvage=salvage)
         server.commands = driver.command
         await run_until_stopped(
@@ -617,8 +619,121 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
         _finish_reading(reader, result.undecodable)
 
 
+@dataclasses.dataclass
+class _Watched:
+    """One scheduler a serve watches: its name (page, API, ``scheduler`` label), where it is
+    now, how to find it again, and for ``-n`` its netname."""
+
+    name: str
+    first: tuple[str, int] | None  # None: its netname did not answer yet (several schedulers)
+    locate: Callable[[], tuple[str, int]]
+    netname: str | None = None
+
+
+#: What a user may call a scheduler (-s NAME=HOST[:PORT]): it ends up in URLs, file names
+#: (sanitised) and metric labels, so no spaces or control characters.
+_NAME_RE = re.compile(r"[A-Za-z0-9._:@\[\]-]{1,64}")
+
+
+def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) -> list[_Watched]:
+    """-s and -n as given (any mix, -s ones first), each located now so that a bad address or
+    an unanswered netname fails before anything starts."""
+    from .discovery import scheduler_from_environment
+    from .errors import SchedulerNotFound
+
+    watched: list[_Watched] = []
+    if not schedulers and not netnames:
+        # One scheduler, by icecream's rules: the environment, else discovery of ICECREAM.
+        explicit = scheduler_from_environment()
+        first, locate = _scheduler_locator(None, None)
+        name = f"{_hostport_text(first)}" if explicit else "ICECREAM"
+        return [_Watched(name, first, locate, None if explicit else "ICECREAM")]
+    several = len(schedulers) + len(netnames) > 1
+    for value in schedulers:
+        name, eq, address = value.partition("=")
+        if not eq:
+            name, address = "", value
+        elif not _NAME_RE.fullmatch(name):
+            raise click.BadParameter(
+                f"{value!r}: a scheduler's name is 1 to 64 letters, digits or . _ : @ - (NAME=HOST[:PORT])",
+                param_hint="-s",
+            )
+        first, locate = _scheduler_locator(address, None)
+        watched.append(_Watched(name or _hostport_text(first), first, locate))
+    for netname in netnames:
+        if several:
+            # Each -n is its own network: the environment's address must not stand in for it.
+            # One that does not answer now is looked for again and again (its status says so)
+            # while the others are served.
+            try:
+                first: tuple[str, int] | None = locate_scheduler(None, netname, environ={})
+            except SchedulerNotFound as e:
+                click.echo(f"icetools: {printable(netname)}: {printable(str(e))}; looking again", err=True)
+                first = None
+
+            def locate(netname: str = netname, addresses: Any = iter([first] if first else [])) -> tuple[str, int]:
+                return next(addresses, None) or locate_scheduler(None, netname, environ={})
+
+        else:
+            first, locate = _scheduler_locator(None, netname)
+        watched.append(_Watched(netname, first, locate, netname))
+    seen: dict[str, str] = {}
+    for w in watched:
+        other = seen.setdefault(w.name.casefold(), w.name)
+        if other is not w.name:
+            raise click.UsageError(
+                f"two schedulers named {w.name!r}: name them apart with -s NAME=HOST[:PORT]"
+            )
+    return watched
+
+
+def _hostport_text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _recording_paths(directory: Path, names: list[str]) -> list[Path]:
+    """serve --record DIR with several schedulers: a file per scheduler in DIR, named after it
+    (made safe for a file name) and the start time, e.g. ``ALPHA-20261201-093000.icecap``."""
+    if directory.exists() and not directory.is_dir():
+        raise IcetoolsError(f"--record {directory}: with several schedulers --record takes a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IcetoolsError(f"--record {directory}: cannot create the directory: {e.strerror}") from None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    paths: list[Path] = []
+    used: set[str] = set()
+    for name in names:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "scheduler"
+        base, k = safe, 1
+        while safe.casefold() in used:  # "a:1" and "a_1" would share a name
+            k += 1
+            safe = f"{base}-{k}"
+        used.add(safe.casefold())
+        paths.append(directory / f"{safe}-{stamp}{FILE_SUFFIX}")
+    return paths
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@_scheduler_options
+@click.option(
+    "-s",
+    "--scheduler",
+    "schedulers",
+    multiple=True,
+    metavar="[NAME=]HOST[:PORT]",
+    help="Scheduler to watch, port 8765 unless given; repeatable. Its name on the page, in the "
+    "API and in the metrics' scheduler label is NAME, else HOST:PORT. (Default: "
+    "$ICECC_SCHEDULER, $USE_SCHEDULER, else broadcast discovery.)",
+)
+@click.option(
+    "-n",
+    "--netname",
+    "netnames",
+    multiple=True,
+    metavar="NETNAME",
+    help="Network name to discover a scheduler for by UDP broadcast (its name: NETNAME); repeatable.",
+)
 @click.option(
     "--listen",
     metavar="HOST:PORT",
@@ -630,8 +745,9 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
     "--record",
     "record_to",
     type=PATH,
-    metavar="FILE",
-    help="Also record everything the scheduler sends to FILE.",
+    metavar="FILE|DIR",
+    help="Also record everything the scheduler sends to FILE; with several schedulers, one file "
+    "per scheduler in the directory DIR (NAME-YYYYmmdd-HHMMSS.icecap).",
 )
 @click.option(
     "--overwrite",
@@ -641,8 +757,8 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
 @_protocol_option
 @_web_options
 def serve(
-    scheduler: str | None,
-    netname: str | None,
+    schedulers: tuple[str, ...],
+    netnames: tuple[str, ...],
     listen: str,
     record_to: Path | None,
     overwrite: bool,
@@ -658,10 +774,14 @@ def serve(
     if the capture cannot be written (a full disk) the recording stops with an error in the log,
     the page's status and /metrics, and serving goes on.
 
+    Several -s and -n watch several schedulers from one process, each with its own connection,
+    backoff and status: the page switches between them and shows them side by side.
+
     \b
     Examples:
       icetools serve -s buildhost                     # then open http://127.0.0.1:8770/
       icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
+      icetools serve -s farm1=sched1 -s farm2=sched2:8766 -n LAB --record /var/lib/icetools
     """
     import asyncio
 
@@ -670,28 +790,62 @@ def serve(
     if overwrite and record_to is None:
         raise click.UsageError("--overwrite goes with --record")
     host, port = _listen_address(listen)
-    first, locate = _scheduler_locator(scheduler, netname)
-    writer = CaptureWriter(record_to, overwrite=overwrite) if record_to is not None else None
-    monitor = Monitor()
-    status = Status(mode="live")
+    watched = _watched_schedulers(schedulers, netnames)
+    several = len(watched) > 1
+    writers: list[CaptureWriter | None] = [None] * len(watched)
+    if record_to is not None:
+        paths = _recording_paths(record_to, [w.name for w in watched]) if several else [record_to]
+        for i, path in enumerate(paths):
+            try:
+                writers[i] = CaptureWriter(path, overwrite=overwrite)
+            except BaseException:
+                for writer in writers:
+                    if writer is not None:
+                        writer.close("error")  # nothing recorded yet: no file is left behind
+                raise
 
-    def log(line: str) -> None:
-        click.echo(f"icetools: {line}", err=True)
+    def logger(name: str) -> Callable[[str], None]:
+        prefix = f"{printable(name)}: " if several else ""
+        return lambda line: click.echo(f"icetools: {prefix}{line}", err=True)
 
     async def main() -> None:
-        server = ClusterServer(
-            monitor, status, allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients
-        )
-        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer, log=log)
+        t0 = time.monotonic()
+        server: ClusterServer | None = None
+        drivers: list[LiveDriver] = []
+        for w, writer in zip(watched, writers):
+            monitor = Monitor()
+            status = Status(mode="live")
+            if server is None:
+                server = ClusterServer(
+                    monitor, status, name=w.name,
+                    allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients,
+                )
+            else:
+                server.add_scheduler(w.name, monitor, status)
+            drivers.append(
+                LiveDriver(monitor, status, w.locate, offer=protocol, writer=writer, log=logger(w.name),
+                           t0=t0, keep_trying=several)
+            )
+        assert server is not None
+
+        def shown(w: _Watched) -> str:
+            where = "not found yet" if w.first is None else _hostport_text(w.first)
+            return printable(w.name) if w.name == where else f"{printable(w.name)} ({where})"
+
+        async def drive() -> None:
+            # Each on its own: one that fails to connect retries without disturbing the others.
+            await asyncio.gather(*(d.run() for d in drivers))
+
         await run_until_stopped(
-            server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
+            server, host, port, drive(), lambda p: _announce(host, p, f"serving {', '.join(map(shown, watched))}")
         )
 
     try:
         asyncio.run(main())
     finally:
-        if writer is not None:
-            writer.close("signal")  # a no-op if the recording already stopped on an error
+        for writer in writers:
+            if writer is not None:
+                writer.close("signal")  # a no-op if the recording already stopped on an error
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
