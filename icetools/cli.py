@@ -619,6 +619,41 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
         _finish_reading(reader, result.undecodable)
 
 
+class _InOrder(click.Option):
+    """A repeatable option whose values are also noted, with those of the other _InOrder
+    options, in the order they were given (``-s A -n B -s C``: A, B, C), in the context's meta
+    under ``icetools.in_order`` as (option name, value). Click keeps each option's values
+    apart; the order is read from its parser, and where that is not possible (another click)
+    the caller falls back to one option's values after the other's."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        table = {**getattr(parser, "_short_opt", {}), **getattr(parser, "_long_opt", {})}
+        wrapped: set[int] = set()  # -s and --scheduler are one parser option
+        for opt in self.opts:
+            option = table.get(opt)
+            process = getattr(option, "process", None)
+            if process is None or id(option) in wrapped:
+                continue
+            wrapped.add(id(option))
+
+            def noted(value: Any, state: Any, process: Any = process, name: str | None = self.name) -> None:
+                ctx.meta.setdefault("icetools.in_order", []).append((name, value))
+                process(value, state)
+
+            option.process = noted
+
+
+def _in_order(**given: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(option name, value) of the _InOrder options ``given`` in command-line order."""
+    ctx = click.get_current_context(silent=True)
+    noted = ctx.meta.get("icetools.in_order", []) if ctx is not None else []
+    flat = [(name, value) for name, values in given.items() for value in values]
+    if sorted(noted) == sorted(flat):
+        return list(noted)
+    return flat
+
+
 @dataclasses.dataclass
 class _Watched:
     """One scheduler a serve watches: its name (page, API, ``scheduler`` label), where it is
@@ -636,10 +671,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._:@\[\]-]{1,64}")
 
 
 def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) -> list[_Watched]:
-    """-s and -n as given (any mix, -s ones first), each located now so that a bad address or
-    an unanswered netname fails before anything starts."""
+    """-s and -n in the order given (any mix), each located now so that a bad address fails
+    before anything starts (and with one scheduler, an unanswered netname too)."""
     from .discovery import scheduler_from_environment
-    from .errors import SchedulerNotFound
 
     watched: list[_Watched] = []
     if not schedulers and not netnames:
@@ -649,7 +683,10 @@ def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) 
         name = f"{_hostport_text(first)}" if explicit else "ICECREAM"
         return [_Watched(name, first, locate, None if explicit else "ICECREAM")]
     several = len(schedulers) + len(netnames) > 1
-    for value in schedulers:
+    for option, value in _in_order(schedulers=schedulers, netnames=netnames):
+        if option == "netnames":
+            watched.append(_watch_netname(value, several))
+            continue
         name, eq, address = value.partition("=")
         if not eq:
             name, address = "", value
@@ -658,25 +695,10 @@ def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) 
                 f"{value!r}: a scheduler's name is 1 to 64 letters, digits or . _ : @ - (NAME=HOST[:PORT])",
                 param_hint="-s",
             )
+        if not address.strip():
+            raise click.BadParameter(f"{value!r}: no scheduler address", param_hint="-s")
         first, locate = _scheduler_locator(address, None)
         watched.append(_Watched(name or _hostport_text(first), first, locate))
-    for netname in netnames:
-        if several:
-            # Each -n is its own network: the environment's address must not stand in for it.
-            # One that does not answer now is looked for again and again (its status says so)
-            # while the others are served.
-            try:
-                first: tuple[str, int] | None = locate_scheduler(None, netname, environ={})
-            except SchedulerNotFound as e:
-                click.echo(f"icetools: {printable(netname)}: {printable(str(e))}; looking again", err=True)
-                first = None
-
-            def locate(netname: str = netname, addresses: Any = iter([first] if first else [])) -> tuple[str, int]:
-                return next(addresses, None) or locate_scheduler(None, netname, environ={})
-
-        else:
-            first, locate = _scheduler_locator(None, netname)
-        watched.append(_Watched(netname, first, locate, netname))
     seen: dict[str, str] = {}
     for w in watched:
         other = seen.setdefault(w.name.casefold(), w.name)
@@ -685,6 +707,29 @@ def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) 
                 f"two schedulers named {w.name!r}: name them apart with -s NAME=HOST[:PORT]"
             )
     return watched
+
+
+def _watch_netname(netname: str, several: bool) -> _Watched:
+    """-n NETNAME. With one scheduler as record does it; with several, each -n is its own
+    network (the environment's address must not stand in for it), and one that does not answer
+    now is looked for again and again (its status says so) while the others are served."""
+    from .errors import SchedulerNotFound
+
+    if not several:
+        first, locate = _scheduler_locator(None, netname)
+        return _Watched(netname, first, locate, netname)
+    found: tuple[str, int] | None
+    try:
+        found = locate_scheduler(None, netname, environ={})
+    except SchedulerNotFound as e:
+        click.echo(f"icetools: {printable(netname)}: {printable(str(e))}; looking again", err=True)
+        found = None
+    addresses = iter([found] if found else [])
+
+    def locate_again() -> tuple[str, int]:
+        return next(addresses, None) or locate_scheduler(None, netname, environ={})
+
+    return _Watched(netname, found, locate_again, netname)
 
 
 def _hostport_text(address: tuple[str, int]) -> str:
@@ -720,6 +765,7 @@ def _recording_paths(directory: Path, names: list[str]) -> list[Path]:
     "-s",
     "--scheduler",
     "schedulers",
+    cls=_InOrder,
     multiple=True,
     metavar="[NAME=]HOST[:PORT]",
     help="Scheduler to watch, port 8765 unless given; repeatable. Its name on the page, in the "
@@ -730,6 +776,7 @@ def _recording_paths(directory: Path, names: list[str]) -> list[Path]:
     "-n",
     "--netname",
     "netnames",
+    cls=_InOrder,
     multiple=True,
     metavar="NETNAME",
     help="Network name to discover a scheduler for by UDP broadcast (its name: NETNAME); repeatable.",

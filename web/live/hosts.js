@@ -2,7 +2,7 @@
 "use strict";
 
 import { fmtNum, fmtMem, fmtLoadAvg, loadBucket } from "../lib/format.js";
-import { dirty, el, model, schedule, schedulers } from "./core.js";
+import { dirty, el, hostLabel, model, schedule, schedulers } from "./core.js";
 
 // ---- the host table --------------------------------------------------------------------
 
@@ -18,9 +18,8 @@ function ipKey(ip) {
 
 const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
 const COLUMNS = [
-  // (shown in the combined view only: see style.css)
-  { key: "scheduler", text: (h) => h.scheduler ?? "", sort: (h) => h.scheduler ?? "", cls: "col-scheduler" },
-  { key: "name", text: (h) => h.name || `#${h.host_id ?? h.id}`, sort: (h) => h.name || `#${h.host_id ?? h.id}` },
+  // in the combined view with its scheduler's name ("ALPHA/node1"), rows grouped by scheduler
+  { key: "name", text: (h) => hostLabel(h), sort: (h) => h.name || `#${h.host_id ?? h.id}` },
   { key: "ip", text: (h) => h.ip || "–", sort: (h) => ipKey(h.ip) },
   { key: "platform", text: (h) => h.platform || "–", sort: (h) => h.platform || "" },
   { key: "protocol", text: (h) => fmtNum(h.protocol), sort: (h) => num(h.protocol), num: true },
@@ -61,7 +60,7 @@ const tbody = d3.select("#hosts-table tbody");
 
 function compareHosts(a, b) {
   // the combined view: hosts grouped by scheduler, in the server's order, then sorted
-  if (a.scheduler !== b.scheduler && sortState.key !== "scheduler") {
+  if (a.scheduler !== b.scheduler) {
     return (schedulers.order.indexOf(a.scheduler) - schedulers.order.indexOf(b.scheduler)) || collator.compare(String(a.scheduler), String(b.scheduler));
   }
   const col = COLUMN.get(sortState.key) || COLUMNS[0];
@@ -110,7 +109,6 @@ export function renderHosts() {
           for (const c of COLUMNS) {
             const td = document.createElement("td");
             if (c.num) td.className = "num";
-            if (c.cls) td.className = c.cls;
             this.appendChild(td);
           }
           fillRow(this, d);
