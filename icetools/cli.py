@@ -843,9 +843,10 @@ def serve(
     writers: list[CaptureWriter | None] = [None] * len(watched)
     if record_to is not None:
         paths = _recording_paths(record_to, [w.name for w in watched]) if several else [record_to]
-        for i, path in enumerate(paths):
+        for i, (path, w) in enumerate(zip(paths, watched)):
             try:
-                writers[i] = CaptureWriter(path, overwrite=overwrite)
+                # (the header says which network a scheduler found by broadcast belongs to)
+                writers[i] = CaptureWriter(path, overwrite=overwrite, netname=w.netname)
             except BaseException:
                 for writer in writers:
                     if writer is not None:

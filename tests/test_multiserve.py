@@ -24,6 +24,7 @@ import click
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from icetools.capture import CaptureReader
 from icetools.cli import _recording_paths, _watched_schedulers
 
 from .netns import Namespace, stop_process, wait_until
@@ -203,6 +204,10 @@ def test_one_serve_watches_two_real_schedulers(farms: tuple[Cluster, Cluster, Na
     files = sorted(record.iterdir())
     assert [re.sub(r"-\d{8}-\d{6}\.icecap$", "", f.name) for f in files] == ["10.79.2.1_8765", "ALPHA"], files
     beta_lines, alpha_lines = dump(files[0]), dump(files[1])
+    # The header names the network a scheduler was found on (-n), and only then.
+    with CaptureReader(files[1]) as alpha_reader, CaptureReader(files[0]) as beta_reader:
+        assert alpha_reader.header.netname == ALPHA
+        assert beta_reader.header.netname is None
     connects = [x for x in alpha_lines if x["type"] == "connect"]
     assert [c["scheduler"] for c in connects] == [f"10.79.1.1:{alpha.scheduler_port}"] * 2
     assert sum(x["type"] == "MON_JOB_DONE" for x in alpha_lines) == 3
@@ -280,7 +285,7 @@ def test_the_page_switches_and_shows_both_side_by_side(farms: tuple[Cluster, Clu
                 before = serve.state(BETA_ADDRESS)["totals"]["remote_done"]
                 assert all(r.ok for r in beta.compile_files(2, tmp_path / "b", tag="page"))
                 wait(f"window.icetools.state.totals.remote_done === {before + 2}")
-                assert page.locator("[data-total=remote_done]").text_content() == str(before + 2)
+                wait(f"document.querySelector('[data-total=remote_done]').textContent === '{before + 2}'")
                 select.select_option(ALPHA)
                 wait("window.icetools.view === 'ALPHA'")
                 assert js("window.icetools.state.totals.remote_done") == before_alpha
