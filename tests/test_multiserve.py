@@ -25,7 +25,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from icetools.capture import CaptureReader
-from icetools.cli import _recording_paths, _watched_schedulers
+from icetools.errors import IcetoolsError
+from icetools.cli import _recording_outputs, _watched_schedulers
 
 from .netns import Namespace, stop_process, wait_until
 from .realcluster import Cluster, skip_or_fail_if_unsupported
@@ -81,13 +82,13 @@ for line in sys.stdin:
 class Serve:
     """`icetools serve -n ALPHA -s 10.79.2.1:8765 --record DIR` in our namespace."""
 
-    def __init__(self, ns: Namespace, record: Path, port: int = PORT) -> None:
+    def __init__(self, ns: Namespace, record: Path, *more: str, port: int = PORT) -> None:
         self.ns = ns
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.proc = ns.popen(
             [sys.executable, "-m", "icetools", "serve", "-n", ALPHA, "-s", BETA_ADDRESS,
-             "--listen", f"127.0.0.1:{port}", "--record", str(record)],
+             "--listen", f"127.0.0.1:{port}", "--record", str(record), *more],
             cwd=ROOT, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -144,7 +145,8 @@ def dump(path: Path) -> list[dict[str, Any]]:
 def test_one_serve_watches_two_real_schedulers(farms: tuple[Cluster, Cluster, Namespace], tmp_path: Path) -> None:
     alpha, beta, ns = farms
     record = tmp_path / "recordings"
-    serve = Serve(ns, record)
+    # A rotating series per scheduler, parts of 3KB: a few while this runs.
+    serve = Serve(ns, record, "--rotate", "3KB", "--keep", "1000")
     try:
         a = wait_until(lambda: live_with(serve, ALPHA, 2), SLOW, "ALPHA live with its 2 hosts")
         b = wait_until(lambda: live_with(serve, BETA_ADDRESS, 1), SLOW, "Beta-2 live with its host")
@@ -200,19 +202,30 @@ def test_one_serve_watches_two_real_schedulers(farms: tuple[Cluster, Cluster, Na
         err = serve.stop()
     assert "ALPHA: " in err  # with several schedulers, the log names which one
 
-    # One recording per scheduler, named after it.
-    files = sorted(record.iterdir())
-    assert [re.sub(r"-\d{8}-\d{6}\.icecap$", "", f.name) for f in files] == ["10.79.2.1_8765", "ALPHA"], files
-    beta_lines, alpha_lines = dump(files[0]), dump(files[1])
-    # The header names the network a scheduler was found on (-n), and only then.
-    with CaptureReader(files[1]) as alpha_reader, CaptureReader(files[0]) as beta_reader:
-        assert alpha_reader.header.netname == ALPHA
-        assert beta_reader.header.netname is None
-    connects = [x for x in alpha_lines if x["type"] == "connect"]
-    assert [c["scheduler"] for c in connects] == [f"10.79.1.1:{alpha.scheduler_port}"] * 2
-    assert sum(x["type"] == "MON_JOB_DONE" for x in alpha_lines) == 3
-    assert [x["scheduler"] for x in beta_lines if x["type"] == "connect"] == [BETA_ADDRESS]
-    assert sum(x["type"] == "MON_JOB_DONE" for x in beta_lines) == 3
+    # One rotating series per scheduler, its files named after it; read part by part, the
+    # frames received (carried ones left out) are every job of each, and ALPHA's two logins.
+    series: dict[str, list[Path]] = {}
+    for f in sorted(record.iterdir()):
+        series.setdefault(re.sub(r"-\d{8}-\d{6}(-\d+)?\.icecap$", "", f.name), []).append(f)
+    assert sorted(series) == ["10.79.2.1_8765", "ALPHA"], sorted(record.iterdir())
+    assert len(series["ALPHA"]) >= 2, series  # it rotated
+    for name, netname, address, logins in (("ALPHA", ALPHA, f"10.79.1.1:{alpha.scheduler_port}", 2),
+                                           ("10.79.2.1_8765", None, BETA_ADDRESS, 1)):
+        headers = []
+        for f in series[name]:
+            with CaptureReader(f) as reader:
+                headers.append(reader.header)
+        headers.sort(key=lambda h: h.part)
+        assert [h.part for h in headers] == list(range(len(headers)))
+        assert len({h.series for h in headers}) == 1
+        # The header names the network a scheduler was found on (-n), and only then.
+        assert {h.netname for h in headers} == {netname}
+        lines = [x for f in series[name] for x in dump(f) if not x.get("carried")]
+        connects = [x for x in lines if x["type"] == "connect" and not x.get("rotated")]
+        assert [c["scheduler"] for c in connects] == [address] * logins
+        assert sum(x["type"] == "MON_JOB_DONE" for x in lines) == 3
+    # The series of one scheduler never holds the other's: Beta-2's files are Beta-2's.
+    assert not set(series["ALPHA"]) & set(series["10.79.2.1_8765"])
 
 
 def test_the_page_switches_and_shows_both_side_by_side(farms: tuple[Cluster, Cluster, Namespace],
@@ -231,7 +244,7 @@ def test_the_page_switches_and_shows_both_side_by_side(farms: tuple[Cluster, Clu
     wrapper = tmp_path / "chromium-in-namespace"
     wrapper.write_text(f"#!/bin/sh\nexec ip netns exec {ns.name} {CHROMIUM} \"$@\"\n")
     wrapper.chmod(0o755)
-    serve = Serve(ns, tmp_path / "recordings", port=PORT + 1)
+    serve = Serve(ns, tmp_path / "recordings", port=PORT + 1)  # (one file per scheduler)
     try:
         wait_until(lambda: live_with(serve, ALPHA, 2) and live_with(serve, BETA_ADDRESS, 1), SLOW, "both live")
         with sync_playwright() as p:
@@ -311,10 +324,16 @@ def test_scheduler_names_and_recording_files(tmp_path: Path) -> None:
         _watched_schedulers(("my farm=127.0.0.1",), ())
     with pytest.raises(click.BadParameter, match="no scheduler address"):
         _watched_schedulers(("farm1=",), ())
-    paths = _recording_paths(tmp_path / "rec", ["ALPHA", "10.0.0.1:8765", "10.0.0.1_8765", "[::1]:7"])
+    names = ["ALPHA", "10.0.0.1:8765", "10.0.0.1_8765", "[::1]:7"]
+    paths = [Path(p) for p in _recording_outputs(str(tmp_path / "rec"), names, False)]
     assert [re.sub(r"-\d{8}-\d{6}\.icecap$", "", p.name) for p in paths] == [
         "ALPHA", "10.0.0.1_8765", "10.0.0.1_8765-2", "1_7"]
-    assert (tmp_path / "rec").is_dir()
+    assert (tmp_path / "rec").is_dir() and all(p.parent == tmp_path / "rec" for p in paths)
+    # With --rotate: each scheduler's pattern, whose parts are named after it.
+    assert [Path(p).name for p in _recording_outputs(str(tmp_path / "rec"), names[:2], True)] == [
+        "ALPHA-%Y%m%d-%H%M%S.icecap", "10.0.0.1_8765-%Y%m%d-%H%M%S.icecap"]
     (tmp_path / "file").write_text("")
-    with pytest.raises(Exception, match="takes a directory"):
-        _recording_paths(tmp_path / "file", ["a", "b"])
+    with pytest.raises(IcetoolsError, match="takes a directory"):
+        _recording_outputs(str(tmp_path / "file"), ["a", "b"], False)
+    with pytest.raises(click.UsageError, match="not a pattern"):
+        _recording_outputs(str(tmp_path / "farm-%Y.icecap"), ["a", "b"], True)
