@@ -784,13 +784,13 @@ def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) 
             raise click.BadParameter(f"{value!r}: no scheduler address", param_hint="-s")
         first, locate = _scheduler_locator(address, None)
         watched.append(_Watched(name or _hostport_text(first), first, locate))
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for w in watched:
-        other = seen.setdefault(w.name.casefold(), w.name)
-        if other is not w.name:
+        if w.name.casefold() in seen:
             raise click.UsageError(
                 f"two schedulers named {w.name!r}: name them apart with -s NAME=HOST[:PORT]"
             )
+        seen.add(w.name.casefold())
     return watched
 
 
@@ -800,6 +800,8 @@ def _watch_netname(netname: str, several: bool) -> _Watched:
     now is looked for again and again (its status says so) while the others are served."""
     from .errors import SchedulerNotFound
 
+    if not netname.strip():
+        raise click.BadParameter("an empty netname", param_hint="-n")
     if not several:
         first, locate = _scheduler_locator(None, netname)
         return _Watched(netname, first, locate, _looked_for(None, netname))

@@ -317,13 +317,15 @@ def test_scheduler_names_and_recording_files(tmp_path: Path) -> None:
     watched = _watched_schedulers(("farm1=127.0.0.1:9", "127.0.0.1", "[::1]:7"), ())
     assert [(w.name, w.first) for w in watched] == [
         ("farm1", ("127.0.0.1", 9)), ("127.0.0.1:8765", ("127.0.0.1", 8765)), ("[::1]:7", ("::1", 7))]
-    for bad in (("a=127.0.0.1", "A=127.0.0.2"), ("127.0.0.1", "127.0.0.1:8765")):
+    for bad in (("a=127.0.0.1", "A=127.0.0.2"), ("a=127.0.0.1", "a=127.0.0.2"), ("127.0.0.1", "127.0.0.1:8765")):
         with pytest.raises(click.UsageError, match="two schedulers named"):
             _watched_schedulers(bad, ())
     with pytest.raises(click.BadParameter, match="name is 1 to 64"):
         _watched_schedulers(("my farm=127.0.0.1",), ())
     with pytest.raises(click.BadParameter, match="no scheduler address"):
         _watched_schedulers(("farm1=",), ())
+    with pytest.raises(click.BadParameter, match="an empty netname"):
+        _watched_schedulers(("farm1=127.0.0.1",), ("",))
     names = ["ALPHA", "10.0.0.1:8765", "10.0.0.1_8765", "[::1]:7"]
     paths = [Path(p) for p in _recording_outputs(str(tmp_path / "rec"), names, False)]
     assert [re.sub(r"-\d{8}-\d{6}\.icecap$", "", p.name) for p in paths] == [
