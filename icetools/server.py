@@ -452,8 +452,9 @@ class Fanout:
     """Every hub's messages to every websocket client, over one connection per client.
 
     Each hub flushes on its own; a client is sent, per hub, the hub's delta when it has taken
-    that hub's previous message, else the hub's newest snapshot. So a slow client, or a busy
-    scheduler, never holds back anyone else.
+    that hub's previous message, else the hub's newest snapshot. So a slow client never holds
+    back the others, and a scheduler that is down or restarting changes nothing in what is sent
+    of the others.
     """
 
     def __init__(self, hubs: list[Hub]) -> None:

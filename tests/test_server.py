@@ -687,3 +687,63 @@ def test_half_open_requests_are_capped() -> None:
             assert status == 200
 
     asyncio.run(main())
+
+
+# ---- several schedulers in one server (issue 12) -------------------------------------------------
+
+
+def test_two_schedulers_one_stream_each_named_and_kept_apart() -> None:
+    """Two hubs (the demo and the build recording, both with a host named node1 and a host id 1):
+    a client gets both snapshots in order and each one's deltas under its name, every delta in
+    its own seq order; rebuilt per name, each equals its /api/state?scheduler=; /api/state alone
+    is a 400 naming both, /api/schedulers lists both, /metrics labels each series."""
+    build = RECORDINGS / "build.icecap"
+
+    async def main() -> None:
+        status_a, status_b = Status(mode="replay"), Status(mode="replay")
+        server = ClusterServer(Monitor(), status_a, name="demo")
+        hub_b = server.add_scheduler("build", Monitor(), status_b)
+        drivers = [ReplayDriver(DEMO, status_a, server.hub, speed=200), ReplayDriver(build, status_b, hub_b, speed=200)]
+        await server.start("127.0.0.1", 0)
+        tasks = [asyncio.create_task(d.run()) for d in drivers] + [asyncio.create_task(server.fanout.run())]
+        try:
+            async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                first = [await receive(ws), await receive(ws)]
+                assert [(m["type"], m["scheduler"]) for m in first] == [("snapshot", "demo"), ("snapshot", "build")]
+                models = {"demo": Model(), "build": Model()}
+                for message in first:
+                    models[message["scheduler"]].apply(message)
+                deadline = time.monotonic() + 60
+                while any(m.status.get("state") != "ended" for m in models.values()):
+                    assert time.monotonic() < deadline, "the replays did not end"
+                    message = await receive(ws)
+                    models[message["scheduler"]].apply(message)
+                for name, model in models.items():
+                    assert model.seqs == list(range(model.seqs[0], model.seqs[0] + len(model.seqs))), name
+                    status, _, body = await asyncio.to_thread(http_get, server.port, f"/api/state?scheduler={name}")
+                    state = json.loads(body)
+                    assert status == 200 and model.hosts == {h["id"]: h for h in state["hosts"]}
+                    assert model.totals["remote_done"] == state["totals"]["remote_done"]
+                assert models["demo"].totals["remote_done"] == 442
+                assert models["build"].totals["remote_done"] != 442
+                # Equal ids and names, two hosts: each model has its own node1.
+                assert models["demo"].hosts[1]["name"] == models["build"].hosts[1]["name"] == "node1"
+                assert models["demo"].hosts[1] != models["build"].hosts[1]
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/state")
+            assert status == 400 and b"'demo', 'build'" in body
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/state?scheduler=nope")
+            assert status == 404
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/schedulers")
+            listed = json.loads(body)["schedulers"]
+            assert [(s["name"], s["status"]["scheduler"]) for s in listed] == [("demo", "demo.icecap"), ("build", "build.icecap")]
+            _, _, body = await asyncio.to_thread(http_get, server.port, "/metrics")
+            done = {s.labels["scheduler"]: s.value for f in text_string_to_metric_families(body.decode())
+                    for s in f.samples if s.name == "icecream_jobs_total" and s.labels["result"] == "ok"}
+            assert done == {"demo": 432, "build": models["build"].totals["remote_done"] - models["build"].totals["remote_failed"]}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.close()
+
+    asyncio.run(main())
