@@ -28,10 +28,11 @@ from icetools.capture import CaptureReader
 from icetools.errors import IcetoolsError
 from icetools.cli import _recording_outputs, _watched_schedulers
 
-from .netns import Namespace, stop_process, wait_until
+from .netns import Namespace, StandIn, netns_unsupported, require, stop_process, wait_until
 from .realcluster import Cluster, skip_or_fail_if_unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORDINGS = ROOT / "recordings"
 ALPHA, BETA = "ALPHA", "Beta-2"
 #: Beta-2's scheduler, watched by address: its name is its address.
 BETA_ADDRESS = "10.79.2.1:8765"
@@ -82,13 +83,15 @@ for line in sys.stdin:
 class Serve:
     """`icetools serve -n ALPHA -s 10.79.2.1:8765 --record DIR` in our namespace."""
 
-    def __init__(self, ns: Namespace, record: Path, *more: str, port: int = PORT) -> None:
+    def __init__(self, ns: Namespace, record: Path | None, *more: str, port: int = PORT,
+                 schedulers: tuple[str, ...] = ("-n", ALPHA, "-s", BETA_ADDRESS)) -> None:
         self.ns = ns
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
+        recording = ("--record", str(record)) if record is not None else ()
         self.proc = ns.popen(
-            [sys.executable, "-m", "icetools", "serve", "-n", ALPHA, "-s", BETA_ADDRESS,
-             "--listen", f"127.0.0.1:{port}", "--record", str(record), *more],
+            [sys.executable, "-m", "icetools", "serve", *schedulers,
+             "--listen", f"127.0.0.1:{port}", *recording, *more],
             cwd=ROOT, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 
@@ -339,3 +342,35 @@ def test_scheduler_names_and_recording_files(tmp_path: Path) -> None:
         _recording_outputs(str(tmp_path / "file"), ["a", "b"], False)
     with pytest.raises(click.UsageError, match="not a pattern"):
         _recording_outputs(str(tmp_path / "farm-%Y.icecap"), ["a", "b"], True)
+
+
+def test_a_scheduler_down_at_start_is_retried_while_the_other_is_served() -> None:
+    """With several schedulers, one that does not answer when serve starts does not stop serve
+    (with one it would: most likely a wrong address): it is retried with backoff, its status
+    says so, the other is served; once it is there it is served too. Two stand-in schedulers
+    replaying recordings in a namespace of our own."""
+    require(netns_unsupported())
+    with Namespace() as ns:
+        up = StandIn(ns, RECORDINGS / "demo.icecap", "--listen", "127.0.0.1:9001", "--loop")
+        later: StandIn | None = None
+        serve = None
+        try:
+            up.ready()
+            serve = Serve(ns, None, port=8770, schedulers=("-s", "up=127.0.0.1:9001", "-s", "later=127.0.0.1:9002"))
+            wait_until(lambda: (s := serve.statuses()) and s["up"]["state"] == "live" and s["later"]["failures"] >= 2
+                       and s, 30, "up served, later retried")
+            statuses = serve.statuses() or {}
+            assert statuses["later"]["state"] == "retrying" and "127.0.0.1:9002" in statuses["later"]["message"]
+            assert len(serve.state("up")["hosts"]) == 6
+            later = StandIn(ns, RECORDINGS / "build.icecap", "--listen", "127.0.0.1:9002", "--loop")
+            later.ready()
+            wait_until(lambda: (s := serve.state("later")) and s["status"]["state"] == "live" and len(s["hosts"]) == 3,
+                       30, "later served once it is there")
+            assert (serve.statuses() or {})["up"]["state"] == "live"
+        finally:
+            if serve is not None:
+                err = serve.stop()
+                assert "later: " in err and "up: " not in err, err  # only the one that failed is logged
+            up.stop()
+            if later is not None:
+                later.stop()
