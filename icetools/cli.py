@@ -7,9 +7,11 @@ traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
 from .discovery import DEFAULT_PORT as DEFAULT_SCHEDULER_PORT
 from .discovery import DEFAULT_NETNAME, DISCOVERY_WINDOW, locate_scheduler, parse_hostport, scheduler_from_environment
-from .errors import IcetoolsError, OptionError
+from .errors import IcetoolsError, OptionError, describe_os_error
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
 from .progress import Progress
@@ -601,7 +603,7 @@ def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any], sa
     status = Status(mode="replay")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status, **web)
+        server = ClusterServer(monitor, status, name=file.name, **web)
         driver = ReplayDriver(file, status, server.hub, speed=speed, salvage=salvage)
         server.commands = driver.command
         await run_until_stopped(
@@ -705,8 +707,172 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
         _finish_reading(reader, result.undecodable)
 
 
+class _InOrder(click.Option):
+    """A repeatable option whose values are also noted, with those of the other _InOrder
+    options, in the order they were given (``-s A -n B -s C``: A, B, C), in the context's meta
+    under ``icetools.in_order`` as (option name, value). Click keeps each option's values
+    apart; the order is read from its parser, and where that is not possible (another click)
+    the caller falls back to one option's values after the other's."""
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        table = {**getattr(parser, "_short_opt", {}), **getattr(parser, "_long_opt", {})}
+        wrapped: set[int] = set()  # -s and --scheduler are one parser option
+        for opt in self.opts:
+            option = table.get(opt)
+            process = getattr(option, "process", None)
+            if process is None or id(option) in wrapped:
+                continue
+            wrapped.add(id(option))
+
+            def noted(value: Any, state: Any, process: Any = process, name: str | None = self.name) -> None:
+                ctx.meta.setdefault("icetools.in_order", []).append((name, value))
+                process(value, state)
+
+            option.process = noted
+
+
+def _in_order(**given: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(option name, value) of the _InOrder options ``given`` in command-line order."""
+    ctx = click.get_current_context(silent=True)
+    noted = ctx.meta.get("icetools.in_order", []) if ctx is not None else []
+    flat = [(name, value) for name, values in given.items() for value in values]
+    if sorted(noted) == sorted(flat):
+        return list(noted)
+    return flat
+
+
+@dataclasses.dataclass
+class _Watched:
+    """One scheduler a serve watches: its name (page, API, ``scheduler`` label), where it is
+    now, how to find it again, and for ``-n`` its netname."""
+
+    name: str
+    first: tuple[str, int] | None  # None: its netname did not answer yet (several schedulers)
+    locate: Callable[[], tuple[str, int]]
+    netname: str | None = None
+
+
+#: What a user may call a scheduler (-s NAME=HOST[:PORT]): it ends up in URLs, file names
+#: (sanitised) and metric labels, so no spaces or control characters.
+_NAME_RE = re.compile(r"[A-Za-z0-9._:@\[\]-]{1,64}")
+
+
+def _watched_schedulers(schedulers: tuple[str, ...], netnames: tuple[str, ...]) -> list[_Watched]:
+    """-s and -n in the order given (any mix), each located now so that a bad address fails
+    before anything starts (and with one scheduler, an unanswered netname too)."""
+    watched: list[_Watched] = []
+    if not schedulers and not netnames:
+        # One scheduler, by icecream's rules: the environment, else discovery of ICECREAM.
+        first, locate = _scheduler_locator(None, None)
+        netname = _looked_for(None, None)  # None when the environment gives the address
+        return [_Watched(netname or _hostport_text(first), first, locate, netname)]
+    several = len(schedulers) + len(netnames) > 1
+    for option, value in _in_order(schedulers=schedulers, netnames=netnames):
+        if option == "netnames":
+            watched.append(_watch_netname(value, several))
+            continue
+        name, eq, address = value.partition("=")
+        if not eq:
+            name, address = "", value
+        elif not _NAME_RE.fullmatch(name):
+            raise click.BadParameter(
+                f"{value!r}: a scheduler's name is 1 to 64 letters, digits or . _ : @ - (NAME=HOST[:PORT])",
+                param_hint="-s",
+            )
+        if not address.strip():
+            raise click.BadParameter(f"{value!r}: no scheduler address", param_hint="-s")
+        first, locate = _scheduler_locator(address, None)
+        watched.append(_Watched(name or _hostport_text(first), first, locate))
+    seen: set[str] = set()
+    for w in watched:
+        if w.name.casefold() in seen:
+            raise click.UsageError(
+                f"two schedulers named {w.name!r}: name them apart with -s NAME=HOST[:PORT]"
+            )
+        seen.add(w.name.casefold())
+    return watched
+
+
+def _watch_netname(netname: str, several: bool) -> _Watched:
+    """-n NETNAME. With one scheduler as record does it; with several, each -n is its own
+    network (the environment's address must not stand in for it), and one that does not answer
+    now is looked for again and again (its status says so) while the others are served."""
+    from .errors import SchedulerNotFound
+
+    if not netname.strip():
+        raise click.BadParameter("an empty netname", param_hint="-n")
+    if not several:
+        first, locate = _scheduler_locator(None, netname)
+        return _Watched(netname, first, locate, _looked_for(None, netname))
+    found: tuple[str, int] | None
+    try:
+        found = locate_scheduler(None, netname, environ={})
+    except SchedulerNotFound as e:
+        click.echo(f"icetools: {printable(netname)}: {printable(str(e))}; looking again", err=True)
+        found = None
+    addresses = iter([found] if found else [])
+
+    def locate_again() -> tuple[str, int]:
+        return next(addresses, None) or locate_scheduler(None, netname, environ={})
+
+    return _Watched(netname, found, locate_again, netname)
+
+
+def _hostport_text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _recording_outputs(directory: str, names: list[str], rotating: bool) -> list[str]:
+    """serve --record DIR with several schedulers: each scheduler's output in DIR, named after
+    it (made safe for a file name) and the start time, e.g. ``ALPHA-20261201-093000.icecap``;
+    with --rotate the strftime pattern of its series (``ALPHA-%Y%m%d-%H%M%S.icecap``)."""
+    if is_pattern(directory):
+        raise click.UsageError(f"--record {directory}: with several schedulers --record takes a directory, not a pattern")
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise IcetoolsError(f"--record {directory}: with several schedulers --record takes a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise IcetoolsError(f"--record {directory}: cannot create the directory: {describe_os_error(e)}") from None
+    # One time for all: their files start together (a rotating series names each part itself).
+    stamp = "%Y%m%d-%H%M%S" if rotating else time.strftime("%Y%m%d-%H%M%S")
+    outputs: list[str] = []
+    used: set[str] = set()
+    for name in names:
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "scheduler"
+        base, k = safe, 1
+        while safe.casefold() in used:  # "a:1" and "a_1" would share a name
+            k += 1
+            safe = f"{base}-{k}"
+        used.add(safe.casefold())
+        outputs.append(str(path / f"{safe}-{stamp}{FILE_SUFFIX}"))
+    return outputs
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@_scheduler_options
+@click.option(
+    "-s",
+    "--scheduler",
+    "schedulers",
+    cls=_InOrder,
+    multiple=True,
+    metavar="[NAME=]HOST[:PORT]",
+    help="Scheduler to watch, port 8765 unless given; repeatable. Its name on the page, in the "
+    "API and in the metrics' scheduler label is NAME, else HOST:PORT. (Default: "
+    "$ICECC_SCHEDULER, $USE_SCHEDULER, else broadcast discovery.)",
+)
+@click.option(
+    "-n",
+    "--netname",
+    "netnames",
+    cls=_InOrder,
+    multiple=True,
+    metavar="NETNAME",
+    help="Network name to discover a scheduler for by UDP broadcast (its name: NETNAME); repeatable.",
+)
 @click.option(
     "--listen",
     metavar="HOST:PORT",
@@ -718,9 +884,10 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
     "--record",
     "record_to",
     type=OUTPUT,
-    metavar="FILE",
+    metavar="FILE|DIR",
     help="Also record everything the scheduler sends to FILE (with --rotate also a directory "
-    "or a strftime pattern).",
+    "or a strftime pattern). With several schedulers DIR, a directory: one recording per "
+    "scheduler in it, named NAME-YYYYmmdd-HHMMSS.icecap.",
 )
 @click.option(
     "--overwrite",
@@ -731,8 +898,8 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
 @_protocol_option
 @_web_options
 def serve(
-    scheduler: str | None,
-    netname: str | None,
+    schedulers: tuple[str, ...],
+    netnames: tuple[str, ...],
     listen: str,
     record_to: str | None,
     overwrite: bool,
@@ -750,11 +917,15 @@ def serve(
     if the capture cannot be written (a full disk) the recording stops with an error in the log,
     the page's status and /metrics, and serving goes on.
 
+    Several -s and -n watch several schedulers from one process, each with its own connection,
+    backoff and status: the page switches between them and shows them side by side.
+
     \b
     Examples:
       icetools serve -s buildhost                     # then open http://127.0.0.1:8770/
       icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
       icetools serve -s buildhost --record /var/lib/icetools/ --rotate 1d --keep 30
+      icetools serve -s farm1=sched1 -s farm2=sched2:8766 -n LAB --record /var/lib/icetools/
     """
     import asyncio
 
@@ -766,32 +937,68 @@ def serve(
         raise click.UsageError("--rotate and --keep go with --record")
     _check_recording_usage(record_to, rotate=rotate, keep=keep, overwrite=overwrite, option="--record")
     host, port = _listen_address(listen)
-    first, locate = _scheduler_locator(scheduler, netname)
-    writer = None
+    watched = _watched_schedulers(schedulers, netnames)
+    several = len(watched) > 1
+    writers: list[CaptureWriter | RotatingWriter | None] = [None] * len(watched)
     if record_to is not None:
-        writer = _recording_sink(
-            record_to, rotate=rotate, keep=keep, overwrite=overwrite, netname=_looked_for(scheduler, netname)
-        )
-    monitor = Monitor()
-    status = Status(mode="live")
+        if not several:
+            writers[0] = _recording_sink(
+                record_to, rotate=rotate, keep=keep, overwrite=overwrite, netname=watched[0].netname
+            )
+        else:
+            outputs = _recording_outputs(record_to, [w.name for w in watched], rotate is not None)
+            for i, (output, w) in enumerate(zip(outputs, watched)):
+                try:
+                    # (the header says which network a scheduler found by broadcast belongs to)
+                    writers[i] = _recording_sink(output, rotate=rotate, keep=keep, overwrite=overwrite, netname=w.netname)
+                except BaseException:
+                    for writer in writers:
+                        if writer is not None:
+                            writer.close("error")  # nothing recorded yet: no file is left behind
+                    raise
 
-    def log(line: str) -> None:
-        click.echo(f"icetools: {line}", err=True)
+    def logger(name: str) -> Callable[[str], None]:
+        prefix = f"{printable(name)}: " if several else ""
+        return lambda line: click.echo(f"icetools: {prefix}{line}", err=True)
 
     async def main() -> None:
-        server = ClusterServer(
-            monitor, status, allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients
-        )
-        driver = LiveDriver(monitor, status, locate, offer=protocol, writer=writer, log=log)
+        t0 = time.monotonic()
+        server: ClusterServer | None = None
+        drivers: list[LiveDriver] = []
+        for w, writer in zip(watched, writers):
+            monitor = Monitor()
+            status = Status(mode="live")
+            if server is None:
+                server = ClusterServer(
+                    monitor, status, name=w.name,
+                    allow_origins=allow_origins, allow_hosts=allow_hosts, max_clients=max_clients,
+                )
+            else:
+                server.add_scheduler(w.name, monitor, status)
+            drivers.append(
+                LiveDriver(monitor, status, w.locate, offer=protocol, writer=writer, log=logger(w.name),
+                           t0=t0, keep_trying=several)
+            )
+        assert server is not None
+
+        def shown(w: _Watched) -> str:
+            where = "not found yet" if w.first is None else _hostport_text(w.first)
+            return printable(w.name) if w.name == where else f"{printable(w.name)} ({where})"
+
+        async def drive() -> None:
+            # Each on its own: one that fails to connect retries without disturbing the others.
+            await asyncio.gather(*(d.run() for d in drivers))
+
         await run_until_stopped(
-            server, host, port, driver.run(), lambda p: _announce(host, p, f"serving {first[0]}:{first[1]}")
+            server, host, port, drive(), lambda p: _announce(host, p, f"serving {', '.join(map(shown, watched))}")
         )
 
     try:
         asyncio.run(main())
     finally:
-        if writer is not None:
-            writer.close("signal")  # a no-op if the recording already stopped on an error
+        for writer in writers:
+            if writer is not None:
+                writer.close("signal")  # a no-op if the recording already stopped on an error
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

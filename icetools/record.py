@@ -171,6 +171,7 @@ async def follow_scheduler(
     on_disconnect: Callable[[str], None],
     status: RecordStatus,
     on_retry: Callable[[str], None] | None = None,
+    keep_trying: bool = False,
 ) -> str:
     """Stay logged in to a scheduler as a monitor, handing every batch of frames to
     ``on_frames`` (which may return a reason to stop). When the scheduler goes away, reconnect
@@ -181,7 +182,10 @@ async def follow_scheduler(
     counted in ``status.failures``. The backoff grows with every failure, a connection that
     opens and then fails included, and only starts over once a connection has proved itself
     by staying up PROVEN_AFTER seconds: a peer that logs us in and hangs up at once is retried
-    at the backoff's pace, not thousands of times a second."""
+    at the backoff's pace, not thousands of times a second.
+
+    With ``keep_trying`` (and ``reconnect``) a first connection that fails is retried like a
+    later one: a serve watching several schedulers starts while one of them is down."""
     backoff = BACKOFF_START
     connected_once = False
     clock = time.monotonic
@@ -200,10 +204,10 @@ async def follow_scheduler(
 
     while True:
         try:
-            host, port = await _locate(locate) if connected_once else locate()
+            host, port = await _locate(locate) if connected_once or keep_trying else locate()
             conn = await AsyncConnection.open(host, port, protocol=offer)
         except (SchedulerNotFound, RemoteProtocolError, ConnectionClosed) as e:
-            if not connected_once or not reconnect:
+            if (not connected_once and not keep_trying) or not reconnect:
                 raise
             await retry(f"cannot reconnect: {e}")
             continue

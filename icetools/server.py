@@ -23,6 +23,7 @@ import mimetypes
 import socket
 import struct
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from http import HTTPStatus
@@ -266,21 +267,26 @@ class Status:
 
 
 class Client:
-    __slots__ = ("ws", "wake", "sent_seq")
+    __slots__ = ("ws", "wake", "sent")
 
     def __init__(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.wake = asyncio.Event()
-        self.sent_seq = -1
+        #: Hub -> the seq of that hub's last message this client was sent.
+        self.sent: dict[Hub, int] = {}
 
 
 class Hub(Publisher):
-    """Turns Monitor events into snapshots and coalesced deltas for websocket clients."""
+    """Turns one scheduler's Monitor events into snapshots and coalesced deltas for websocket
+    clients. A serve watching several schedulers has a hub each; every message carries its
+    hub's ``name`` (the scheduler's name) so that the page can route it."""
 
-    def __init__(self, monitor: Monitor, status: Status) -> None:
+    def __init__(self, monitor: Monitor, status: Status, name: str = "") -> None:
         self.monitor = monitor
         self.status = status
+        self.name = name
         self.seq = 0
+        #: The clients to wake after a flush: shared by every hub of a server (see Fanout).
         self.clients: set[Client] = set()
         self._dirty_hosts: set[int] = set()
         self._dirty_jobs: dict[int, Any] = {}
@@ -385,7 +391,13 @@ class Hub(Publisher):
     def snapshot_text(self) -> str:
         """The snapshot for the current seq, serialised once however many clients need it."""
         if self._snapshot is None or self._snapshot[0] != self.seq:
-            message = {"type": "snapshot", "seq": self.seq, "status": self.status.to_json(), "state": self.state()}
+            message = {
+                "type": "snapshot",
+                "scheduler": self.name,
+                "seq": self.seq,
+                "status": self.status.to_json(),
+                "state": self.state(),
+            }
             self._snapshot = (self.seq, _json(message))
         return self._snapshot[1]
 
@@ -410,6 +422,7 @@ class Hub(Publisher):
             removed = sorted(self._known_hosts - hosts.keys())
             delta = {
                 "type": "delta",
+                "scheduler": self.name,
                 "seq": self.seq,
                 "t": round(monitor.now, 3),
                 "status": self.status.to_json(),
@@ -434,7 +447,32 @@ class Hub(Publisher):
             self.flush()
             await asyncio.sleep(FLUSH_INTERVAL)
 
-    # Clients
+
+class Fanout:
+    """Every hub's messages to every websocket client, over one connection per client.
+
+    Each hub flushes on its own; a client is sent, per hub, the hub's delta when it has taken
+    that hub's previous message, else the hub's newest snapshot. So a slow client never holds
+    back the others, and a scheduler that is down or restarting changes nothing in what is sent
+    of the others.
+    """
+
+    def __init__(self, hubs: list[Hub]) -> None:
+        self.hubs = hubs
+        self.clients: set[Client] = set()
+        for hub in hubs:
+            hub.clients = self.clients
+
+    def add(self, hub: Hub) -> None:
+        hub.clients = self.clients
+        self.hubs.append(hub)
+
+    async def run(self) -> None:
+        while True:
+            for hub in self.hubs:
+                hub.flush()
+            await asyncio.sleep(FLUSH_INTERVAL)
+
     async def serve_client(
         self,
         ws: ServerConnection,
@@ -489,21 +527,26 @@ class Hub(Publisher):
 
     async def _send_loop(self, client: Client, timeout: float) -> None:
         ws = client.ws
-        await self._send(ws, self.snapshot_text(), timeout)
-        client.sent_seq = self.seq
+        sent = client.sent
+        for hub in self.hubs:
+            seq = hub.seq
+            await self._send(ws, hub.snapshot_text(), timeout)
+            sent[hub] = seq
         while True:
             await client.wake.wait()
             client.wake.clear()
-            seq = self.seq
-            if seq == client.sent_seq:
-                continue
-            delta = self._delta
-            if delta is not None and delta[0] == seq and client.sent_seq == seq - 1:
-                text = delta[1]
-            else:
-                text = self.snapshot_text()  # it missed something: the whole state instead
-            await self._send(ws, text, timeout)
-            client.sent_seq = seq
+            for hub in self.hubs:
+                seq = hub.seq
+                last = sent.get(hub, -1)
+                if seq == last:
+                    continue
+                delta = hub._delta
+                if delta is not None and delta[0] == seq and last == seq - 1:
+                    text = delta[1]
+                else:
+                    text = hub.snapshot_text()  # it missed something: the whole state instead
+                await self._send(ws, text, timeout)
+                sent[hub] = seq
 
 
 # ---- static files --------------------------------------------------------------------------
@@ -574,6 +617,7 @@ class ClusterServer:
         monitor: Monitor,
         status: Status,
         *,
+        name: str = "",
         commands: Callable[[dict[str, Any]], str | None] | None = None,
         allow_hosts: Iterable[str] = (),
         allow_origins: Iterable[str] = (),
@@ -581,7 +625,9 @@ class ClusterServer:
         send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.status = status
-        self.hub = Hub(monitor, status)
+        self.hub = Hub(monitor, status, name)
+        #: One hub per scheduler, in the order given; the first is ``hub``.
+        self.fanout = Fanout([self.hub])
         self.assets = load_assets(web_root())
         self.commands = commands or self._no_commands
         self.server: Server | None = None
@@ -595,6 +641,16 @@ class ClusterServer:
         #: Every TCP connection, to cut a flood of half-open HTTP requests.
         self._connections: set[ServerConnection] = set()
 
+    @property
+    def hubs(self) -> list[Hub]:
+        return self.fanout.hubs
+
+    def add_scheduler(self, name: str, monitor: Monitor, status: Status) -> Hub:
+        """Watch one more scheduler: its own hub, sent to every client after the others'."""
+        hub = Hub(monitor, status, name)
+        self.fanout.add(hub)
+        return hub
+
     @staticmethod
     def _no_commands(command: dict[str, Any]) -> str | None:
         return "replay controls are only accepted by icetools replay --serve"
@@ -606,26 +662,53 @@ class ClusterServer:
         if refusal is not None:
             status = HTTPStatus.BAD_REQUEST if "Host" not in request.headers else HTTPStatus.FORBIDDEN
             return _refusal(status, refusal)
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         if path == "/ws" and request.method == "GET":
             refusal = self.access.origin_refusal(request)
             if refusal is not None:
                 return _refusal(HTTPStatus.FORBIDDEN, refusal)
             return None  # on to the websocket handshake (the client count is in process_response)
-        response = self._get(path)
+        response = self._get(path, query)
         if request.method == "HEAD":
             # The headers of the GET (Content-Length included), without its body.
             response = Response(response.status_code, response.reason_phrase, response.headers, b"")
         return response
 
-    def _get(self, path: str) -> Response:
+    def _hub_named(self, query: str) -> Hub | Response:
+        """The hub ``?scheduler=NAME`` asks for; without it the only one, else a 400/404
+        naming the schedulers there are."""
+        names = urllib.parse.parse_qs(query).get("scheduler")
+        hubs = self.hubs
+        known = ", ".join(repr(h.name) for h in hubs)
+        if names is None:
+            if len(hubs) == 1:
+                return hubs[0]
+            return _refusal(
+                HTTPStatus.BAD_REQUEST,
+                f"this server watches {len(hubs)} schedulers: ask for one with "
+                f"/api/state?scheduler=NAME ({known}); /api/schedulers lists them",
+            )
+        for hub in hubs:
+            if len(names) == 1 and hub.name == names[0]:
+                return hub
+        return _refusal(HTTPStatus.NOT_FOUND, f"no scheduler {names[-1]!r} here (there are {known})")
+
+    def _get(self, path: str, query: str = "") -> Response:
         if path == "/api/state":
-            body = _json({**self.hub.state(), "status": self.status.to_json()}).encode()
+            hub = self._hub_named(query)
+            if isinstance(hub, Response):
+                return hub
+            body = _json({**hub.state(), "status": hub.status.to_json()}).encode()
+            return _response(HTTPStatus.OK, body, "application/json")
+        if path == "/api/schedulers":
+            body = _json(
+                {"schedulers": [{"name": h.name, "status": h.status.to_json(), "totals": h._totals()} for h in self.hubs]}
+            ).encode()
             return _response(HTTPStatus.OK, body, "application/json")
         if path == "/metrics":
             return _response(
                 HTTPStatus.OK,
-                metrics_text(self.hub.monitor, self.status, self.hub.durations, self.hub.waits),
+                metrics_text([(h.name, h.monitor, h.status, h.durations, h.waits) for h in self.hubs]),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/ws":
@@ -652,7 +735,7 @@ class ClusterServer:
 
     async def handler(self, ws: ServerConnection) -> None:
         try:
-            await self.hub.serve_client(ws, self.commands, self.send_timeout)
+            await self.fanout.serve_client(ws, self.commands, self.send_timeout)
         finally:
             self._admitted.discard(ws)
 
@@ -889,6 +972,8 @@ class LiveDriver:
         offer: int,
         writer: CaptureWriter | None = None,
         log: Callable[[str], None] | None = None,
+        t0: float | None = None,
+        keep_trying: bool = False,
     ) -> None:
         self.monitor = monitor
         self.status = status
@@ -897,7 +982,12 @@ class LiveDriver:
         self.writer = writer
         self.log = log or (lambda line: None)
         self.follow_status = RecordStatus()
-        self._t0 = time.monotonic()
+        #: Retry a first connection that fails instead of raising (several schedulers: one
+        #: that is down at start-up must not keep the others from being served).
+        self.keep_trying = keep_trying
+        # The drivers of one serve share their time origin, so that the states of several
+        # schedulers (their jobs' times, their utilisation samples) line up on one clock.
+        self._t0 = time.monotonic() if t0 is None else t0
         if writer is not None:
             status.recording = "recording"
 
@@ -966,6 +1056,7 @@ class LiveDriver:
             on_disconnect=self._on_disconnect,
             status=self.follow_status,
             on_retry=self._on_retry,
+            keep_trying=self.keep_trying,
         )
 
 
@@ -984,7 +1075,7 @@ async def run_until_stopped(server: ClusterServer, host: str, port: int, driver:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.ensure_future(driver), asyncio.create_task(server.hub.run()), asyncio.create_task(stop.wait())]
+    tasks = [asyncio.ensure_future(driver), asyncio.create_task(server.fanout.run()), asyncio.create_task(stop.wait())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:

@@ -1245,8 +1245,17 @@ class Cluster:
         connection and reconnect after ~3 s (ICECC_TESTS); with ``wait`` block until all running
         daemons are back (host ids restart at 1). Monitors connected before are closed by the old
         scheduler's exit and must reconnect."""
+        self.stop_scheduler()
+        return self.start_scheduler(wait=wait)
+
+    def stop_scheduler(self) -> None:
+        """Stop the scheduler by pid (daemons keep trying to reconnect; see start_scheduler)."""
         if self._scheduler is not None:
             _terminate(self._scheduler)
+
+    def start_scheduler(self, *, wait: bool = True) -> dict[str, int] | None:
+        """Start a scheduler on the same port after stop_scheduler; with ``wait`` block until
+        all running daemons are back (host ids restart at 1)."""
         self._start_scheduler()
         return self.wait_ready() if wait else None
 

@@ -172,7 +172,12 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
     assert isinstance(dash["schemaVersion"], int) and dash["uid"] and dash["title"]
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["DS_PROMETHEUS"]["type"] == "datasource"
-    assert {"instance", "host"} <= set(variables)
+    assert {"instance", "scheduler", "host"} <= set(variables)
+    # One serve may watch several schedulers: every query is about the one chosen, never a sum
+    # over schedulers (their hosts would merge by name).
+    assert variables["scheduler"]["query"] == 'label_values(icetools_monitor_connected{instance=~"$instance"}, scheduler)'
+    assert variables["scheduler"]["multi"] is False and variables["scheduler"]["includeAll"] is False
+    assert 'scheduler=~"$scheduler"' in variables["host"]["query"]
     panels = dash["panels"]
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), ids
@@ -195,6 +200,8 @@ def test_dashboard_is_an_importable_grafana_dashboard() -> None:
             # Every variable a query uses is defined (or one of Grafana's own).
             for name in re.findall(r"\$(\w+)", t["expr"]):
                 assert name in variables or name == "__rate_interval", (p["title"], name)
+            for selector in selectors(t["expr"]):
+                assert 'scheduler=~"$scheduler"' in selector, (p["title"], selector)
     # Per-host panels: a row repeated for each selected host, its panels all about $host.
     (host_row,) = [p for p in panels if p.get("repeat")]
     assert host_row["type"] == "row" and host_row["repeat"] == "host"
@@ -329,7 +336,9 @@ def test_kit_against_a_real_cluster(real_cluster: Cluster, tmp_path: Path) -> No
         wait_until(lambda: value('sum(icetools_host_jobs_total{result="ok"})') == 6, 30, "6 jobs scraped")
         wait_until(lambda: value("icetools:slot_utilisation:ratio") is not None, 30, "recording rules evaluated")
 
-        # The dashboard's variables, as Grafana's label_values() would list them.
+        # The dashboard's variables, as Grafana's label_values() would list them. The scheduler
+        # (from ICECC_SCHEDULER) is named by its address.
+        scheduler = env["ICECC_SCHEDULER"]
         dash = dashboard()
         variables = {v["name"]: v["query"] for v in dash["templating"]["list"] if v["type"] == "query"}
         assert all(v["definition"] == v["query"] for v in dash["templating"]["list"] if v["type"] == "query")
@@ -337,15 +346,16 @@ def test_kit_against_a_real_cluster(real_cluster: Cluster, tmp_path: Path) -> No
         for name, definition in variables.items():
             m = re.fullmatch(r"label_values\((.+), (\w+)\)", definition)
             assert m, definition
-            selector = m.group(1).replace("$instance", SERVE_LISTEN)
+            selector = m.group(1).replace("$instance", SERVE_LISTEN).replace("$scheduler", scheduler)
             (series,) = prometheus.query(selector)
             label_values[name] = sorted({s["metric"][m.group(2)] for s in series})
-        assert label_values == {"instance": [SERVE_LISTEN], "host": ["node1", "node2", "node3"]}
+        assert label_values == {"instance": [SERVE_LISTEN], "scheduler": [scheduler],
+                                "host": ["node1", "node2", "node3"]}
 
         # A host that compiled (node1 offers no slots): its per-host panels have all their series.
         (busy,) = prometheus.query('icetools_host_jobs_total{result="ok"} > 0')
         host = sorted(s["metric"]["host"] for s in busy)[0]
-        substitutions = {"$instance": SERVE_LISTEN, "$host": host, "$__rate_interval": "1m"}
+        substitutions = {"$instance": SERVE_LISTEN, "$scheduler": scheduler, "$host": host, "$__rate_interval": "1m"}
 
         def substitute(expr: str) -> str:
             for variable, replacement in substitutions.items():

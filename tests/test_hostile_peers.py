@@ -176,7 +176,8 @@ def get(port: int, path: str) -> str:
 
 
 def metric(text: str, name: str) -> float | None:
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    # (one scheduler: its label is its address, whatever it is)
+    found = re.search(rf'^{name}{{scheduler="[^"]*"}} (\S+)$', text, re.MULTILINE)
     return None if found is None else float(found.group(1))
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -40,7 +41,7 @@ class Running:
 
     def __init__(self, capture: Path = DEMO, speed: float = 20.0, mode: str = "replay", **options: Any) -> None:
         self.status = Status(mode=mode)
-        self.server = ClusterServer(Monitor(), self.status, **options)
+        self.server = ClusterServer(Monitor(), self.status, name=capture.name, **options)
         self.driver = ReplayDriver(capture, self.status, self.server.hub, speed=speed)
         if mode == "replay":
             self.server.commands = self.driver.command
@@ -50,7 +51,7 @@ class Running:
         await self.server.start("127.0.0.1", 0)
         self.port = self.server.port
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self.tasks = [asyncio.create_task(self.driver.run()), asyncio.create_task(self.server.hub.run())]
+        self.tasks = [asyncio.create_task(self.driver.run()), asyncio.create_task(self.server.fanout.run())]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -342,12 +343,17 @@ def test_metrics_are_valid_prometheus_text() -> None:
 
     body = asyncio.run(main())
     text = body.decode()
-    assert 'icecream_jobs_total{result="ok"} 432.0' in text
-    assert 'icecream_jobs_total{result="failed"} 10.0' in text
-    assert "icecream_hosts_online 6.0" in text
-    assert 'icecream_job_duration_seconds_bucket{le="+Inf"} 440.0' in text
-    assert "icetools_monitor_connected 1.0" in text
-    assert "icetools_frames_received_total 1575.0" in text
+    # Every series carries the scheduler label, here the recording's name (a uniform schema:
+    # the same with one scheduler as with several).
+    assert 'icecream_jobs_total{result="ok",scheduler="demo.icecap"} 432.0' in text
+    assert 'icecream_jobs_total{result="failed",scheduler="demo.icecap"} 10.0' in text
+    assert 'icecream_hosts_online{scheduler="demo.icecap"} 6.0' in text
+    assert 'icecream_job_duration_seconds_bucket{le="+Inf",scheduler="demo.icecap"} 440.0' in text
+    assert 'icetools_monitor_connected{scheduler="demo.icecap"} 1.0' in text
+    assert 'icetools_frames_received_total{scheduler="demo.icecap"} 1575.0' in text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert sample.labels.get("scheduler") == "demo.icecap", sample
     # Waits, the jobs waiting and per-host results, against the job rows and stats of the same
     # recording (icetools jobs / stats --json).
     rows: list[tuple[Any, ...]] = []
@@ -358,20 +364,21 @@ def test_metrics_are_valid_prometheus_text() -> None:
     col = {c: i for i, c in enumerate(COLUMNS)}
     waits = [r[col["wait_ms"]] for r in rows if r[col["kind"]] == "remote" and r[col["wait_ms"]] is not None]
     assert len(waits) == 442
-    assert f'icetools_job_wait_seconds_bucket{{le="+Inf"}} {len(waits)}.0' in text
-    assert f"icetools_job_wait_seconds_count {len(waits)}.0" in text
+    assert f'icetools_job_wait_seconds_bucket{{le="+Inf",scheduler="demo.icecap"}} {len(waits)}.0' in text
+    assert f'icetools_job_wait_seconds_count{{scheduler="demo.icecap"}} {len(waits)}.0' in text
     for bound in ("0.001", "0.5", "1.0", "5.0"):
         expected = sum(1 for w in waits if w / 1000 <= float(bound))
-        assert f'icetools_job_wait_seconds_bucket{{le="{bound}"}} {expected}.0' in text, bound
+        assert f'icetools_job_wait_seconds_bucket{{le="{bound}",scheduler="demo.icecap"}} {expected}.0' in text, bound
     assert 0 < sum(1 for w in waits if w > 500) < len(waits)  # the buckets tell waits apart
-    assert "icetools_jobs_waiting 0.0" in text
+    assert 'icetools_jobs_waiting{scheduler="demo.icecap"} 0.0' in text
     hosts = stats_report(monitor)["hosts"]
     assert sum(h["lost"] for h in hosts) == 2
     for h in hosts:
         name = h["name"]
-        assert f'icetools_host_jobs_total{{host="{name}",result="ok"}} {h["compiled"] - h["failed"]}.0' in text
-        assert f'icetools_host_jobs_total{{host="{name}",result="failed"}} {h["failed"] - h["lost"]}.0' in text
-        assert f'icetools_host_jobs_total{{host="{name}",result="lost"}} {h["lost"]}.0' in text
+        labels = f'host="{name}",result="%s",scheduler="demo.icecap"'
+        assert f'icetools_host_jobs_total{{{labels % "ok"}}} {h["compiled"] - h["failed"]}.0' in text
+        assert f'icetools_host_jobs_total{{{labels % "failed"}}} {h["failed"] - h["lost"]}.0' in text
+        assert f'icetools_host_jobs_total{{{labels % "lost"}}} {h["lost"]}.0' in text
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -678,5 +685,65 @@ def test_half_open_requests_are_capped() -> None:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.05)
             assert status == 200
+
+    asyncio.run(main())
+
+
+# ---- several schedulers in one server (issue 12) -------------------------------------------------
+
+
+def test_two_schedulers_one_stream_each_named_and_kept_apart() -> None:
+    """Two hubs (the demo and the build recording, both with a host named node1 and a host id 1):
+    a client gets both snapshots in order and each one's deltas under its name, every delta in
+    its own seq order; rebuilt per name, each equals its /api/state?scheduler=; /api/state alone
+    is a 400 naming both, /api/schedulers lists both, /metrics labels each series."""
+    build = RECORDINGS / "build.icecap"
+
+    async def main() -> None:
+        status_a, status_b = Status(mode="replay"), Status(mode="replay")
+        server = ClusterServer(Monitor(), status_a, name="demo")
+        hub_b = server.add_scheduler("build", Monitor(), status_b)
+        drivers = [ReplayDriver(DEMO, status_a, server.hub, speed=200), ReplayDriver(build, status_b, hub_b, speed=200)]
+        await server.start("127.0.0.1", 0)
+        tasks = [asyncio.create_task(d.run()) for d in drivers] + [asyncio.create_task(server.fanout.run())]
+        try:
+            async with connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+                first = [await receive(ws), await receive(ws)]
+                assert [(m["type"], m["scheduler"]) for m in first] == [("snapshot", "demo"), ("snapshot", "build")]
+                models = {"demo": Model(), "build": Model()}
+                for message in first:
+                    models[message["scheduler"]].apply(message)
+                deadline = time.monotonic() + 60
+                while any(m.status.get("state") != "ended" for m in models.values()):
+                    assert time.monotonic() < deadline, "the replays did not end"
+                    message = await receive(ws)
+                    models[message["scheduler"]].apply(message)
+                for name, model in models.items():
+                    assert model.seqs == list(range(model.seqs[0], model.seqs[0] + len(model.seqs))), name
+                    status, _, body = await asyncio.to_thread(http_get, server.port, f"/api/state?scheduler={name}")
+                    state = json.loads(body)
+                    assert status == 200 and model.hosts == {h["id"]: h for h in state["hosts"]}
+                    assert model.totals["remote_done"] == state["totals"]["remote_done"]
+                assert models["demo"].totals["remote_done"] == 442
+                assert models["build"].totals["remote_done"] != 442
+                # Equal ids and names, two hosts: each model has its own node1.
+                assert models["demo"].hosts[1]["name"] == models["build"].hosts[1]["name"] == "node1"
+                assert models["demo"].hosts[1] != models["build"].hosts[1]
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/state")
+            assert status == 400 and b"'demo', 'build'" in body
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/state?scheduler=nope")
+            assert status == 404
+            status, _, body = await asyncio.to_thread(http_get, server.port, "/api/schedulers")
+            listed = json.loads(body)["schedulers"]
+            assert [(s["name"], s["status"]["scheduler"]) for s in listed] == [("demo", "demo.icecap"), ("build", "build.icecap")]
+            _, _, body = await asyncio.to_thread(http_get, server.port, "/metrics")
+            done = {s.labels["scheduler"]: s.value for f in text_string_to_metric_families(body.decode())
+                    for s in f.samples if s.name == "icecream_jobs_total" and s.labels["result"] == "ok"}
+            assert done == {"demo": 432, "build": models["build"].totals["remote_done"] - models["build"].totals["remote_failed"]}
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await server.close()
 
     asyncio.run(main())

@@ -12,6 +12,7 @@ import { TICK_MS, dirty, guard, publish, pub, schedule, setRenderer } from "./li
 import { graphEl, renderGraph, resizeGraph } from "./live/graph.js";
 import { renderHosts } from "./live/hosts.js";
 import { renderRecent, renderRunning, renderWaiting } from "./live/jobs.js";
+import { renderSchedulers } from "./live/schedulers.js";
 import { renderClock, renderReplayPosition, renderStatus } from "./live/status.js";
 import { measureTimeline, renderTimeline, tlEl } from "./live/timeline.js";
 import { renderTotals } from "./live/totals.js";
@@ -21,6 +22,7 @@ import { renderUtilisation, utilDrawn } from "./live/utilisation.js";
 // must not blank the others.
 function render() {
   const t0 = performance.now();
+  if (dirty.schedulers) guard("schedulers", renderSchedulers);
   if (dirty.status) guard("status", renderStatus);
   guard("position", renderReplayPosition);
   if (dirty.totals) guard("totals", renderTotals);
@@ -37,7 +39,7 @@ function render() {
   pub.perf.lastMs = ms;
   pub.perf.maxMs = Math.max(pub.perf.maxMs, ms);
   pub.perf.totalMs += ms;
-  dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = false;
+  dirty.schedulers = dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = false;
   dirty.running = dirty.recent = dirty.timeline = false;
   if (utilDrawn) dirty.history = false;
   dirty.hostIds.clear();

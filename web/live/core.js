@@ -27,6 +27,28 @@ export const model = {
   history: [], // [t, busy slots, offered slots, jobs waiting], oldest first
 };
 
+// The schedulers the server watches (one for most servers): name -> store (their state as
+// the server sent it, see messages.js), in the order they first came; the one in view (a name,
+// or ALL for all of them side by side), and the one the user asked for.
+export const ALL = "*";
+export const schedulers = {
+  stores: new Map(),
+  order: [],
+  view: null,
+  wanted: null,
+};
+{
+  // #scheduler=NAME (or * for all) in the URL: that view once it exists.
+  const m = /(?:^#|&)scheduler=([^&]*)/.exec(location.hash);
+  if (m) {
+    try {
+      schedulers.wanted = decodeURIComponent(m[1]);
+    } catch (e) {
+      /* a malformed URL: the default view */
+    }
+  }
+}
+
 // What tests (and curious people in the console) read: the current model in the protocol's
 // own shape. Arrays are refreshed after every message.
 export const pub = {
@@ -39,6 +61,9 @@ export const pub = {
   gaps: 0,
   perf: { renders: 0, lastMs: 0, maxMs: 0, totalMs: 0, parts: {} }, // rendering time, ms
   send: null, // set by connection.js
+  schedulers: [], // [{name, status}], in the server's order
+  view: null, // the scheduler in view, or "*" for all
+  setView: null, // set by the scheduler switch (schedulers.js)
 };
 window.icetools = pub;
 
@@ -53,6 +78,8 @@ export function publish() {
   };
   pub.status = model.status;
   pub.seq = model.seq;
+  pub.view = schedulers.view;
+  pub.schedulers = schedulers.order.map((name) => ({ name, status: schedulers.stores.get(name).status }));
 }
 
 // The state's clock moves between messages: in real time when live, at the replay speed when
@@ -117,6 +144,7 @@ export const dirty = {
   recent: true,
   timeline: true,
   history: true,
+  schedulers: true, // the scheduler switch (names, states)
 };
 let rafPending = false;
 
@@ -150,7 +178,7 @@ export function guard(name, fn) {
 }
 
 export function markAll() {
-  dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = true;
+  dirty.schedulers = dirty.status = dirty.totals = dirty.hostsAll = dirty.hostSet = dirty.graph = true;
   dirty.running = dirty.recent = dirty.timeline = dirty.history = true;
   schedule();
 }
@@ -160,15 +188,22 @@ export function markAll() {
 // names of hosts seen since the page loaded, for jobs of hosts that are gone
 export const knownNames = new Map();
 
+// A host's name as shown; in the combined view with its scheduler's ("ALPHA/node1"), so
+// that equal names of different schedulers stay apart.
+export function hostLabel(h) {
+  const name = h.name || `#${h.host_id ?? h.id}`;
+  return h.scheduler !== undefined ? `${h.scheduler}/${name}` : name;
+}
+
 export function hostName(id) {
   if (id === null || id === undefined) return "?";
   const h = model.hosts.get(id);
-  if (h && h.name) return h.name;
+  if (h && h.name) return hostLabel(h);
   return knownNames.get(id) || `#${id}`;
 }
 
 export function learnName(h) {
-  if (h && h.name) knownNames.set(h.id, h.name);
+  if (h && h.name) knownNames.set(h.id, hostLabel(h));
 }
 
 export function jobHostText(j) {

@@ -2,7 +2,7 @@
 "use strict";
 
 import { loadColor } from "../lib/format.js";
-import { dirty, el, model, schedule, uiScale } from "./core.js";
+import { dirty, el, hostLabel, model, schedule, schedulers, uiScale } from "./core.js";
 
 // ---- the force graph -------------------------------------------------------------------
 
@@ -19,6 +19,8 @@ const graphEmpty = graphEl.appendChild(document.createElement("div"));
 graphEmpty.className = "placeholder";
 graphEmpty.textContent = "no hosts yet";
 graph.svg = d3.select(graphEl).append("svg").attr("role", "img").attr("aria-label", "hosts and running jobs");
+graph.gGroups = graph.svg.append("g").attr("class", "groups"); // the combined view's scheduler names
+graph.groups = []; // the schedulers side by side (combined view), else empty
 graph.gLinks = graph.svg.append("g").attr("class", "links");
 graph.gNodes = graph.svg.append("g").attr("class", "nodes");
 graph.nodeSel = graph.gNodes.selectAll("g.node");
@@ -36,13 +38,31 @@ graph.sim = d3
 
 const arc = d3.arc();
 
+// The combined view: each scheduler's hosts in a column of their own, named at its top.
+function groupX(d) {
+  const n = graph.groups.length;
+  if (n < 2) return graph.width / 2;
+  const i = Math.max(0, graph.groups.indexOf(d.host.scheduler));
+  return (graph.width * (i + 0.5)) / n;
+}
+
 function centerForces() {
   // an ellipse in the panel's proportions rather than a disc in the middle of a wide panel
   const w = graph.width;
   const h = graph.height;
-  graph.sim.force("x").x(w / 2).strength(0.06 * Math.min(1, h / w));
-  graph.sim.force("y").y(h / 2).strength(0.06 * Math.min(1, w / h));
+  const n = Math.max(1, graph.groups.length);
+  const cw = w / n; // a column's width
+  graph.sim.force("x").x(groupX).strength(n > 1 ? 0.25 : 0.06 * Math.min(1, h / cw));
+  graph.sim.force("y").y(h / 2).strength(0.06 * Math.min(1, cw / h));
   graph.sim.force("charge").strength(chargeStrength);
+  graph.gGroups
+    .selectAll("text.group-label")
+    .data(n > 1 ? graph.groups : [], (g) => g)
+    .join((enter) => enter.append("text").attr("class", "group-label").attr("text-anchor", "middle"))
+    .attr("data-scheduler", (g) => g)
+    .attr("x", (g, i) => (w * (i + 0.5)) / n)
+    .attr("y", 14)
+    .text((g) => g);
 }
 
 function chargeStrength() {
@@ -115,6 +135,11 @@ export function renderGraph() {
   const sim = graph.sim;
   let added = 0;
   let removed = 0;
+  const groups = schedulers.view === "*" ? schedulers.order.slice() : [];
+  if (groups.join("\n") !== graph.groups.join("\n")) {
+    graph.groups = groups;
+    graph.regroup = true;
+  }
   const seen = new Set();
   for (const h of model.hosts.values()) {
     seen.add(h.id);
@@ -166,6 +191,7 @@ export function renderGraph() {
         g.append("circle").attr("class", "body").attr("r", 0);
         g.append("text").attr("class", "label").attr("text-anchor", "middle");
         g.append("title");
+        g.filter((d) => d.host.scheduler !== undefined).attr("data-scheduler", (d) => d.host.scheduler);
         return g;
       },
       (update) => update,
@@ -217,14 +243,15 @@ export function renderGraph() {
       this.setAttribute("data-server-id", d.target.id);
       this.setAttribute("data-count", d.count);
       const n = d.count === 1 ? "1 job" : `${d.count} jobs`;
-      this.firstChild.textContent = `${d.source.host.name || `#${d.source.id}`} → ${d.target.host.name || `#${d.target.id}`}: ${n}`;
+      this.firstChild.textContent = `${hostLabel(d.source.host)} → ${hostLabel(d.target.host)}: ${n}`;
     })
     .transition()
     .duration(450)
     .attr("stroke-width", (d) => linkWidth(d.count))
     .attr("stroke-opacity", 0.85);
 
-  if (added || removed || graph.first) {
+  if (added || removed || graph.first || graph.regroup) {
+    graph.regroup = false;
     sim.nodes(nodes);
     centerForces();
     if (graph.first && nodes.length) {
@@ -267,9 +294,9 @@ function updateNodes(sel) {
       g.select("text.label").attr("y", d.r + 13);
     }
     g.select("path.busy").attr("d", busyArc(d));
-    const name = h.name || `#${d.id}`;
+    const name = hostLabel(h); // in the combined view with its scheduler's name
     const label = this.querySelector("text.label");
-    const short = graph.crowded ? shortName(name) : name;
+    const short = graph.crowded ? hostLabel(Object.assign({}, h, { name: shortName(h.name || `#${h.host_id ?? d.id}`) })) : name;
     if (label.textContent !== short) label.textContent = short;
     const state = offline ? "offline" : h.no_remote ? "online, no remote jobs" : "online";
     this.querySelector("title").textContent =

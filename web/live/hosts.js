@@ -2,7 +2,7 @@
 "use strict";
 
 import { fmtNum, fmtMem, fmtLoadAvg, loadBucket } from "../lib/format.js";
-import { dirty, el, model, schedule } from "./core.js";
+import { dirty, el, hostLabel, model, schedule, schedulers } from "./core.js";
 
 // ---- the host table --------------------------------------------------------------------
 
@@ -18,7 +18,8 @@ function ipKey(ip) {
 
 const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
 const COLUMNS = [
-  { key: "name", text: (h) => h.name || `#${h.id}`, sort: (h) => h.name || `#${h.id}` },
+  // in the combined view with its scheduler's name ("ALPHA/node1"), rows grouped by scheduler
+  { key: "name", text: (h) => hostLabel(h), sort: (h) => h.name || `#${h.host_id ?? h.id}` },
   { key: "ip", text: (h) => h.ip || "–", sort: (h) => ipKey(h.ip) },
   { key: "platform", text: (h) => h.platform || "–", sort: (h) => h.platform || "" },
   { key: "protocol", text: (h) => fmtNum(h.protocol), sort: (h) => num(h.protocol), num: true },
@@ -52,10 +53,16 @@ const COLUMNS = [
   },
 ];
 const COLUMN = new Map(COLUMNS.map((c) => [c.key, c]));
+const LOAD_CELL = COLUMNS.findIndex((c) => c.key === "load");
+const NAME_CELL = COLUMNS.findIndex((c) => c.key === "name");
 const sortState = { key: "name", dir: 1 };
 const tbody = d3.select("#hosts-table tbody");
 
 function compareHosts(a, b) {
+  // the combined view: hosts grouped by scheduler, in the server's order, then sorted
+  if (a.scheduler !== b.scheduler) {
+    return (schedulers.order.indexOf(a.scheduler) - schedulers.order.indexOf(b.scheduler)) || collator.compare(String(a.scheduler), String(b.scheduler));
+  }
   const col = COLUMN.get(sortState.key) || COLUMNS[0];
   const va = col.sort(a);
   const vb = col.sort(b);
@@ -69,7 +76,7 @@ function compareHosts(a, b) {
     c = collator.compare(String(va), String(vb));
   }
   if (c) return c * sortState.dir;
-  return collator.compare(a.name || "", b.name || "") || a.id - b.id;
+  return collator.compare(a.name || "", b.name || "") || (a.host_id ?? a.id) - (b.host_id ?? b.id);
 }
 
 function fillRow(tr, h) {
@@ -83,8 +90,8 @@ function fillRow(tr, h) {
   tr.classList.toggle("full", Number(h.load) >= 1000);
   tr.classList.toggle("no-remote", h.no_remote === true);
   const b = loadBucket(h.load);
-  cells[6].className = `num load-${b}`; // the load cell
-  cells[0].title = h.online === false ? "offline" : h.no_remote ? "online, takes no remote jobs" : "online";
+  cells[LOAD_CELL].className = `num load-${b}`; // the load cell
+  cells[NAME_CELL].title = h.online === false ? "offline" : h.no_remote ? "online, takes no remote jobs" : "online";
 }
 
 export function renderHosts() {
@@ -98,6 +105,7 @@ export function renderHosts() {
       (enter) =>
         enter.append("tr").each(function (d) {
           this.dataset.hostId = String(d.id);
+          if (d.scheduler !== undefined) this.dataset.scheduler = d.scheduler;
           for (const c of COLUMNS) {
             const td = document.createElement("td");
             if (c.num) td.className = "num";
