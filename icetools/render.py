@@ -11,9 +11,10 @@ from . import messages
 from .capture import ConnectRecord, DisconnectRecord, EndRecord, FrameRecord, Record
 from .errors import ProtocolError
 from .messages import LANG_NAMES, Message, MsgType
+from .recordings import GapRecord, gap_text
 
 #: Names accepted by ``dump --type``: every message type, and the connection events.
-EVENT_NAMES = ("connect", "disconnect", "end")
+EVENT_NAMES = ("connect", "disconnect", "end", "gap")
 TYPE_NAMES = tuple(t.name for t in MsgType) + EVENT_NAMES + ("UNDECODABLE",)
 
 
@@ -83,6 +84,8 @@ class Decoded:
             self.name = "connect"
         elif isinstance(record, DisconnectRecord):
             self.name = "disconnect"
+        elif isinstance(record, GapRecord):
+            self.name = "gap"
         else:
             self.name = "end"
 
@@ -123,6 +126,8 @@ def to_json(item: Decoded) -> dict[str, Any]:
         out["reason"] = rec.reason
     elif isinstance(rec, EndRecord):
         out.update(frames=rec.frames, reason=rec.reason)
+    elif isinstance(rec, GapRecord):
+        out.update(until=round(rec.until, 6), seconds=round(rec.until - rec.t, 6))
     return out
 
 
@@ -227,14 +232,17 @@ def _describe(msg: Message) -> str:
     return "  ".join(f"{k}={_json_value(v)!r}" for k, v in fields.items())
 
 
-def text_line(item: Decoded) -> str:
-    """A record as a line for people (escaped: see :func:`printable`)."""
-    return printable(_text_line(item))
+def text_line(item: Decoded, start: float = 0.0) -> str:
+    """A record as a line for people (escaped: see :func:`printable`); ``start`` (Unix time of
+    the recording's start) gives a gap its wall-clock times."""
+    return printable(_text_line(item, start))
 
 
-def _text_line(item: Decoded) -> str:
+def _text_line(item: Decoded, start: float = 0.0) -> str:
     rec = item.record
     stamp = f"{rec.t:10.3f}"
+    if isinstance(rec, GapRecord):
+        return f"{stamp}  {gap_text(rec, start)}"
     if isinstance(rec, FrameRecord):
         if item.message is not None:
             name = item.message.TYPE.name
@@ -265,9 +273,11 @@ class Dumper:
     undecodable frames) goes through :class:`Decoded`.
     """
 
-    def __init__(self, *, as_json: bool, wanted: set[str] | None = None) -> None:
+    def __init__(self, *, as_json: bool, wanted: set[str] | None = None, start: float = 0.0) -> None:
         self.as_json = as_json
         self.wanted = wanted
+        #: Unix time of the recording's start: gaps are shown with wall-clock times.
+        self.start = start
         self.undecodable = 0
         #: The protocol in force (pump() hands handlers messages, not records).
         self.protocol = messages.PROTOCOL_VERSION
@@ -310,7 +320,7 @@ class Dumper:
 
     def on_event(self, out: list[str]) -> Callable[[Record], None]:
         """For pump(): connection events and undecodable frames, as lines in ``out``."""
-        render = json_line if self.as_json else text_line
+        render = json_line if self.as_json else self._text_line
         wanted = self.wanted
 
         def handle(record: Record) -> None:
@@ -328,7 +338,7 @@ class Dumper:
         decode = messages.decode
         wanted = self.wanted
         formatters = _formatters
-        render = json_line if self.as_json else text_line
+        render = json_line if self.as_json else self._text_line
         for rec in records:
             if type(rec) is FrameRecord:
                 try:
@@ -353,3 +363,6 @@ class Dumper:
             item = Decoded(rec)
             if wanted is None or item.name in wanted:
                 yield render(item)
+
+    def _text_line(self, item: Decoded) -> str:
+        return text_line(item, self.start)
