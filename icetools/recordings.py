@@ -85,7 +85,7 @@ def expand_paths(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.glob("*" + FILE_SUFFIX) if p.is_file())
             if not found:
-                raise RecordingError(f"{path} is a directory without {FILE_SUFFIX} files")
+                raise RecordingError(f"{path} is a directory, not a capture file, and holds no *{FILE_SUFFIX} files")
             out.extend(found)
         elif not os.path.lexists(text) and _GLOB_CHARS.search(text):
             found = sorted(Path(p) for p in glob.glob(text) if not os.path.isdir(p))

@@ -1,0 +1,412 @@
+"""Many capture files read as one recording (icetools.recordings): real recordings cut into
+parts with CaptureWriter, as a restarted `record` leaves them, read back by every reading command."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord
+from icetools.errors import CaptureError
+from icetools.index import open_at, recording_at
+from icetools.recordings import GapRecord, RecordingError, format_duration, open_recording
+from icetools.replay import render_state
+
+RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
+REAL = ["demo.icecap", "build.icecap", "builds.icecap", "daemon-dies.icecap", "layouts-28.icecap"]
+#: The time between two parts that do not continue each other (as after a restart of record).
+GAP = 3600.0
+
+
+def icetools(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "icetools", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], text: str) -> str:
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("icetools: error: "), result.stderr
+    assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def split(source: Path, outdir: Path, cuts: list[float], *, gap: float = GAP, names: str = "part{}.icecap",
+          scheduler: str | None = None) -> list[Path]:
+    """Cut ``source`` at the record times ``cuts`` into files (each with the connect record in
+    force first, as a new `record` run would begin, and an end record); part i starts ``gap * i``
+    seconds later than it did in ``source``. Returns the paths in order."""
+    with CaptureReader(source) as reader:
+        header = reader.header
+        records = list(reader)
+    outdir.mkdir(exist_ok=True)
+    bounds = [-1.0, *cuts, float("inf")]
+    connect: ConnectRecord | None = None
+    paths = []
+    for i in range(len(bounds) - 1):
+        lo, hi = bounds[i], bounds[i + 1]
+        shift = max(lo, 0.0)
+        path = outdir / names.format(i)
+        writer = CaptureWriter(path)
+        writer.start = header.start + shift + gap * i
+        for record in (r for r in records if lo < r.t <= hi):
+            t = record.t - shift
+            if type(record) is ConnectRecord:
+                connect = record
+                writer.connected(record.protocol, record.peer_version, record.offered, scheduler or record.scheduler, t=t)
+                continue
+            if writer.header is None:
+                assert connect is not None
+                writer.connected(connect.protocol, connect.peer_version, connect.offered, scheduler or connect.scheduler, t=t)
+            if type(record) is FrameRecord:
+                writer.frames([record.data], t=t)
+            elif type(record) is DisconnectRecord:
+                writer.disconnected(record.reason, t=t)
+            elif type(record) is EndRecord:
+                writer.close(record.reason, t=t)
+        writer.close("cut")
+        paths.append(path)
+    return paths
+
+
+def cuts_of(source: Path, n: int) -> list[float]:
+    """``n - 1`` cut times that split ``source``'s frames into ``n`` parts of about equal size."""
+    with CaptureReader(source) as reader:
+        times = sorted({r.t for r in reader if type(r) is FrameRecord})
+    return [times[len(times) * k // n] for k in range(1, n)]
+
+
+def frames_of(records: Any) -> list[tuple[float, bytes, int]]:
+    return [(r.t, r.data, r.protocol) for r in records if type(r) is FrameRecord]
+
+
+def shifted(frames: list[tuple[float, bytes, int]], cuts: list[float]) -> list[tuple[float, bytes, int]]:
+    """The frames of the whole file with the times they have in the parts read as one."""
+    out = []
+    for t, data, protocol in frames:
+        part = sum(1 for c in cuts if t > c)
+        out.append((t + GAP * part, data, protocol))
+    return out
+
+
+def assert_same_frames(actual: list[tuple[float, bytes, int]], expected: list[tuple[float, bytes, int]]) -> None:
+    assert len(actual) == len(expected)
+    for (t1, d1, p1), (t2, d2, p2) in zip(actual, expected):
+        assert d1 == d2 and p1 == p2
+        assert abs(t1 - t2) < 2e-6, (t1, t2)
+
+
+# ---- reading as one ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_parts_read_as_one_give_the_frames_of_the_whole(tmp_path: Path, name: str) -> None:
+    source = RECORDINGS / name
+    cuts = cuts_of(source, 3)
+    parts = split(source, tmp_path, cuts)
+    with CaptureReader(source) as reader:
+        whole = frames_of(reader)
+    expected = shifted(whole, cuts)
+    # Iteration.
+    with open_recording(parts) as recording:
+        records = list(recording)
+        assert recording.frames == len(whole)
+        assert [f.path for f in recording.files] == parts
+        assert [round(f.offset, 6) for f in recording.files] == [
+            0.0, *(round(c + GAP * (i + 1), 6) for i, c in enumerate(cuts))
+        ]
+    assert_same_frames(frames_of(records), expected)
+    gaps = [r for r in records if type(r) is GapRecord]
+    assert len(gaps) == 2
+    for gap, cut, i in zip(gaps, cuts, (1, 2)):
+        # From the last record of the part before (its end record, at its last frame) to the
+        # start of the next.
+        assert gap.until == pytest.approx(cut + GAP * i, abs=1e-6)
+        assert gap.t <= gap.until and gap.t == pytest.approx(cut + GAP * (i - 1), abs=1e-6)
+    # pump(), in small steps (the hot path, across file boundaries), gives the same.
+    pumped: list[tuple[float, bytes, int]] = []
+    events: list[Any] = []
+    with open_recording(parts) as recording:
+        def on_frame(fields: Any, t: float) -> None:
+            pumped.append((t, None, 0))  # type: ignore[arg-type]
+        from icetools import messages as m
+        handlers = {cls: on_frame for cls in set(m.MESSAGE_CLASSES.values()) | set(m.MONITOR_TYPE_ALIASES.values())}
+        while True:
+            result = recording.pump(handlers, events.append, max_frames=97, fields=True,
+                                    on_undecodable=lambda r: pumped.append((r.t, None, 0)))
+            assert result.frames <= 97
+            if result.stopped == "end":
+                break
+        assert recording.frames == len(whole)
+    assert len(pumped) == len(expected)
+    assert all(abs(a[0] - b[0]) < 2e-6 for a, b in zip(pumped, expected))
+    assert [e for e in events if type(e) is GapRecord] == gaps
+
+
+def test_single_file_reads_as_a_capture_reader(tmp_path: Path) -> None:
+    """One file through a Recording is the CaptureReader itself: the same records, the same
+    pump results, no gaps."""
+    source = RECORDINGS / "demo.icecap"
+    with CaptureReader(source) as reader:
+        whole = list(reader)
+    with open_recording([source]) as recording:
+        assert list(recording) == whole
+        assert recording.frames == sum(1 for r in whole if type(r) is FrameRecord)
+        assert recording.gaps == [] and len(recording.files) == 1 and recording.files[0].offset == 0.0
+
+
+def test_order_is_by_start_whatever_the_arguments(tmp_path: Path) -> None:
+    source = RECORDINGS / "build.icecap"
+    # Names that sort the other way round from the starts.
+    parts = split(source, tmp_path, cuts_of(source, 3), names="z{}.icecap")
+    parts[0].rename(tmp_path / "c.icecap")
+    parts[1].rename(tmp_path / "b.icecap")
+    parts[2].rename(tmp_path / "a.icecap")
+    expected = icetools("dump", "--json", str(tmp_path / "c.icecap"), str(tmp_path / "b.icecap"), str(tmp_path / "a.icecap"))
+    assert expected.returncode == 0, expected.stderr
+    lines = expected.stdout.splitlines()
+    times = [json.loads(line)["t"] for line in lines]
+    assert times == sorted(times)
+    for order in itertools.permutations(["a.icecap", "b.icecap", "c.icecap"]):
+        result = icetools("dump", "--json", *(str(tmp_path / n) for n in order))
+        assert result.stdout == expected.stdout
+    # A directory, a glob the shell did not expand, a file named twice: the same.
+    assert icetools("dump", "--json", str(tmp_path)).stdout == expected.stdout
+    assert icetools("dump", "--json", str(tmp_path / "*.icecap")).stdout == expected.stdout
+    assert icetools("dump", "--json", str(tmp_path), str(tmp_path / "a.icecap")).stdout == expected.stdout
+
+
+def test_files_of_different_schedulers_are_refused(tmp_path: Path) -> None:
+    a = split(RECORDINGS / "build.icecap", tmp_path / "a", [5.0])
+    b = split(RECORDINGS / "build.icecap", tmp_path / "b", [5.0], scheduler="10.1.2.3:8765")
+    for command in (["dump"], ["stats"], ["jobs"], ["replay", "--fast"], ["trace", "-o", "-"]):
+        line = assert_one_line_error(icetools(*command, str(a[0]), str(b[1])), "different schedulers")
+        assert f"{a[0]} (127.0.0.1:8765)" in line and f"{b[1]} (10.1.2.3:8765)" in line
+    with pytest.raises(RecordingError, match="different schedulers"):
+        open_recording([a[1], b[0]])
+
+
+def test_overlapping_files_are_refused(tmp_path: Path) -> None:
+    parts = split(RECORDINGS / "build.icecap", tmp_path, cuts_of(RECORDINGS / "build.icecap", 2), gap=-5.0)
+    assert_one_line_error(icetools("dump", str(tmp_path)), "overlap")
+
+
+def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
+    assert_one_line_error(icetools("dump", str(tmp_path / "*.icecap")), f"no file matches {tmp_path}/*.icecap")
+    assert_one_line_error(icetools("stats", str(tmp_path)), f"{tmp_path} is a directory, not a capture file, and holds no *.icecap files")
+    assert_one_line_error(icetools("jobs", str(RECORDINGS / "build.icecap"), str(tmp_path / "nope.icecap")), "nope.icecap: no such file")
+    (tmp_path / "bad.icecap").write_bytes(b"not a capture at all")
+    assert_one_line_error(icetools("dump", str(RECORDINGS / "build.icecap"), str(tmp_path / "bad.icecap")), "bad.icecap is not an icetools capture")
+
+
+def test_torn_tail_in_any_file_is_a_warning_damage_an_error(tmp_path: Path) -> None:
+    source = RECORDINGS / "demo.icecap"
+    parts = split(source, tmp_path, cuts_of(source, 3))
+    data = parts[1].read_bytes()
+    parts[1].write_bytes(data[:-60])  # the end record and the last frame cut short
+    with CaptureReader(parts[1]) as reader:
+        kept = sum(1 for r in reader if type(r) is FrameRecord)
+        assert reader.torn_bytes > 0
+    result = icetools("dump", "--json", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"{parts[1]}: kept {kept} frames, ignored {reader.torn_bytes} trailing bytes" in result.stderr
+    assert sum(1 for line in result.stdout.splitlines() if json.loads(line)["type"] == "gap") == 2
+    # Damage in the middle of a file: an error naming it, after what came before.
+    with CaptureReader(parts[2]) as reader:
+        starts = [reader.position for _ in reader]  # where each record after the first starts
+    damaged = bytearray(parts[2].read_bytes())
+    damaged[starts[len(starts) // 2]] = 0x07  # no such record kind
+    parts[2].write_bytes(bytes(damaged))
+    result = icetools("dump", "--json", str(tmp_path))
+    assert result.returncode == 1 and f"corrupt capture {parts[2]}" in result.stderr
+    assert len(result.stdout.splitlines()) > 1000
+    result = icetools("stats", "--salvage", str(tmp_path))
+    assert result.returncode == 0 and f"{parts[2]}: skipped" in result.stderr and f"{parts[1]}: kept" in result.stderr
+
+
+# ---- gaps shown -------------------------------------------------------------------------------
+
+
+def test_gaps_in_dump_and_stats(tmp_path: Path) -> None:
+    source = RECORDINGS / "build.icecap"
+    cuts = cuts_of(source, 2)
+    parts = split(source, tmp_path, cuts, gap=3 * 3600 + 12 * 60)
+    with CaptureReader(parts[0]) as reader:
+        end = [r.t for r in reader][-1]
+        start = reader.header.start
+    until = parts[1] and cuts[0] + 3 * 3600 + 12 * 60
+    env = {"TZ": "UTC"}
+    text = icetools("dump", str(tmp_path), env=env)
+    assert text.returncode == 0, text.stderr
+    wall = lambda s: datetime.datetime.fromtimestamp(start + s, datetime.timezone.utc).strftime("%H:%M:%S")  # noqa: E731
+    line = f"{end:10.3f}  --- no recording for {format_duration(until - end)} ({wall(end)} to {wall(until)}) ---"
+    assert line in text.stdout.splitlines()
+    assert format_duration(until - end) == "3h 12m"
+    gaps = [json.loads(x) for x in icetools("dump", "--json", "--type", "gap", str(tmp_path)).stdout.splitlines()]
+    assert gaps == [{"t": round(end, 6), "type": "gap", "until": round(until, 6), "seconds": round(until - end, 6)}]
+    stats = json.loads(icetools("stats", "--json", str(tmp_path)).stdout)
+    assert stats["gaps"] == [{"t": round(end, 3), "until": round(until, 3), "seconds": round(until - end, 3)}]
+    assert stats["reconnects"] == 0  # a gap is not a reconnect
+    assert "gaps: 1 without a recording, 3h 12m in all" in icetools("stats", str(tmp_path)).stdout
+    # One file: no gaps key (its output is what it always was).
+    assert "gaps" not in json.loads(icetools("stats", "--json", str(source)).stdout)
+
+
+# ---- moments: seconds or wall-clock -----------------------------------------------------------
+
+
+def test_since_and_until_take_wall_clock_times(tmp_path: Path) -> None:
+    source = RECORDINGS / "demo.icecap"
+    cuts = cuts_of(source, 2)
+    parts = split(source, tmp_path, cuts, gap=600.0)
+    with CaptureReader(parts[0]) as reader:
+        start = reader.header.start
+    rows = [json.loads(x) for x in icetools("jobs", "--json", str(tmp_path)).stdout.splitlines()]
+    requested = sorted(r["requested"] for r in rows if r["requested"] is not None)
+    rows = [r for r in rows if r["requested"] is not None]
+    # Two moments between requests, one in each part.
+    since = next(t for a, b in zip(requested, requested[1:]) if (t := (a + b) / 2) > 30 and b - a > 0.01)
+    until = next(t for a, b in zip(requested, requested[1:]) if (t := (a + b) / 2) > cuts[0] + 600 + 20 and b - a > 0.01)
+    by_seconds = icetools("jobs", "--json", "--since", f"{since:.6f}", "--until", f"{until:.6f}", str(tmp_path))
+    assert by_seconds.returncode == 0, by_seconds.stderr
+    selected = [json.loads(x) for x in by_seconds.stdout.splitlines()]
+    assert selected and all(r["requested"] is not None and since <= r["requested"] <= until for r in selected)
+    assert len(selected) == sum(1 for t in requested if since <= t <= until)
+    plus_one = datetime.timezone(datetime.timedelta(hours=1))
+    iso = lambda s: datetime.datetime.fromtimestamp(start + s, plus_one).isoformat()  # noqa: E731
+    assert icetools("jobs", "--json", "--since", iso(since), "--until", iso(until), str(tmp_path)).stdout == by_seconds.stdout
+    # Without an offset: local time ($TZ).
+    zone = "America/New_York"
+    local = lambda s: datetime.datetime.fromtimestamp(start + s, datetime.timezone.utc).astimezone(  # noqa: E731
+        __import__("zoneinfo").ZoneInfo(zone)).replace(tzinfo=None).isoformat(sep=" ")
+    result = icetools("jobs", "--json", "--since", local(since), "--until", local(until), str(tmp_path), env={"TZ": zone})
+    assert result.stdout == by_seconds.stdout, result.stderr
+    # replay --until with a wall-clock time: the same moment as in seconds.
+    assert icetools("replay", "--json", "--until", iso(until), str(tmp_path)).stdout == icetools(
+        "replay", "--json", "--until", f"{until:.6f}", str(tmp_path)).stdout
+    # Before the recording started: an error; after its end: nothing that late.
+    assert_one_line_error(icetools("jobs", "--since", iso(-60), str(tmp_path)), "is before the recording started")
+    late = icetools("jobs", "--json", "--since", iso(10 * 86400), str(tmp_path))
+    assert late.returncode == 0 and late.stdout == ""
+    bad = icetools("jobs", "--since", "yesterday", str(tmp_path))
+    assert bad.returncode == 2 and "neither seconds nor a date and time" in bad.stderr
+
+
+# ---- replay: the state at T is the state of the file that holds T ------------------------------
+
+
+def test_state_at_a_moment_is_that_of_the_file_that_holds_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = RECORDINGS / "demo.icecap"
+    cuts = cuts_of(source, 3)
+    parts = split(source, tmp_path / "parts", cuts)
+    for t in (cuts[0] / 2, cuts[0] + GAP + 5.0, cuts[1] + 2 * GAP + 10.0):
+        with open_recording(parts) as recording:
+            index = recording.file_at(t)
+            offset = recording.files[index].offset
+            monitor, rest = recording_at(recording, t)
+            following = list(rest)
+        with CaptureReader(parts[index]) as alone:
+            expected, _ = open_at(alone, t - offset)
+        # The same hosts and jobs, the same figures; only the clock differs by the offset.
+        assert render_state(monitor).splitlines()[1:] == render_state(expected).splitlines()[1:]
+        assert monitor.now == pytest.approx(expected.now + offset, abs=1e-6)
+        # Playing on goes through the later files, gaps included.
+        assert sum(1 for r in following if type(r) is GapRecord) == len(parts) - 1 - index
+        cli = icetools("replay", "--json", "--until", str(t), str(tmp_path / "parts"), env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+        salvaging = icetools("replay", "--json", "--salvage", "--until", str(t), str(tmp_path / "parts"))
+        assert cli.returncode == 0 and json.loads(cli.stdout) == json.loads(salvaging.stdout)
+    # One file: the index of the file alone (no offset), as before.
+    assert (tmp_path / "cache" / "icetools").is_dir()
+
+
+# ---- every command: a directory and a glob ----------------------------------------------------
+
+
+def test_every_reading_command_takes_a_directory_and_a_glob(tmp_path: Path) -> None:
+    source = RECORDINGS / "builds.icecap"
+    split(source, tmp_path / "parts", cuts_of(source, 3))
+    for spec in (str(tmp_path / "parts"), str(tmp_path / "parts" / "part*.icecap")):
+        dumped = icetools("dump", spec)
+        assert dumped.returncode == 0 and dumped.stdout.count("--- no recording for") == 2
+        stats = json.loads(icetools("stats", "--json", spec).stdout)
+        assert len(stats["gaps"]) == 2 and stats["jobs"]["remote"] > 0
+        jobs = icetools("jobs", "--csv", spec)
+        assert jobs.returncode == 0 and len(jobs.stdout.splitlines()) > 10
+        replayed = json.loads(icetools("replay", "--fast", "--json", spec).stdout)
+        assert replayed["totals"]["frames"] > 0
+        trace = icetools("trace", spec, "-o", str(tmp_path / "t.json"))
+        assert trace.returncode == 0, trace.stderr
+        events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+        assert any(e.get("ph") == "X" for e in events)
+        report = icetools("report", spec, "-o", str(tmp_path / "r.html"))
+        assert report.returncode == 0, report.stderr
+        assert "part0.icecap ... part2.icecap (3 files)" in (tmp_path / "r.html").read_text()
+        out = tmp_path / "anon"
+        out.mkdir(exist_ok=True)
+        anon = icetools("anonymize", "--overwrite", spec, str(out))
+        assert anon.returncode == 0, anon.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["part0.icecap", "part1.icecap", "part2.icecap"]
+
+
+def test_anonymize_many_files_keeps_one_mapping(tmp_path: Path) -> None:
+    source = RECORDINGS / "demo.icecap"
+    parts = split(source, tmp_path / "parts", cuts_of(source, 3))
+    out = tmp_path / "anon"
+    out.mkdir()
+    result = icetools("anonymize", *map(str, reversed(parts)), str(out))
+    assert result.returncode == 0, result.stderr
+
+    def names(path: Path) -> dict[int, str]:
+        lines = [json.loads(x) for x in icetools("dump", "--json", "--type", "MON_STATS", str(path)).stdout.splitlines()]
+        return {x["host_id"]: x["stats"]["Name"] for x in lines if "Name" in x["stats"]}
+
+    originals = [names(p) for p in parts]
+    pseudonyms = [names(out / p.name) for p in parts]
+    mapping: dict[str, str] = {}
+    for original, pseudonym in zip(originals, pseudonyms):
+        assert original.keys() == pseudonym.keys() and original
+        for host_id, name in original.items():
+            assert mapping.setdefault(name, pseudonym[host_id]) == pseudonym[host_id]  # one pseudonym everywhere
+            assert pseudonym[host_id] != name
+    assert len(set(mapping.values())) == len(mapping)
+    # The copies read as one recording again, with the same frames count.
+    assert json.loads(icetools("stats", "--json", str(out)).stdout)["jobs"] == json.loads(icetools("stats", "--json", str(tmp_path / "parts")).stdout)["jobs"]
+    # Several sources need a directory; an existing file in it is not overwritten silently.
+    assert_one_line_error(icetools("anonymize", *map(str, parts), str(tmp_path / "x.icecap")), "is not a directory")
+    assert_one_line_error(icetools("anonymize", *map(str, parts), str(out)), "already exists")
+
+
+def test_replay_serve_and_stand_in_over_many_files(tmp_path: Path) -> None:
+    """The browser replay and the stand-in take the set too: its duration spans every file."""
+    import asyncio
+
+    from icetools.monitor import Monitor
+    from icetools.server import Hub, ReplayDriver, Status
+    from icetools.standin import StandIn
+
+    source = RECORDINGS / "build.icecap"
+    cuts = cuts_of(source, 2)
+    parts = split(source, tmp_path, cuts, gap=100.0)
+    with open_recording(parts) as recording:
+        last = [r.t for r in recording][-1]
+    status = Status(mode="replay")
+    driver = ReplayDriver(parts, status, Hub(Monitor(), status), speed=1)
+    assert asyncio.run(asyncio.to_thread(driver._duration)) == last
+    assert status.scheduler == "part0.icecap ... part1.icecap (2 files)"
+    standin = StandIn(parts)
+    frames = list(standin._frames(cuts[0] + 100 + 1.0, True))
+    with CaptureReader(parts[1]) as reader:
+        later = [r for r in reader if type(r) is FrameRecord and r.t + cuts[0] + 100 > cuts[0] + 100 + 1.0]
+    # The hosts as they stood at T (from part 1 alone), then part 1's frames after T.
+    assert [f[1] for f in frames[len(frames) - len(later):]] == [r.data for r in later]
