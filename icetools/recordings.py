@@ -97,20 +97,27 @@ def expand_paths(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+def header_value(header: CaptureHeader, key: str) -> Any:
+    """A format 2 header key (``series``, ``part``, ``netname``): an attribute of the header
+    where the reader has one, else from its ``extra`` keys; None when the file has none."""
+    value = getattr(header, key, None)
+    return value if value is not None else header.extra.get(key)
+
+
 def _scheduler_of(header: CaptureHeader) -> str:
-    netname = header.extra.get("netname")
+    netname = header_value(header, "netname")
     return header.scheduler + (f", netname {netname}" if isinstance(netname, str) else "")
 
 
 def _same_scheduler(a: CaptureHeader, b: CaptureHeader) -> bool:
     if a.scheduler != b.scheduler:
         return False
-    na, nb = a.extra.get("netname"), b.extra.get("netname")
+    na, nb = header_value(a, "netname"), header_value(b, "netname")
     return not (isinstance(na, str) and isinstance(nb, str) and na != nb)
 
 
 def _part(header: CaptureHeader) -> int:
-    part = header.extra.get("part")
+    part = header_value(header, "part")
     return part if type(part) is int else 0
 
 
@@ -155,12 +162,12 @@ def _continues(previous: RecordingFile, f: RecordingFile) -> bool:
     """Whether ``f`` is the next part of ``previous``'s rotating series: the same ``series``,
     the next ``part``, and its first record a connect record marked ``rotated`` (no new
     handshake happened between them)."""
-    series = f.header.extra.get("series")
-    part = f.header.extra.get("part")
-    before = previous.header.extra.get("part")
+    series = header_value(f.header, "series")
+    part = header_value(f.header, "part")
+    before = header_value(previous.header, "part")
     if not (
         isinstance(series, str)
-        and series == previous.header.extra.get("series")
+        and series == header_value(previous.header, "series")
         and type(part) is int
         and type(before) is int
         and part == before + 1

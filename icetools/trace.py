@@ -485,6 +485,23 @@ class _EventStream:
         self.out.write("\n]}\n")
 
 
+#: The cluster process's lane for the gaps between files read as one recording.
+GAP_TID = 1
+
+
+def _write_gaps(stream: _EventStream, gaps: Any) -> None:
+    """Several files read as one (icetools.recordings): each gap between them as a slice
+    "no recording" on a lane of the cluster process, so the hole is seen, not guessed."""
+    for i, gap in enumerate(gaps):
+        if i == 0:
+            stream.write(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
+        start, stop = _us(gap.t), _us(gap.until)
+        stream.write(_json({
+            "ph": "X", "name": "no recording", "cat": "gap", "pid": CLUSTER_PID, "tid": GAP_TID,
+            "ts": start, "dur": stop - start, "args": {"from_s": round(gap.t, 6), "until_s": round(gap.until, 6)},
+        }))
+
+
 def write_trace(
     reader: CaptureReader,
     out: TextIO,
@@ -497,6 +514,7 @@ def write_trace(
     monitor = Monitor(publishers=[publisher])
     result = replay_file(monitor, reader, progress_stream=progress_stream)
     publisher.finish(monitor)
+    _write_gaps(stream, getattr(reader, "gaps", ()))
     stream.close()
     return publisher, result
 

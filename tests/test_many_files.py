@@ -410,3 +410,24 @@ def test_replay_serve_and_stand_in_over_many_files(tmp_path: Path) -> None:
         later = [r for r in reader if type(r) is FrameRecord and r.t + cuts[0] + 100 > cuts[0] + 100 + 1.0]
     # The hosts as they stood at T (from part 1 alone), then part 1's frames after T.
     assert [f[1] for f in frames[len(frames) - len(later):]] == [r.data for r in later]
+
+
+def test_trace_marks_the_gaps(tmp_path: Path) -> None:
+    from .test_trace import check_format
+
+    source = RECORDINGS / "builds.icecap"
+    cuts = cuts_of(source, 3)
+    parts = split(source, tmp_path / "parts", cuts)
+    with open_recording(parts) as recording:
+        gaps = [r for r in recording if type(r) is GapRecord]
+    result = icetools("trace", str(tmp_path / "parts"), "-o", str(tmp_path / "t.json"))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    check_format(events)  # the gap lane is named and its slices do not overlap
+    marked = [e for e in events if e.get("cat") == "gap"]
+    assert [(e["ts"], e["ts"] + e["dur"]) for e in marked] == [(round(g.t * 1e6), round(g.until * 1e6)) for g in gaps]
+    assert all(e["name"] == "no recording" and e["pid"] == 1 for e in marked)
+    # Jobs in every part are there, at their times in the recording.
+    jobs = [json.loads(x) for x in icetools("jobs", "--json", str(tmp_path / "parts")).stdout.splitlines()]
+    slices = [e for e in events if e["ph"] == "X" and e["cat"] in ("remote", "local")]
+    assert len(slices) == len(jobs) and max(e["ts"] for e in slices) > round((cuts[1] + 2 * GAP) * 1e6)
