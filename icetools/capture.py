@@ -358,10 +358,11 @@ class CaptureReader:
         self.torn_bytes = 0
         self.ended = False
         self.size = 0
-        #: Seconds added to every record time handed out (iteration and pump): a file read as a
-        #: later part of a recording (icetools.recordings) gives times since the recording's
-        #: first file started, not its own. ``until`` is in the same times.
-        self.time_offset = 0.0
+        #: Microseconds added to every record time handed out (iteration and pump): a file read
+        #: as a later part of a recording (icetools.recordings) gives times since the recording's
+        #: first file started, not its own. ``until`` is in the same times. Whole microseconds,
+        #: added before the division, so a time is the very float a single file would give.
+        self.time_offset_us = 0
         self.header = self._read_header()
         self._data_start = self._file.tell()
         self._start = (self._data_start, self.header.protocol, 0)
@@ -516,7 +517,7 @@ class CaptureReader:
         header_size = RECORD_HEADER_SIZE
         be32 = _BE32.unpack_from
         new = tuple.__new__
-        offset_s = self.time_offset
+        offset_us = self.time_offset_us
         while pos + header_size <= end:
             kind, length, us = unpack_record(data, pos)
             body_start = pos + header_size
@@ -533,7 +534,7 @@ class CaptureReader:
                 pos = body_end
                 last_us = us
                 self.position = offset + pos
-                yield new(FrameRecord, (us / 1_000_000 + offset_s, body, self._protocol))
+                yield new(FrameRecord, ((us + offset_us) / 1_000_000, body, self._protocol))
                 continue
             self._check_event_record(offset + pos, kind, length, us, last_us)
             if body_end > end:
@@ -619,7 +620,7 @@ class CaptureReader:
         last_t: float | None = None
         limit = frames + max_frames if max_frames is not None else -1
         stop_after = float("inf") if until is None else until
-        offset_s = self.time_offset  # x + 0.0 is x: a file read alone gets its times unchanged
+        offset_us = self.time_offset_us
         self.ended = False
         tables: dict[int, dict[int, tuple[Any, Any]]] = {}  # protocol -> type word -> (decoder, handler)
         dispatch = tables.setdefault(protocol, {})
@@ -659,7 +660,7 @@ class CaptureReader:
                         if frame_length + 4 != length:
                             self.frames = frames
                             self._corrupt(base + pos, "frame length prefix disagrees with its record")
-                        t = us / 1_000_000 + offset_s
+                        t = (us + offset_us) / 1_000_000
                         if t > stop_after:
                             stopped = "until"
                             break
@@ -686,7 +687,7 @@ class CaptureReader:
                     self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
                         break
-                    if us / 1_000_000 + offset_s > stop_after:
+                    if (us + offset_us) / 1_000_000 > stop_after:
                         stopped = "until"
                         break
                     last_us = us
@@ -799,7 +800,7 @@ class CaptureReader:
     def _event(self, kind: int, us: int, raw: bytes, where: int) -> Record:
         """A connect, disconnect or end record from its JSON body (strictly: the documented
         fields with their JSON types, or the record is damage)."""
-        t = us / 1_000_000 + self.time_offset
+        t = (us + self.time_offset_us) / 1_000_000
         body = _json_object(raw)
         if body is None:
             self._corrupt(where, "event record is not a JSON object")

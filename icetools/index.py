@@ -50,17 +50,17 @@ def cache_dir() -> Path:
     return Path(base) / "icetools"
 
 
-def index_path(capture: Path, offset: float = 0.0) -> Path:
-    """Where the index of ``capture`` read with its times shifted by ``offset`` seconds (as a
+def index_path(capture: Path, offset: int = 0) -> Path:
+    """Where the index of ``capture`` read with its times shifted by ``offset`` µs (as a
     later file of a recording, see :mod:`icetools.recordings`) lives."""
     stat = capture.stat()
     key = f"{os.path.realpath(capture)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{__version__}"
     if offset:  # the checkpoints hold times: one index per offset (none for a file read alone)
-        key += f"\0{offset!r}"
+        key += f"\0{offset}"
     return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".idx")
 
 
-def load(capture: Path, offset: float = 0.0) -> list[Checkpoint] | None:
+def load(capture: Path, offset: int = 0) -> list[Checkpoint] | None:
     """The checkpoints of ``capture``'s index, or None when there is none (or it is unusable)."""
     path = index_path(capture, offset)
     try:
@@ -77,7 +77,7 @@ def load(capture: Path, offset: float = 0.0) -> list[Checkpoint] | None:
         return None
 
 
-def _save(capture: Path, checkpoints: list[Checkpoint], offset: float = 0.0) -> None:
+def _save(capture: Path, checkpoints: list[Checkpoint], offset: int = 0) -> None:
     """Write the index atomically (a reader never sees half of one); failing is harmless."""
     path = index_path(capture, offset)
     try:
@@ -96,13 +96,13 @@ def _checkpoint(monitor: Monitor, reader: CaptureReader) -> Checkpoint:
     return Checkpoint(monitor.now, reader.position, reader.protocol, reader.frames, state)
 
 
-def build(capture: Path, every: int = CHECKPOINT_EVERY, offset: float = 0.0) -> list[Checkpoint]:
-    """Replay the whole capture once (its times shifted by ``offset`` seconds), taking a
+def build(capture: Path, every: int = CHECKPOINT_EVERY, offset: int = 0) -> list[Checkpoint]:
+    """Replay the whole capture once (its times shifted by ``offset`` µs), taking a
     checkpoint every ``every`` frames, and store the index."""
     monitor = Monitor()
     checkpoints: list[Checkpoint] = []
     with CaptureReader(capture) as reader:
-        reader.time_offset = offset
+        reader.time_offset_us = offset
         replay_fast(
             monitor, reader, every=every, between=lambda: checkpoints.append(_checkpoint(monitor, reader))
         )
@@ -124,7 +124,7 @@ def open_at(
     A salvaging reader replays from the start: an index is only built from a capture that
     reads without damage, and the reader must meet (and count) the damage itself."""
     capture = reader.path
-    offset = reader.time_offset
+    offset = reader.time_offset_us
     monitor = Monitor()
     checkpoints = None if reader.salvage else load(capture, offset)
     if checkpoints is None and build_missing and not reader.salvage:

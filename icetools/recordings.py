@@ -8,8 +8,8 @@ taken, and globs the shell left alone), opens every file, orders them by their h
 ``frames`` and ``warning()``.
 
 Times are seconds since the FIRST file's start: each file is read with its
-``CaptureReader.time_offset`` set to its start minus the first file's, so the fast path
-(``pump``) adds the offset where it computes a time, with no wrapper per frame.
+``CaptureReader.time_offset_us`` set to its start minus the first file's (whole µs), so the fast
+path (``pump``) adds the offset where it computes a time, with no wrapper per frame.
 
 Between two files there is either a continuation (the next part of a rotating series: same
 ``series``, the next ``part``, and a first connect record marked ``rotated``; its first connect
@@ -148,8 +148,11 @@ def open_recording(
                 f"{first.path} ({_scheduler_of(first.header)}), {other.path} ({_scheduler_of(other.header)})"
             )
         for previous, f in zip(files, files[1:]):
-            f.offset = f.header.start - first.header.start
-            f.reader.time_offset = f.offset
+            # In whole microseconds (the records' resolution): every time is then the float a
+            # single file would give for it, not a sum with rounding errors in its last digits.
+            offset_us = round((f.header.start - first.header.start) * 1_000_000)
+            f.offset = offset_us / 1_000_000
+            f.reader.time_offset_us = offset_us
             f.continues_previous = _continues(previous, f)
     except BaseException:
         for f in files:
@@ -408,7 +411,9 @@ def to_seconds(moment: float | datetime.datetime, start: float, option: str) -> 
     allowed (nothing is that late: empty output, or the state at the end)."""
     if not isinstance(moment, datetime.datetime):
         return moment
-    seconds = moment.timestamp() - start
+    # Whole microseconds, the records' resolution (the difference of two Unix times as floats
+    # is off in its last digits).
+    seconds = round(moment.timestamp() - start, 6)
     if seconds < 0:
         raise OptionError(
             f"{option} {moment.isoformat(sep=' ')} is before the recording started "
