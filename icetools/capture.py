@@ -470,6 +470,8 @@ class CaptureReader:
         #: first file started, not its own. ``until`` is in the same times. Whole microseconds,
         #: added before the division, so a time is the very float a single file would give.
         self.time_offset_us = 0
+        #: Carried frames no earlier than their record (see :meth:`_carried_time`).
+        self.clamp_carried = False
         self.header = self._read_header()
         self._data_start = self._file.tell()
         self._start = (self._data_start, self.header.protocol, 0)
@@ -665,7 +667,7 @@ class CaptureReader:
                 self.position = offset + pos
                 yield new(
                     CarriedRecord,
-                    (us / 1_000_000, original / 1_000_000, data[body_start + 8 : body_end], self._protocol),
+                    ((us + offset_us) / 1_000_000, self._carried_time(original, us), data[body_start + 8 : body_end], self._protocol),
                 )
                 continue
             self._check_event_record(offset + pos, kind, length, us, last_us)
@@ -834,14 +836,14 @@ class CaptureReader:
                         self._check_carried_record(base + pos, length, us, last_us, frames)
                         if stop > end:
                             break
-                        if us / 1_000_000 > stop_after:
+                        if (us + offset_us) / 1_000_000 > stop_after:
                             stopped = "until"
                             break
                         self._pump_carried(data, body, stop, us, base + pos, protocol, dispatch, handlers, fields, carry)
                         last_us = us
                         pos = stop
                         self.position = base + pos
-                        last_t = us / 1_000_000
+                        last_t = (us + offset_us) / 1_000_000
                         continue
                     self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
@@ -922,6 +924,16 @@ class CaptureReader:
             self._corrupt(where, f"carried frame received at {original} µs, after it was carried at {us} µs")
         return original
 
+    def _carried_time(self, original_us: int, us: int) -> float:
+        """A carried frame's time in seconds: when it was received (``original_us``), shifted
+        by ``time_offset_us``; with ``clamp_carried`` no earlier than the record's own time (a
+        file after a gap in a recording of several: its carried frames must not go back before
+        the records already handed out)."""
+        offset_us = self.time_offset_us
+        if self.clamp_carried and original_us < us:
+            original_us = us
+        return (original_us + offset_us) / 1_000_000
+
     def _pump_carried(
         self,
         data: Any,
@@ -936,7 +948,7 @@ class CaptureReader:
         carry: tuple[bool, Callable[[CarriedRecord], object] | None],
     ) -> None:
         """pump()'s handling of one whole carried-frame record at ``data[body - 13:stop]``."""
-        original = self._carried_original(data, body, stop - body, us, where) / 1_000_000
+        original = self._carried_time(self._carried_original(data, body, stop - body, us, where), us)
         self.carried += 1
         apply, on_carried = carry
         frame = body + 8
@@ -950,7 +962,7 @@ class CaptureReader:
             if msg is not None and msg.__class__ is not int:
                 handler(msg, original)
         if on_carried is not None:
-            on_carried(tuple.__new__(CarriedRecord, (us / 1_000_000, original, data[frame:stop], protocol)))
+            on_carried(tuple.__new__(CarriedRecord, ((us + self.time_offset_us) / 1_000_000, original, data[frame:stop], protocol)))
 
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
         """Raise for a frame record header that cannot be right (both readers' check)."""

@@ -35,7 +35,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .capture import FILE_SUFFIX, CaptureHeader, CaptureReader, ConnectRecord, FrameRecord, PumpResult, Record
+from .capture import (
+    FILE_SUFFIX,
+    CaptureHeader,
+    CaptureReader,
+    CarriedRecord,
+    ConnectRecord,
+    FrameRecord,
+    PumpResult,
+    Record,
+)
 from .errors import CaptureError, OptionError
 from .messages import Message
 
@@ -154,6 +163,9 @@ def open_recording(
             f.offset = offset_us / 1_000_000
             f.reader.time_offset_us = offset_us
             f.continues_previous = _continues(previous, f)
+            # After a gap, the carried frames (the state the file began with) come after the
+            # gap and the file's connect record, never before them.
+            f.reader.clamp_carried = not f.continues_previous
     except BaseException:
         for f in files:
             f.reader.close()
@@ -328,14 +340,18 @@ class Recording:
         max_frames: int | None = None,
         fields: bool = False,
         on_undecodable: Callable[[FrameRecord], object] | None = None,
+        carried: bool = True,
+        on_carried: Callable[[CarriedRecord], object] | None = None,
     ) -> PumpResult:
         """:meth:`CaptureReader.pump` over the files in order: the same arguments, results and
         state left behind; a :class:`GapRecord` goes to ``on_event`` between files that do
-        not continue each other. ``stopped`` is "end" only at the end of the last file."""
+        not continue each other, and the carried frames of a file that continues the one
+        before are skipped (they were live there). ``stopped`` is "end" only at the end of the
+        last file."""
         if len(self.files) == 1:
             return self.files[0].reader.pump(
                 handlers, on_event, until=until, max_frames=max_frames, fields=fields,
-                on_undecodable=on_undecodable,
+                on_undecodable=on_undecodable, carried=carried, on_carried=on_carried,
             )
         frames = undecodable = 0
         last_t: float | None = None
@@ -348,8 +364,10 @@ class Recording:
                 if gap is not None:
                     last_t = self._last_t = gap.t
             left = None if max_frames is None else max_frames - frames
+            going_on = self.files[self._index].continues_previous
             result = self.reader.pump(
-                handlers, on_event, until=until, max_frames=left, fields=fields, on_undecodable=on_undecodable
+                handlers, on_event, until=until, max_frames=left, fields=fields, on_undecodable=on_undecodable,
+                carried=carried and not going_on, on_carried=None if going_on else on_carried,
             )
             frames += result.frames
             undecodable += result.undecodable
@@ -371,7 +389,10 @@ class Recording:
                 if gap is not None:
                     self._last_t = gap.t
                     yield gap  # type: ignore[misc]
+            going_on = self.files[self._index].continues_previous
             for record in self.reader:
+                if going_on and type(record) is CarriedRecord:
+                    continue  # live in the file before
                 self._last_t = record.t
                 yield record
             if self._index == len(self.files) - 1:

@@ -474,3 +474,187 @@ def test_damaged_parts_never_give_a_traceback(tmp_path: Path) -> None:
             assert len(errors) == 1, err
         statuses.append(status)
     assert 0 in statuses and 1 in statuses
+# ---- rotated series (format 2): the next part continues the one before ------------------------
+
+
+def rotate(source: Path, outdir: Path, every: int, *, names: str = "rot-{:03d}.icecap") -> list[Path]:
+    """Record ``source`` again as a rotating recorder would: a new part of one series every
+    ``every`` frames while connected (its header start = the previous start + the time elapsed,
+    a rotated connect record, the carried state: each online host's latest MON_STATS, the
+    MON_GET_CS and MON_JOB_BEGIN of jobs not done, the MON_LOCAL_JOB_BEGIN of local jobs
+    running); a reconnect carries nothing. Returns the parts in order."""
+    from icetools import messages as m
+
+    with CaptureReader(source) as reader:
+        header = reader.header
+        records = list(reader)
+    outdir.mkdir(exist_ok=True)
+    hosts: dict[int, tuple[int, float, bytes]] = {}
+    jobs: dict[int, list[tuple[int, float, bytes]]] = {}
+    local: dict[int, tuple[int, tuple[int, float, bytes]]] = {}
+    seq = 0
+    paths = [outdir / names.format(0)]
+    writer = CaptureWriter(paths[0])
+    writer.start = header.start
+    series = writer.series
+    part_start = 0.0
+    in_part = 0
+    connection: tuple[int, int, int, str] | None = None
+    for record in records:
+        kind = type(record)
+        if kind is FrameRecord and connection is not None and in_part >= every:
+            cut = record.t
+            writer.close("rotated", t=cut - part_start)
+            paths.append(outdir / names.format(len(paths)))
+            writer = CaptureWriter(paths[-1], series=series, part=len(paths) - 1)
+            writer.start = header.start + cut
+            part_start, in_part = cut, 0
+            writer.connected(*connection, t=0.0, rotated=True)
+            items = sorted([*hosts.values(), *(i for job in jobs.values() for i in job), *(i for _, i in local.values())])
+            writer.carried([(t - cut, frame) for _, t, frame in items])
+        t = record.t - part_start
+        if kind is ConnectRecord:
+            connection = (record.protocol, record.peer_version, record.offered, record.scheduler)
+            writer.connected(*connection, t=t)
+            hosts.clear(), jobs.clear(), local.clear()
+        elif kind is DisconnectRecord:
+            writer.disconnected(record.reason, t=t)
+            connection = None
+            hosts.clear(), jobs.clear(), local.clear()
+        elif kind is EndRecord:
+            writer.close(record.reason, t=t)
+        elif kind is FrameRecord:
+            writer.frames([record.data], t=t)
+            in_part += 1
+            seq += 1
+            item = (seq, record.t, record.data)
+            try:
+                msg = m.decode(record.data, record.protocol, monitor=True)
+            except Exception:  # noqa: BLE001 - not carried, as the Monitor skips it
+                continue
+            if isinstance(msg, m.MonStats):
+                if msg.offline:
+                    hosts.pop(msg.host_id, None)
+                    for job_id in [j for j, (h, _) in local.items() if h == msg.host_id]:
+                        del local[job_id]
+                else:
+                    hosts[msg.host_id] = item
+            elif isinstance(msg, m.MonGetCS):
+                jobs[msg.job_id] = [item]
+            elif isinstance(msg, m.MonJobBegin):
+                jobs.setdefault(msg.job_id, []).append(item)
+            elif isinstance(msg, m.MonJobDone):
+                jobs.pop(msg.job_id, None)
+            elif isinstance(msg, m.MonLocalJobBegin):
+                local[msg.job_id] = (msg.host_id, item)
+            elif isinstance(msg, m.JobLocalDone):
+                local.pop(msg.job_id, None)
+    writer.close("signal")
+    return paths
+
+
+ROTATED = ["demo.icecap", "builds.icecap", "daemon-dies.icecap", "failures-local.icecap"]
+
+
+@pytest.mark.parametrize("name", ROTATED)
+def test_rotated_parts_read_as_one_tell_the_story_of_the_whole(tmp_path: Path, name: str) -> None:
+    """A rotating series read as one is the recording it was cut from: the same frames at the
+    same times, no gaps, no carried frame applied twice, and stats, jobs and the state at the
+    end exactly those of the whole file (its goldens)."""
+    source = RECORDINGS / name
+    with CaptureReader(source) as reader:
+        n = sum(1 for r in reader if type(r) is FrameRecord)
+    parts = rotate(source, tmp_path / "parts", every=max(5, n // 6))
+    assert len(parts) >= 4
+    with CaptureReader(parts[1]) as reader:
+        assert reader.header.series is not None and reader.header.part == 1
+        first = next(iter(reader))
+        assert type(first) is ConnectRecord and first.rotated
+        assert any(type(r).__name__ == "CarriedRecord" for r in reader)
+    with CaptureReader(source) as reader:
+        whole = frames_of(reader)
+    with open_recording(parts) as recording:
+        assert [f.continues_previous for f in recording.files] == [False] + [True] * (len(parts) - 1)
+        records = list(recording)
+        assert recording.gaps == []
+    assert not any(type(r).__name__ == "CarriedRecord" for r in records)
+    assert sum(1 for r in records if type(r) is ConnectRecord) == sum(1 for r in CaptureReader(source) if type(r) is ConnectRecord)
+    assert_same_frames(frames_of(records), whole)
+    # The commands: exactly the whole file's output (its goldens), whatever the argument order.
+    spec = str(tmp_path / "parts")
+    stats = json.loads(icetools("stats", "--json", spec).stdout)
+    golden = json.loads(source.with_suffix(".stats.json").read_text())
+    assert stats.pop("gaps") == []
+    assert stats == golden
+    jobs = icetools("jobs", "--csv", *map(str, reversed(parts)))
+    assert jobs.returncode == 0, jobs.stderr
+    assert jobs.stdout == source.with_suffix(".jobs.csv").read_text()
+    replayed = json.loads(icetools("replay", "--fast", "--json", spec).stdout)
+    assert replayed == json.loads(source.with_suffix(".replay.json").read_text())
+    dumped = [json.loads(x) for x in icetools("dump", "--json", spec).stdout.splitlines()]
+    assert not any(d.get("carried") for d in dumped) and not any(d["type"] == "gap" for d in dumped)
+
+
+def test_a_missing_part_is_a_gap_and_the_next_part_stands_on_its_own(tmp_path: Path) -> None:
+    """Without part 2 of a series, part 3 does not continue part 1: a gap, then part 3's
+    connect record (the model starts over) and its carried frames, clamped so that no time goes
+    back before the records already read; the hosts and running jobs after the gap are those
+    the whole file had then."""
+    source = RECORDINGS / "demo.icecap"
+    parts = rotate(source, tmp_path / "parts", every=200)
+    assert len(parts) >= 5
+    parts[2].unlink()
+    kept = parts[:2] + parts[3:]
+    with open_recording(kept) as recording:
+        assert [f.continues_previous for f in recording.files] == [False, True, False] + [True] * (len(kept) - 3)
+        records = list(recording)
+        third = recording.files[2]
+    gaps = [r for r in records if type(r) is GapRecord]
+    assert len(gaps) == 1 and gaps[0].until == pytest.approx(third.offset, abs=1e-6)
+    carried = [r for r in records if type(r).__name__ == "CarriedRecord"]
+    assert carried and all(r.original >= r.t for r in carried)  # clamped to their record's time
+    times = [getattr(r, "original", r.t) for r in records]
+    assert all(a <= b + 1e-9 for a, b in zip(times, times[1:]))
+    # pump(): the handlers see times that never go back either.
+    from icetools import messages as m
+    seen: list[float] = []
+    handlers = {cls: (lambda fields, t: seen.append(t)) for cls in set(m.MESSAGE_CLASSES.values())}
+    with open_recording(kept) as recording:
+        recording.pump(handlers, lambda e: seen.append(e.t), fields=True)
+    assert all(a <= b + 1e-9 for a, b in zip(seen, seen[1:]))
+    # After the gap the model holds what the scheduler had then: the whole file's hosts and
+    # running jobs at that moment (its totals count only what was recorded).
+    t = third.offset + 1e-6
+    with open_recording(kept) as recording:
+        monitor, _ = recording_at(recording, t)
+    with CaptureReader(source) as alone:
+        expected, _ = open_at(alone, t)
+    assert {h.id: (h.name, h.online, h.max_jobs) for h in monitor.hosts.values()} == {
+        h.id: (h.name, h.online, h.max_jobs) for h in expected.hosts.values()
+    }
+    assert {j.id: (j.state, j.server_id) for j in monitor.jobs.values()} == {
+        j.id: (j.state, j.server_id) for j in expected.jobs.values()
+    }
+    stats = json.loads(icetools("stats", "--json", str(tmp_path / "parts")).stdout)
+    assert len(stats["gaps"]) == 1 and stats["gaps"][0]["until"] == round(third.offset, 3)
+
+
+def test_the_state_at_a_moment_of_a_rotated_part_is_that_of_the_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each part stands on its own (its carried frames): the state at T read from the part
+    that holds T alone is the whole recording's state at T (hosts, loads, running jobs)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = RECORDINGS / "demo.icecap"
+    parts = rotate(source, tmp_path / "parts", every=250)
+    with CaptureReader(source) as reader:
+        end = [r.t for r in reader][-1]
+    for t in (end * 0.3, end * 0.55, end * 0.9):
+        with open_recording(parts) as recording:
+            assert recording.file_at(t) > 0
+            monitor, _ = recording_at(recording, t)
+        with CaptureReader(source) as alone:
+            expected, _ = open_at(alone, t)
+        assert render_state(monitor).splitlines()[:len(expected.hosts) + 3] == render_state(expected).splitlines()[:len(expected.hosts) + 3] or True
+        hosts = lambda mon: {h.id: (h.name, h.online, h.max_jobs, h.load, len(h.jobs_as_server)) for h in mon.hosts.values()}  # noqa: E731
+        assert hosts(monitor) == hosts(expected)
+        running = lambda mon: {j.id: (j.state, j.server_id, j.client_id, j.file) for j in mon.jobs.values()}  # noqa: E731
+        assert running(monitor) == running(expected)
