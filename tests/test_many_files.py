@@ -658,3 +658,43 @@ def test_the_state_at_a_moment_of_a_rotated_part_is_that_of_the_whole(tmp_path: 
         assert hosts(monitor) == hosts(expected)
         running = lambda mon: {j.id: (j.state, j.server_id, j.client_id, j.file) for j in mon.jobs.values()}  # noqa: E731
         assert running(monitor) == running(expected)
+
+
+def test_a_real_rotating_record_reads_back_as_the_recording_it_received(tmp_path: Path) -> None:
+    """`icetools record --rotate` (the real recorder, over TCP) against the stand-in playing a
+    real recording: the parts read as one are exactly the frames the stand-in sent, in order,
+    with no gap and nothing carried twice, and give the same jobs and hosts as the original."""
+    from .test_standin import StandIn
+
+    source = RECORDINGS / "demo.icecap"
+    with CaptureReader(source) as reader:
+        whole = frames_of(reader)
+    out = tmp_path / "rot"
+    with StandIn(source, "--speed", "40") as standin:
+        result = icetools("record", "-s", f"127.0.0.1:{standin.port}", "-o", f"{out}/", "--rotate", "16KB",
+                          "--count", str(len(whole)))
+    assert result.returncode == 0, result.stderr
+    parts = sorted(out.glob("*.icecap"))
+    assert len(parts) >= 4
+    with open_recording([out]) as recording:
+        assert [f.continues_previous for f in recording.files] == [False] + [True] * (len(parts) - 1)
+        assert all(f.header.series == recording.files[0].header.series for f in recording.files)
+        records = list(recording)
+        assert recording.gaps == []
+    assert not any(type(r).__name__ == "CarriedRecord" for r in records)
+    assert sum(1 for r in records if type(r) is ConnectRecord) == 1
+    received = frames_of(records)
+    assert [d for _, d, _ in received] == [d for _, d, _ in whole]
+    times = [t for t, _, _ in received]
+    assert times == sorted(times)
+    # Each later part does carry the state it began with (read alone, it stands on its own).
+    with CaptureReader(parts[-1]) as reader:
+        assert any(type(r).__name__ == "CarriedRecord" for r in reader)
+    stats = json.loads(icetools("stats", "--json", str(out)).stdout)
+    golden = json.loads(source.with_suffix(".stats.json").read_text())
+    assert stats["gaps"] == [] and stats["reconnects"] == golden["reconnects"]
+    assert stats["jobs"] == golden["jobs"]
+    counters = lambda report: sorted((h["name"], h["compiled"], h["submitted"], h["local"], h["failed"]) for h in report["hosts"])  # noqa: E731
+    assert counters(stats) == counters(golden)
+    rows = icetools("jobs", "--csv", str(out)).stdout.splitlines()
+    assert len(rows) == len(source.with_suffix(".jobs.csv").read_text().splitlines())
