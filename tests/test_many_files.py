@@ -698,3 +698,10 @@ def test_a_real_rotating_record_reads_back_as_the_recording_it_received(tmp_path
     assert counters(stats) == counters(golden)
     rows = icetools("jobs", "--csv", str(out)).stdout.splitlines()
     assert len(rows) == len(source.with_suffix(".jobs.csv").read_text().splitlines())
+    # Anonymized together, the parts stay one series: they still read as one, without gaps.
+    anon = tmp_path / "anon"
+    anon.mkdir()
+    assert icetools("anonymize", str(out), str(anon)).returncode == 0
+    with open_recording([anon]) as recording:
+        assert [f.continues_previous for f in recording.files] == [False] + [True] * (len(parts) - 1)
+        assert len(frames_of(recording)) == len(whole) and recording.gaps == []
