@@ -119,6 +119,9 @@ def _scheduler_of(header: CaptureHeader) -> str:
 
 
 def _same_scheduler(a: CaptureHeader, b: CaptureHeader) -> bool:
+    series = header_value(a, "series")
+    if series is not None and series == header_value(b, "series"):
+        return True  # one recording session (a recorder that found its scheduler elsewhere)
     if a.scheduler != b.scheduler:
         return False
     na, nb = header_value(a, "netname"), header_value(b, "netname")
@@ -357,7 +360,7 @@ class Recording:
         last_t: float | None = None
         while True:
             if not self._entered[self._index]:
-                if until is not None and self.files[self._index].offset > until and self._last_t is not None:
+                if until is not None and self.files[self._index].offset > until:
                     # The next file begins after ``until``: stop before its gap.
                     return PumpResult(frames, undecodable, last_t, "until")
                 gap = self._enter(on_event)

@@ -705,3 +705,36 @@ def test_a_real_rotating_record_reads_back_as_the_recording_it_received(tmp_path
     with open_recording([anon]) as recording:
         assert [f.continues_previous for f in recording.files] == [False] + [True] * (len(parts) - 1)
         assert len(frames_of(recording)) == len(whole) and recording.gaps == []
+
+
+def test_one_series_is_one_recording_even_if_its_scheduler_moved(tmp_path: Path) -> None:
+    """Two parts of one series whose recorder found the scheduler at another address (by
+    netname) are one recording; the same files from two series are refused."""
+    series = "0123456789abcdef" * 2
+    paths = []
+    for part, scheduler in enumerate(["10.0.0.1:8765", "10.0.0.2:8765"]):
+        writer = CaptureWriter(tmp_path / f"p{part}.icecap", series=series, part=part, netname="FARM")
+        writer.start = 1_800_000_000.0 + 100 * part
+        writer.connected(43, 43, 44, scheduler, t=0.0)
+        writer.close("signal", t=1.0)
+        paths.append(writer.path)
+    with open_recording(paths) as recording:
+        assert len(recording.files) == 2 and len(list(r for r in recording if type(r) is GapRecord)) == 1
+    other = CaptureWriter(tmp_path / "other.icecap", netname="FARM")
+    other.start = 1_800_000_500.0
+    other.connected(43, 43, 44, "10.0.0.3:8765", t=0.0)
+    other.close("signal", t=1.0)
+    with pytest.raises(RecordingError, match="different schedulers: .*p0.icecap \\(10.0.0.1:8765, netname FARM\\), .*other.icecap \\(10.0.0.3:8765, netname FARM\\)"):
+        open_recording([*paths, other.path])
+
+
+def test_a_moment_in_a_gap_is_the_state_at_the_end_of_the_file_before(tmp_path: Path) -> None:
+    source = RECORDINGS / "demo.icecap"
+    cuts = cuts_of(source, 2)
+    parts = split(source, tmp_path, cuts)
+    t = cuts[0] + GAP / 2  # in the gap
+    with_index = json.loads(icetools("replay", "--json", "--until", str(t), str(tmp_path)).stdout)
+    replayed = json.loads(icetools("replay", "--json", "--salvage", "--until", str(t), str(tmp_path)).stdout)
+    alone = json.loads(icetools("replay", "--json", "--fast", str(parts[0])).stdout)
+    for state in (with_index, replayed):
+        assert state["hosts"] == alone["hosts"] and state["totals"] == alone["totals"]
