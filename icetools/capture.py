@@ -656,7 +656,7 @@ class CaptureReader:
                 pos = body_end
                 last_us = us
                 self.position = offset + pos
-                yield new(FrameRecord, ((us + offset_us) / 1_000_000, body, self._protocol))
+                yield new(FrameRecord, ((us + offset_us) / 1_000_000 if offset_us else us / 1_000_000, body, self._protocol))
                 continue
             if kind == KIND_CARRIED:
                 self._check_carried_record(offset + pos, length, us, last_us, self.frames)
@@ -810,7 +810,8 @@ class CaptureReader:
                         if frame_length + 4 != length:
                             self.frames = frames
                             self._corrupt(base + pos, "frame length prefix disagrees with its record")
-                        t = (us + offset_us) / 1_000_000
+                        # (the offset only where there is one: a file read alone pays no addition)
+                        t = (us + offset_us) / 1_000_000 if offset_us else us / 1_000_000
                         if t > stop_after:
                             stopped = "until"
                             break
