@@ -237,7 +237,8 @@ class JobsPublisher(Publisher):
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
     """The row of a job as it stands (see COLUMNS): ``requested`` as seen (None if the recording
     did not see the request), host names where known (else ``#ID``). (stats.WhyAnalysis._take
-    computes the fields it needs the same way: change both together.)"""
+    computes the fields it needs the same way, and trace.TracePublisher._on_finished writes the
+    row of a finished remote job as json_line would: change them together.)"""
     if submitter is None and job.client_id is not None:
         submitter = f"#{job.client_id}"
     if server is None and job.server_id is not None:

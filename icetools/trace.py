@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .jobs import _DONE, _FAILED, _LANGS, _float_text, _str_text, _texts, host_name, job_row, json_line
+from .jobs import _DONE, _FAILED, _LANGS, host_name, job_row, json_line
 from .monitor import Event, EventKind, Job, Monitor, Publisher
 from .output import replaced
-from .replay import ReplayResult, replay_file
+from .progress import Progress
+from .replay import ReplayResult, replay_fast
 
 #: The process that holds the cluster-wide counters.
 CLUSTER_PID = 1
@@ -39,11 +40,65 @@ _json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _UNPAIRED = "backslashreplace"
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _heappush = heapq.heappush
+_heappop = heapq.heappop
 _JOB_SUBMITTED = EventKind.JOB_SUBMITTED
 _JOB_STARTED = EventKind.JOB_STARTED
 _JOB_FINISHED = EventKind.JOB_FINISHED
-#: Slice titles remembered (see TracePublisher._title).
-_TITLES_LIMIT = 8192
+#: The head of a flow arrow, on the job's slice (its tail is on the wait slice).
+_FLOW_IN = ',"bind_id":%d,"flow_in":true'
+
+
+class _Texts(dict):  # type: ignore[type-arg]
+    """JSON texts of recent values, made by ``make`` when missing (``texts[value]``: a lookup
+    costs no call of ours) and emptied when full. Recordings repeat their files and host names,
+    and their times and durations within a scheduler's batch."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[Any], str]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> str:
+        if len(self) >= _TEXTS_LIMIT:
+            self.clear()
+        text = self[key] = self.make(key)
+        return text
+
+
+_TEXTS_LIMIT = 8192
+
+#: Strings (file names, host names) -> their JSON text (json.dumps', ensure_ascii=False).
+_strings = _Texts(_str)
+#: File -> its slice's title (see _short) as JSON.
+_titles = _Texts(lambda file: _str(_short(file)))
+# A job's times and durations in its args are those of its jobs row: the time's float as
+# json.dumps writes it (repr), and round((b - a) * 1000, 3) milliseconds. While every time the
+# trace has seen is a whole number of microseconds as a capture stores it, us / 1_000_000 (the
+# float nearest to it; see TracePublisher._exact), those are exactly repr(us / 1_000_000) and
+# repr(d / 1000), d being the difference in microseconds: (b - a) * 1000 is within a few float
+# steps (far less than 0.0005) of d thousandths, so rounding it to three decimals gives that
+# decimal, whose nearest float is d / 1000 too. So texts are looked up by whole numbers (no
+# float hash) and nothing is rounded.
+
+#: Times up to which that holds, in microseconds (about 31 years).
+_EXACT_UP_TO = 10**15
+#: A time in whole microseconds -> the JSON text of its seconds.
+_times = _Texts(lambda us: repr(us / 1_000_000))
+#: A duration in whole microseconds -> the JSON text of its milliseconds.
+_millis = _Texts(lambda us: repr(us / 1000))
+
+
+def _lang_text(lang: int | None) -> str:
+    """A job's language in its args, as job_row names it (an unknown number as itself)."""
+    if lang not in _LANGS:
+        return _str(str(lang))
+    name = _LANGS[lang]
+    return "null" if name is None else _str(name)
+
+
+#: Language number -> its JSON text in a job's args.
+_langs = _Texts(_lang_text)
 
 
 def _us(t: float) -> int:
@@ -65,18 +120,18 @@ class _Lanes:
     def take(self) -> tuple[int, bool]:
         """A lane, and whether it is new (needs its thread_name)."""
         if self.free:
-            return heapq.heappop(self.free), False
+            return _heappop(self.free), False
         self.count += 1
         return self.first + self.count - 1, True
 
     def give(self, lane: int) -> None:
-        heapq.heappush(self.free, lane)
+        _heappush(self.free, lane)
 
 
 class _InFlight:
     """A job the trace has not written yet. Not slotted, on purpose (as Job): an instance sets
     only its job and request time, the rest stays on the class until set, so making one per job
-    costs two stores rather than eleven."""
+    costs three stores rather than eleven."""
 
     job: Job
     requested: float | None
@@ -88,14 +143,15 @@ class _InFlight:
     pid = 0  # the compile host's process and lane once started (0: not started)
     tid = 0
     flow = 0  # bind_id of the wait -> compile arrow (0: none)
-    #: _us(requested) while it waits, _us(job.started) once on a slot (each is the time of the
-    #: event that set it, so computed once there).
-    request_ts = 0
+    #: _us(requested) (0 without one), and _us(job.started) once on a slot: each is the time of
+    #: the event that set it, so computed once there.
+    request_ts: int
     start_ts = 0
 
-    def __init__(self, job: Job, requested: float | None) -> None:
+    def __init__(self, job: Job, requested: float | None, request_ts: int) -> None:
         self.job = job
         self.requested = requested
+        self.request_ts = request_ts
 
 
 class TracePublisher(Publisher):
@@ -120,8 +176,9 @@ class TracePublisher(Publisher):
         #: The last event's time and its _us (times repeat: a scheduler sends in batches).
         self._t: float | None = None
         self._ts = 0
-        #: File -> the JSON text of its slice title (see _short), for recent files.
-        self._titles: dict[str, str] = {}
+        #: Every time so far is a whole number of microseconds as a capture stores it, so a
+        #: job's times and durations are written from their microseconds (see _times).
+        self._exact = True
         self.jobs = 0  # job slices written
         self._write(self._meta("process_name", CLUSTER_PID, 0, "cluster"))
         self._write(self._meta("process_sort_index", CLUSTER_PID, 0, None, sort_index=0))
@@ -199,30 +256,28 @@ class TracePublisher(Publisher):
 
     def _instant(self, t: float) -> int:
         """The event's time in microseconds; a new instant writes the counters of the last one
-        (see _at). The hot receivers inline this."""
+        (see _at). The hot receivers inline its first test."""
         if t == self._t:
             return self._ts
-        ts = self._ts = _us(t)
+        return self._new_instant(t)
+
+    def _new_instant(self, t: float) -> int:
+        ts = self._ts = int(round(t * 1_000_000))
         self._t = t
         if ts != self._counter_ts:
             self._flush_counters()
             self._counter_ts = ts
+        if self._exact and not (ts / 1_000_000 == t and -_EXACT_UP_TO < ts < _EXACT_UP_TO):
+            self._exact = False  # (see _times)
         return ts
 
     def _on_submitted(self, event: Event, monitor: Monitor) -> None:
         _, t, _, job = event
-        if t == self._t:  # (self._instant, inlined)
-            ts = self._ts
-        else:
-            ts = self._ts = int(round(t * 1_000_000))
-            self._t = t
-            if ts != self._counter_ts:
-                self._flush_counters()
-                self._counter_ts = ts
+        ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
         job_id = job.id  # type: ignore[union-attr]
         if job_id in self._open:
             self._orphan(job, ts, monitor)  # type: ignore[arg-type]
-        flight = self._open[job_id] = _InFlight(job, job.submitted)  # type: ignore[union-attr, arg-type]
+        flight = self._open[job_id] = _InFlight(job, job.submitted, ts)  # type: ignore[union-attr, arg-type]
         client_id = job.client_id  # type: ignore[union-attr]
         if client_id is None:
             return
@@ -231,69 +286,99 @@ class TracePublisher(Publisher):
             flight.submitter = host.name
         pid = flight.wait_pid = self._pid_of_id.get(client_id) or self._pid(monitor, client_id)
         lanes = self._waits[pid]
-        flight.wait_tid = heapq.heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "waiting")
-        flight.request_ts = ts  # (job.submitted is this event's time)
+        flight.wait_tid = _heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "waiting")
         self._waiting += 1  # (while it holds a waiting lane)
 
     def _on_started(self, event: Event, monitor: Monitor) -> None:
         _, t, _, job = event
-        if t == self._t:  # (self._instant, inlined)
-            ts = self._ts
-        else:
-            ts = self._ts = int(round(t * 1_000_000))
-            self._t = t
-            if ts != self._counter_ts:
-                self._flush_counters()
-                self._counter_ts = ts
+        ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
         flight = self._open.get(job.id)  # type: ignore[union-attr]
         if flight is not None and flight.job is not job:
             flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
+        hosts = monitor.hosts
+        server_id = job.server_id  # type: ignore[union-attr]
+        # (the compile host's name as the Monitor knows it now: the wait slice names it too)
+        server = None if server_id is None or (host := hosts.get(server_id)) is None else host.name or None
         if flight is None:
             # A local job, or a remote one requested before the recording began.
-            flight = self._open[job.id] = _InFlight(job, job.submitted if job.local else None)  # type: ignore[union-attr, arg-type]
+            local = job.local  # type: ignore[union-attr]
+            flight = self._open[job.id] = _InFlight(job, job.submitted if local else None, ts if local else 0)  # type: ignore[union-attr, arg-type]
         elif flight.wait_pid:
+            # The submitter waited from the request to now: its wait slice, with the arrow's
+            # tail (written here, in one text: nearly every remote job has one).
             self._waiting -= 1
-            self._flows += 1
-            flight.flow = self._flows
-            self._wait_slice(flight, ts, monitor)
+            flow = flight.flow = self._flows = self._flows + 1
+            file = job.file  # type: ignore[union-attr]
+            start = flight.request_ts
+            wait_pid = flight.wait_pid
+            self._write(
+                f'{{"ph":"X","cat":"wait","name":{_titles[file]},"pid":{wait_pid},"tid":{flight.wait_tid},'
+                f'"ts":{start},"dur":{ts - start},"bind_id":{flow},"flow_out":true,"args":{{"id":{job.id},'  # type: ignore[union-attr]
+                f'"file":{_strings[file]},"server":{"null" if server is None else _strings[server]}}}}}'
+            )
+            _heappush(self._waits[wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
+            flight.wait_pid = flight.wait_tid = 0
         elif flight.pid:
             # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
             self._slots[flight.pid].give(flight.tid)
             self._busy -= 1
             flight.pid = flight.tid = 0
-        hosts = monitor.hosts
         if flight.submitter is None and (host := hosts.get(job.client_id)) is not None and host.name:  # type: ignore[union-attr]
             flight.submitter = host.name
-        server_id = job.server_id  # type: ignore[union-attr]
+        flight.server = server
         if server_id is None:
-            flight.server = None
             return
-        host = hosts.get(server_id)
-        flight.server = host.name if host is not None and host.name else None
         pid = flight.pid = self._pid_of_id.get(server_id) or self._pid(monitor, server_id)
         lanes = self._slots[pid]
-        flight.tid = heapq.heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "slot")
+        flight.tid = _heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "slot")
         flight.start_ts = ts  # (job.started is this event's time)
         self._busy += 1
 
     def _on_finished(self, event: Event, monitor: Monitor) -> None:
         _, t, _, job = event
-        if t == self._t:  # (self._instant, inlined)
-            ts = self._ts
-        else:
-            ts = self._ts = int(round(t * 1_000_000))
-            self._t = t
-            if ts != self._counter_ts:
-                self._flush_counters()
-                self._counter_ts = ts
-        flight = self._open.get(job.id)  # type: ignore[union-attr]
-        if flight is not None and flight.job is not job:
-            flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
-        if flight is None:
-            flight = _InFlight(job, None)  # type: ignore[arg-type]  # only its end was seen
-        else:
-            del self._open[job.id]  # type: ignore[union-attr]
-        self._end(flight, ts, monitor)
+        ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
+        job_id = job.id  # type: ignore[union-attr]
+        flight = self._open.get(job_id)
+        state = job.state  # type: ignore[union-attr]
+        if (
+            flight is None or flight.job is not job or not flight.pid or not self._exact
+            or (state is not _DONE and state is not _FAILED)
+            or (submitter := flight.submitter) is None or (server := flight.server) is None
+        ):
+            if flight is not None and flight.job is not job:
+                flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
+            if flight is None:
+                flight = _InFlight(job, None, 0)  # type: ignore[arg-type]  # only its end was seen
+            else:
+                del self._open[job_id]
+            self._end(flight, ts, monitor)
+            return
+        # Nearly every job: a remote one that ran on a slot and ended with a MON_JOB_DONE, its
+        # hosts named. Its slice with its args (its jobs row, in json_line's words) in one text,
+        # straight from the job's fields (no row in between; _end writes the others).
+        del self._open[job_id]
+        pid, tid, start = flight.pid, flight.tid, flight.start_ts  # (it ran: start_ts is job.started's)
+        _heappush(self._slots[pid].free, tid)  # (_Lanes.give, inlined)
+        self._busy -= 1
+        flow = flight.flow
+        file = job.file  # type: ignore[union-attr]
+        rerun_of = job.rerun_of  # type: ignore[union-attr]
+        kind = "local" if job.local else "remote"  # type: ignore[union-attr]
+        self._write(
+            f'{{"ph":"X","cat":"{kind}","name":{_titles[file]},"pid":{pid},"tid":{tid},"ts":{start},'
+            f'"dur":{ts - start if ts > start else 0}{_FLOW_IN % flow if flow else ""},"args":{{'
+            f'"id": {job_id}, "file": {_strings[file]}, "lang": {_langs[job.lang]}, '  # type: ignore[union-attr]
+            f'"submitter": {_strings[submitter]}, "server": {_strings[server]}, "kind": "{kind}", '
+            f'"outcome": "{"ok" if state is _DONE else "lost" if job.lost else "failed"}", '  # type: ignore[union-attr]
+            f'"rerun_of": {"null" if rerun_of is None else rerun_of}, '
+            f'"requested": {"null" if flight.requested is None else _times[flight.request_ts]}, '
+            f'"started": {_times[start]}, "ended": {_times[ts]}, '
+            f'"wait_ms": {"null" if flight.requested is None else _millis[start - flight.request_ts]}, '
+            f'"run_ms": {_millis[ts - start]}, "real_msec": {job.real_msec}, "user_msec": {job.user_msec}, '  # type: ignore[union-attr]
+            f'"sys_msec": {job.sys_msec}, "in_bytes": {job.in_uncompressed}, '  # type: ignore[union-attr]
+            f'"out_bytes": {job.out_uncompressed}, "exit_code": {job.exit_code}}}}}'  # type: ignore[union-attr]
+        )
+        self.jobs += 1
 
     def _on_host(self, event: Event, monitor: Monitor) -> None:
         _, t, host, _ = event
@@ -335,29 +420,15 @@ class TracePublisher(Publisher):
             return None
         return flight
 
-    def _wait_slice(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
-        """The submitter waiting for a compile host: from the request to the start."""
-        job = flight.job
-        start = flight.request_ts
-        server = flight.server or (host_name(monitor, job.server_id) if job.server_id is not None else None)
-        file = job.file
-        self._write(
-            f'{{"ph":"X","cat":"wait","name":{self._titles.get(file) or self._title(file)},"pid":{flight.wait_pid},'
-            f'"tid":{flight.wait_tid},"ts":{start},"dur":{end - start},"bind_id":{flight.flow},"flow_out":true,'
-            f'"args":{{"id":{job.id},"file":{_texts.get(file) or _str_text(file)},'
-            f'"server":{(_texts.get(server) or _str_text(server)) if server.__class__ is str else "null"}}}}}'
-        )
-        _heappush(self._waits[flight.wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
-        flight.wait_pid = flight.wait_tid = 0
-
     def _end(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
-        """Write the job's slice, ending at ``end``, and free its lanes."""
+        """Write the job's slice, ending at ``end``, and free its lanes (the few jobs that
+        _on_finished does not write itself: its args are its jobs row as json_line writes it)."""
         job = flight.job
-        args = _args(
+        args = json_line(job_row(
             job, flight.requested,
             flight.submitter or host_name(monitor, job.client_id),
             flight.server or host_name(monitor, job.server_id),
-        )
+        ))[:-1]
         flow = ""
         if flight.pid:  # it ran: on its compile host's slot
             pid, tid = flight.pid, flight.tid
@@ -367,7 +438,7 @@ class TracePublisher(Publisher):
             _heappush(self._slots[pid].free, tid)  # (_Lanes.give, inlined)
             self._busy -= 1
             if flight.flow:
-                flow = f',"bind_id":{flight.flow},"flow_in":true'
+                flow = _FLOW_IN % flight.flow
         elif flight.wait_pid:  # it never started: on the submitter's waiting lane
             assert flight.requested is not None
             pid, tid = flight.wait_pid, flight.wait_tid
@@ -380,19 +451,11 @@ class TracePublisher(Publisher):
                 self._write(self._meta("thread_name", CLUSTER_PID, UNPLACED_TID, "seen only at their end"))
             pid, tid, start = CLUSTER_PID, UNPLACED_TID, end
         self._write(
-            f'{{"ph":"X","cat":"{"local" if job.local else "remote"}","name":{self._titles.get(job.file) or self._title(job.file)},'
+            f'{{"ph":"X","cat":"{"local" if job.local else "remote"}","name":{_titles[job.file]},'
             f'"pid":{pid},"tid":{tid},"ts":{start},"dur":{max(0, end - start)}{flow},'
             f'"args":{args}}}'
         )
         self.jobs += 1
-
-    def _title(self, file: str) -> str:
-        """The JSON text of a slice's title (see _short), remembered for recent files."""
-        titles = self._titles
-        if len(titles) >= _TITLES_LIMIT:
-            titles.clear()
-        text = titles[file] = _str(_short(file))
-        return text
 
     def finish(self, monitor: Monitor) -> None:
         """The end of the recording: the jobs still in flight end there, as unfinished."""
@@ -405,51 +468,6 @@ class TracePublisher(Publisher):
         self._flush_counters()
 
 
-#: Language number -> its JSON text in a job's args (see jobs._LANGS).
-_LANG_TEXTS: dict[int | None, str] = {k: "null" if v is None else _str(v) for k, v in _LANGS.items()}
-
-
-def _args(job: Job, requested: float | None, submitter: str | None, server: str | None) -> str:
-    """A job slice's args: ``json_line(job_row(job, requested, submitter, server))`` without
-    its newline. A job that ended with a MON_JOB_DONE (nearly all) is written straight from its
-    fields, in the same words as job_row and json_line, without building the row in between
-    (the two took a quarter of a trace's time); the others go through them."""
-    state = job.state
-    if state is not _DONE and state is not _FAILED:
-        return json_line(job_row(job, requested, submitter, server))[:-1]
-    if submitter is None and job.client_id is not None:
-        submitter = f"#{job.client_id}"
-    if server is None and job.server_id is not None:
-        server = f"#{job.server_id}"
-    started = job.started
-    ended = job.ended
-    lang = job.lang
-    file = job.file
-    text = _texts.get
-    n = "null"
-    rerun_of = job.rerun_of
-    real_msec, user_msec, sys_msec = job.real_msec, job.user_msec, job.sys_msec
-    in_bytes, out_bytes, exit_code = job.in_uncompressed, job.out_uncompressed, job.exit_code
-    wait_ms = None if requested is None or started is None else round((started - requested) * 1000, 3)
-    run_ms = None if started is None or ended is None else round((ended - started) * 1000, 3)
-    # (durations are nearly all distinct: written as _float_text does, repr, but not remembered,
-    # which would push the times, files and names that do repeat out of _texts)
-    return (
-        f'{{"id": {job.id}, "file": {text(file) or _str_text(file)}, '
-        f'"lang": {_LANG_TEXTS[lang] if lang in _LANG_TEXTS else _str_text(str(lang))}, '
-        f'"submitter": {text(submitter) or _str_text(submitter)}, "server": {text(server) or _str_text(server)}, '
-        f'"kind": "{"local" if job.local else "remote"}", '
-        f'"outcome": "{("lost" if job.lost else "failed") if state is _FAILED else "ok"}", '
-        f'"rerun_of": {n if rerun_of is None else rerun_of}, '
-        f'"requested": {text(requested) or _float_text(requested)}, "started": {text(started) or _float_text(started)}, '
-        f'"ended": {text(ended) or _float_text(ended)}, "wait_ms": {n if wait_ms is None else repr(wait_ms)}, '
-        f'"run_ms": {n if run_ms is None else repr(run_ms)}, "real_msec": {n if real_msec is None else real_msec}, '
-        f'"user_msec": {n if user_msec is None else user_msec}, "sys_msec": {n if sys_msec is None else sys_msec}, '
-        f'"in_bytes": {n if in_bytes is None else in_bytes}, "out_bytes": {n if out_bytes is None else out_bytes}, '
-        f'"exit_code": {n if exit_code is None else exit_code}}}'
-    )
-
-
 def _short(path: str) -> str:
     """A slice's title: the file name without its folders (the whole path is in args)."""
     return path.rsplit("/", 1)[-1] or "(no file)"
@@ -459,30 +477,31 @@ def _short(path: str) -> str:
 
 
 class _EventStream:
-    """The JSON object form, written as events come: ``{"traceEvents":[`` ... ``]}``."""
+    """The JSON object form, written as events come: ``{"traceEvents":[`` ... ``]}``. The
+    publisher appends each event's text to ``lines`` (a list's own append: no call of ours per
+    event), and :meth:`flush` writes what has come, in one piece, between steps of the replay."""
 
-    def __init__(self, out: TextIO, batch: int = 1024) -> None:
+    def __init__(self, out: TextIO) -> None:
         self.out = out
         self.lines: list[str] = []
-        self.batch = batch
         self.first = True
         out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
 
-    def write(self, event: str) -> None:
-        self.lines.append(event)
-        if len(self.lines) >= self.batch:
-            self.flush()
-
     def flush(self) -> None:
         if self.lines:
-            text = ",\n".join(self.lines)
-            self.out.write(text if self.first else ",\n" + text)
+            if not self.first:
+                self.out.write(",\n")
             self.first = False
+            self.out.write(",\n".join(self.lines))
             self.lines.clear()
 
     def close(self) -> None:
         self.flush()
         self.out.write("\n]}\n")
+
+
+#: Frames replayed between two writes of a trace's events: about 1,500 events, 0.4 MB of text.
+TRACE_FRAMES = 2048
 
 
 #: The cluster process's lane for the gaps between files read as one recording.
@@ -494,9 +513,9 @@ def _write_gaps(stream: _EventStream, gaps: Any) -> None:
     "no recording" on a lane of the cluster process, so the hole is seen, not guessed."""
     for i, gap in enumerate(gaps):
         if i == 0:
-            stream.write(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
+            stream.lines.append(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
         start, stop = _us(gap.t), _us(gap.until)
-        stream.write(_json({
+        stream.lines.append(_json({
             "ph": "X", "name": "no recording", "cat": "gap", "pid": CLUSTER_PID, "tid": GAP_TID,
             "ts": start, "dur": stop - start, "args": {"from_s": round(gap.t, 6), "until_s": round(gap.until, 6)},
         }))
@@ -510,9 +529,18 @@ def write_trace(
 ) -> tuple[TracePublisher, ReplayResult]:
     """Replay the capture as fast as possible and write its trace to ``out``."""
     stream = _EventStream(out)
-    publisher = TracePublisher(stream.write)
+    publisher = TracePublisher(stream.lines.append)
     monitor = Monitor(publishers=[publisher])
-    result = replay_file(monitor, reader, progress_stream=progress_stream)
+    if progress_stream is None:
+        result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=stream.flush)
+    else:
+        with Progress(reader, progress_stream) as progress:  # (as replay_file shows it)
+
+            def between() -> None:
+                stream.flush()
+                progress.update()
+
+            result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
     publisher.finish(monitor)
     _write_gaps(stream, getattr(reader, "gaps", ()))
     stream.close()

@@ -13,6 +13,7 @@ import pytest
 
 from icetools import messages as m
 from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord, Record
+from icetools.jobs import JobsPublisher, json_line
 from icetools.monitor import Monitor
 from icetools.replay import replay
 from icetools.trace import TracePublisher, write_trace
@@ -318,3 +319,67 @@ def test_a_job_the_monitor_dropped_and_met_again_at_its_end(monkeypatch: pytest.
     events = traced(frames, reconnect_at=99.0)
     (done,) = [e for e in events if e["ph"] == "X" and e["cat"] == "remote" and e["args"]["id"] == 1]
     assert (done["ts"], done["dur"], done["args"]["started"]) == (3_000_000, 0, None)
+
+
+def traced_with_rows(frames: list[tuple[float, m.Message]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The trace events of a scripted stream, and the jobs rows (as ``jobs --json`` writes
+    them) of the same replay."""
+    events: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    jobs = JobsPublisher(rows.append)
+    monitor = Monitor(publishers=[publisher, jobs])
+    replay(monitor, _stream(frames, reconnect_at=99.0))
+    publisher.finish(monitor)
+    jobs.finish(monitor)
+    check_format(events)
+    return events, [json.loads(json_line(row)) for row in rows]
+
+
+def _remote_job(t: float, job_id: int, file: str, *, exitcode: int = 0) -> list[tuple[float, m.Message]]:
+    return [
+        (t, m.MonGetCS(filename=file, job_id=job_id, client_id=1)),
+        (t + 0.0009998, m.MonJobBegin(job_id=job_id, stime=0, host_id=2)),
+        (t + 0.5000004, m.MonJobDone(job_id=job_id, exitcode=exitcode, real_msec=7, in_uncompressed=9)),
+    ]
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["whole microseconds", "finer times"])
+def test_a_jobs_args_are_its_jobs_row_whatever_its_times(exact: bool) -> None:
+    # From a capture every time is a whole number of microseconds, and the trace writes a
+    # job's times and durations from those. A stream with finer times (a Monitor fed by other
+    # means) must still get its jobs rows exactly: there a wait from 1.0000006 to 1.0010004
+    # rounds to 1.0 ms, not to the 0.999 ms between their microseconds.
+    node = "Name:node{}\nIP:10.0.0.{}\nMaxJobs:4\n"
+    frames: list[tuple[float, m.Message]] = [(0.0, m.MonStats(1, node.format(1, 1))), (0.0, m.MonStats(2, node.format(2, 2)))]
+    start = 1.0 if exact else 1.0000006
+    frames += _remote_job(start, 1, "a.c") + _remote_job(start + 1, 2, "b.c", exitcode=1)
+    frames += _remote_job(start + 2, 3, "a.c")
+    if exact:
+        frames = [(round(t, 6), msg) for t, msg in frames]
+    events, rows = traced_with_rows(frames)
+    args = {e["args"]["id"]: e["args"] for e in events if e["ph"] == "X" and e["cat"] == "remote"}
+    assert args == {row["id"]: row for row in rows} and len(rows) == 3
+    assert [row["outcome"] for row in rows] == ["ok", "failed", "ok"]
+    assert [(row["requested"], row["wait_ms"]) for row in rows] == [(start + i, 1.0) for i in range(3)]
+
+
+def test_names_in_a_remote_jobs_args_are_exact() -> None:
+    # Hosts and files with terminal escapes, control characters and an undecodable byte (a lone
+    # surrogate), each job twice: the second time its texts come from the trace's caches.
+    evil = "evil\x1b]0;pwned\x07\"\\"
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, f"Name:{evil}1\nIP:10.0.0.1\nMaxJobs:4\n")),
+        (0.0, m.MonStats(2, f"Name:{evil}\udcff2\nIP:10.0.0.2\nMaxJobs:4\n")),
+    ]
+    files = [f"src/{evil}\na\udcff.c", f"{evil}/\x01\t.c", "/"]
+    for i, file in enumerate(files * 2):
+        frames += _remote_job(float(i + 1), i + 1, file)
+    events, rows = traced_with_rows([(round(t, 6), msg) for t, msg in frames])  # (as from a capture)
+    jobs = [e for e in events if e["ph"] == "X" and e["cat"] == "remote"]
+    waits = [e for e in events if e["ph"] == "X" and e["cat"] == "wait"]
+    assert [e["args"]["file"] for e in jobs] == [e["args"]["file"] for e in waits] == files * 2
+    assert [e["name"] for e in jobs] == [e["name"] for e in waits] == [f"{evil}\na\udcff.c", "\x01\t.c", "(no file)"] * 2
+    assert {(e["args"]["submitter"], e["args"]["server"]) for e in jobs} == {(f"{evil}1", f"{evil}\udcff2")}
+    assert {e["args"]["server"] for e in waits} == {f"{evil}\udcff2"}
+    assert [e["args"] for e in jobs] == rows
