@@ -13,6 +13,7 @@ import ipaddress
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import messages as m
@@ -27,6 +28,7 @@ from .capture import (
     file_kind,
 )
 from .errors import CaptureError, ProtocolError
+from .recordings import expand_paths, open_recording
 
 #: Path components that say nothing about anybody and keep their meaning.
 KEEP_COMPONENTS = {"", ".", ".."}
@@ -129,16 +131,52 @@ def _is_address(text: str) -> bool:
     return True
 
 
+def anonymize_many(
+    sources: Sequence[Path], target: Path, *, overwrite: bool = False, salvage: bool = False
+) -> tuple[Anonymizer, int, str | None]:
+    """``icetools anonymize SOURCE... TARGET``: one file as :func:`anonymize`; several (or a
+    directory, a glob: see icetools.recordings) into the directory ``target``, each under its
+    own name, with one mapping for all (a host has the same pseudonym in every file). The files
+    are checked to be one recording (one scheduler) first, and every target before anything is
+    written."""
+    paths = expand_paths(sources)
+    if len(paths) == 1:
+        return anonymize(paths[0], target, overwrite=overwrite, salvage=salvage)
+    with open_recording(paths, salvage=salvage) as recording:  # ordered, one scheduler, once each
+        paths = recording.paths
+    if len(paths) == 1:
+        return anonymize(paths[0], target, overwrite=overwrite, salvage=salvage)
+    if not target.is_dir():
+        raise CaptureError(f"{target} is not a directory: {len(paths)} files are anonymized into one")
+    names: dict[str, Path] = {}
+    for path in paths:
+        if path.name in names:
+            raise CaptureError(f"{names[path.name]} and {path} would both be written as {target / path.name}")
+        names[path.name] = path
+        _check_target(target / path.name, overwrite)
+    anon = Anonymizer()
+    undecodable = 0
+    warnings = []
+    for path in paths:
+        _, bad, warning = anonymize(path, target / path.name, overwrite=overwrite, salvage=salvage, anon=anon)
+        undecodable += bad
+        if warning is not None:
+            warnings.append(warning)
+    return anon, undecodable, "; ".join(warnings) or None
+
+
 def anonymize(
-    source: Path, target: Path, *, overwrite: bool = False, salvage: bool = False
+    source: Path, target: Path, *, overwrite: bool = False, salvage: bool = False,
+    anon: Anonymizer | None = None,
 ) -> tuple[Anonymizer, int, str | None]:
     """Write an anonymized copy of ``source``; returns the mapping, the frames that could not
     be decoded (copied unchanged) and the source's warning (torn tail, damage skipped), if any.
+    ``anon`` carries the mapping over from other files of the same recording.
 
     The copy is written to a temporary file beside ``target`` and renamed over it only when
     it is complete: whatever goes wrong, ``target`` is either untouched or the whole copy.
     """
-    anon = Anonymizer()
+    anon = Anonymizer() if anon is None else anon
     undecodable = 0
     with CaptureReader(source, salvage=salvage) as reader:
         header = reader.header

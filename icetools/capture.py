@@ -467,6 +467,13 @@ class CaptureReader:
         self.torn_bytes = 0
         self.ended = False
         self.size = 0
+        #: Microseconds added to every record time handed out (iteration and pump): a file read
+        #: as a later part of a recording (icetools.recordings) gives times since the recording's
+        #: first file started, not its own. ``until`` is in the same times. Whole microseconds,
+        #: added before the division, so a time is the very float a single file would give.
+        self.time_offset_us = 0
+        #: Carried frames no earlier than their record (see :meth:`_carried_time`).
+        self.clamp_carried = False
         self.header = self._read_header()
         self._data_start = self._file.tell()
         self._start = (self._data_start, self.header.protocol, 0)
@@ -632,6 +639,7 @@ class CaptureReader:
         header_size = RECORD_HEADER_SIZE
         be32 = _BE32.unpack_from
         new = tuple.__new__
+        offset_us = self.time_offset_us
         while pos + header_size <= end:
             kind, length, us = unpack_record(data, pos)
             body_start = pos + header_size
@@ -648,7 +656,7 @@ class CaptureReader:
                 pos = body_end
                 last_us = us
                 self.position = offset + pos
-                yield new(FrameRecord, (us / 1_000_000, body, self._protocol))
+                yield new(FrameRecord, ((us + offset_us) / 1_000_000 if offset_us else us / 1_000_000, body, self._protocol))
                 continue
             if kind == KIND_CARRIED:
                 self._check_carried_record(offset + pos, length, us, last_us, self.frames)
@@ -661,7 +669,7 @@ class CaptureReader:
                 self.position = offset + pos
                 yield new(
                     CarriedRecord,
-                    (us / 1_000_000, original / 1_000_000, data[body_start + 8 : body_end], self._protocol),
+                    ((us + offset_us) / 1_000_000, self._carried_time(original, us), data[body_start + 8 : body_end], self._protocol),
                 )
                 continue
             self._check_event_record(offset + pos, kind, length, us, last_us)
@@ -762,6 +770,7 @@ class CaptureReader:
         last_t: float | None = None
         limit = frames + max_frames if max_frames is not None else -1
         stop_after = float("inf") if until is None else until
+        offset_us = self.time_offset_us
         self.ended = False
         tables: dict[int, dict[int, tuple[Any, Any]]] = {}  # protocol -> type word -> (decoder, handler)
         dispatch = tables.setdefault(protocol, {})
@@ -801,7 +810,8 @@ class CaptureReader:
                         if frame_length + 4 != length:
                             self.frames = frames
                             self._corrupt(base + pos, "frame length prefix disagrees with its record")
-                        t = us / 1_000_000
+                        # (the offset only where there is one: a file read alone pays no addition)
+                        t = (us + offset_us) / 1_000_000 if offset_us else us / 1_000_000
                         if t > stop_after:
                             stopped = "until"
                             break
@@ -829,19 +839,19 @@ class CaptureReader:
                         self._check_carried_record(base + pos, length, us, last_us, frames)
                         if stop > end:
                             break
-                        if us / 1_000_000 > stop_after:
+                        if (us + offset_us) / 1_000_000 > stop_after:
                             stopped = "until"
                             break
                         self._pump_carried(data, body, stop, us, base + pos, protocol, dispatch, handlers, fields, carry)
                         last_us = us
                         pos = stop
                         self.position = base + pos
-                        last_t = us / 1_000_000
+                        last_t = (us + offset_us) / 1_000_000
                         continue
                     self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
                         break
-                    if us / 1_000_000 > stop_after:
+                    if (us + offset_us) / 1_000_000 > stop_after:
                         stopped = "until"
                         break
                     last_us = us
@@ -917,6 +927,16 @@ class CaptureReader:
             self._corrupt(where, f"carried frame received at {original} µs, after it was carried at {us} µs")
         return original
 
+    def _carried_time(self, original_us: int, us: int) -> float:
+        """A carried frame's time in seconds: when it was received (``original_us``), shifted
+        by ``time_offset_us``; with ``clamp_carried`` no earlier than the record's own time (a
+        file after a gap in a recording of several: its carried frames must not go back before
+        the records already handed out)."""
+        offset_us = self.time_offset_us
+        if self.clamp_carried and original_us < us:
+            original_us = us
+        return (original_us + offset_us) / 1_000_000
+
     def _pump_carried(
         self,
         data: Any,
@@ -931,7 +951,7 @@ class CaptureReader:
         carry: tuple[bool, Callable[[CarriedRecord], object] | None],
     ) -> None:
         """pump()'s handling of one whole carried-frame record at ``data[body - 13:stop]``."""
-        original = self._carried_original(data, body, stop - body, us, where) / 1_000_000
+        original = self._carried_time(self._carried_original(data, body, stop - body, us, where), us)
         self.carried += 1
         apply, on_carried = carry
         frame = body + 8
@@ -945,7 +965,7 @@ class CaptureReader:
             if msg is not None and msg.__class__ is not int:
                 handler(msg, original)
         if on_carried is not None:
-            on_carried(tuple.__new__(CarriedRecord, (us / 1_000_000, original, data[frame:stop], protocol)))
+            on_carried(tuple.__new__(CarriedRecord, ((us + self.time_offset_us) / 1_000_000, original, data[frame:stop], protocol)))
 
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
         """Raise for a frame record header that cannot be right (both readers' check)."""
@@ -1001,7 +1021,7 @@ class CaptureReader:
     def _event(self, kind: int, us: int, raw: bytes, where: int) -> Record:
         """A connect, disconnect or end record from its JSON body (strictly: the documented
         fields with their JSON types, or the record is damage)."""
-        t = us / 1_000_000
+        t = (us + self.time_offset_us) / 1_000_000
         body = _json_object(raw)
         if body is None:
             self._corrupt(where, "event record is not a JSON object")

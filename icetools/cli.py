@@ -36,7 +36,8 @@ from .render import TYPE_NAMES, Dumper, printable
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
 from .rotation import Rotation, RotatingWriter, is_pattern, output_pattern, parse_rotation
-from .index import open_at
+from .index import recording_at
+from .recordings import Recording, open_recording, parse_time, to_seconds
 from .stats import DEFAULT_GAP, analyse, render_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
@@ -128,6 +129,24 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return number
+
+
+class MomentType(click.ParamType):
+    """--since/--until/--start: seconds since the recording started, or a wall-clock time (ISO
+    8601, local time without an offset), made seconds once the recording's start is known."""
+
+    name = "moment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+MOMENT = MomentType()
 
 
 class RotationType(click.ParamType):
@@ -354,8 +373,15 @@ def _type_filter(types: tuple[str, ...]) -> set[str] | None:
     return wanted
 
 
+#: The FILE... argument of every reading command.
+FILES_HELP = (
+    "FILE may be several files, a directory (its *.icecap) or a glob: they are read as one "
+    "recording, in order of their start, with the gaps between them shown."
+)
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per message.")
 @click.option(
     "--follow", "-f", is_flag=True, help="Keep reading as the file grows (until the recording ends)."
@@ -369,23 +395,32 @@ def _type_filter(types: tuple[str, ...]) -> set[str] | None:
     "separate with commas.",
 )
 @_salvage_option
-def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...], salvage: bool) -> None:
+def dump(files: tuple[Path, ...], as_json: bool, follow: bool, types: tuple[str, ...], salvage: bool) -> None:
     """Decode a capture: one line per message, for people or (--json) for machines.
 
     Each JSON line has "t" (seconds since the recording started), "type" (icecream's name of
     the message) and the message's fields under icecream's names. Connection events have
-    lines of their own. A frame that cannot be decoded is shown as UNDECODABLE with its bytes,
-    counted, and dump goes on.
+    lines of their own, and so do gaps between files (type "gap"). A frame that cannot be
+    decoded is shown as UNDECODABLE with its bytes, counted, and dump goes on. FILE may be
+    several files, a directory or a glob, read as one recording.
 
     \b
     Examples:
       icetools dump build.icecap
       icetools dump build.icecap --json --type MON_JOB_DONE | jq .exitcode
+      icetools dump /var/lib/icetools/ --type gap      # where the recordings have holes
       icetools dump --follow live.icecap     # while icetools record writes it
     """
-    dumper = Dumper(as_json=as_json, wanted=_type_filter(types))
+    wanted = _type_filter(types)
     _text_output()
-    with CaptureReader(file, follow=follow, salvage=salvage) as reader:
+    if follow:
+        if len(files) != 1:
+            raise OptionError("--follow reads one file")
+        reader: CaptureReader | Recording = CaptureReader(files[0], follow=True, salvage=salvage)
+    else:
+        reader = open_recording(files, salvage=salvage)
+    dumper = Dumper(as_json=as_json, wanted=wanted, start=reader.header.start)
+    with reader:
         out = sys.stdout
         if follow:
             for line in dumper.lines(reader):
@@ -426,20 +461,26 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...], salvag
 DEMO = Path(__file__).resolve().parent / "data" / "demo.icecap"
 
 
-def _open_capture(file: Path | None, salvage: bool = False) -> CaptureReader:
-    return CaptureReader(DEMO if file is None else file, salvage=salvage)
+def _open_capture(files: tuple[Path, ...], salvage: bool = False) -> Recording:
+    """The files as one recording (the demo when none is given)."""
+    return open_recording(files or (DEMO,), salvage=salvage)
 
 
-def _check_capture(file: Path, salvage: bool) -> None:
-    """Read a whole capture once before serving it, so that a capture that cannot be read is
+def _check_capture(files: tuple[Path, ...], salvage: bool) -> None:
+    """Read a whole recording once before serving it, so that one that cannot be read is
     an error before anything listens (and its warnings are said once, at the start)."""
-    with CaptureReader(file, salvage=salvage) as reader:
+    with open_recording(files, salvage=salvage) as reader:
         for _ in reader:
             pass
         _finish_reading(reader, 0)
 
 
-def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skipped") -> None:
+def _moment(moment: Any, reader: CaptureReader | Recording, option: str) -> float | None:
+    """--since/--until/--start (a MOMENT) as seconds since the recording started."""
+    return None if moment is None else to_seconds(moment, reader.header.start, option)
+
+
+def _finish_reading(reader: CaptureReader | Recording, undecodable: int, what: str = "skipped") -> None:
     if (warning := reader.warning()) is not None:
         warn(warning)
     if undecodable:
@@ -447,7 +488,7 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH, required=False)
+@click.argument("files", metavar="[FILE...]", nargs=-1, type=PATH)
 @click.option(
     "--speed",
     type=FiniteFloatRange(min=0, min_open=True),
@@ -458,7 +499,10 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option("--fast", is_flag=True, help="As fast as possible (no pacing).")
 @click.option(
-    "--until", type=FiniteFloatRange(min=0), metavar="T", help="Stop at T seconds into the recording."
+    "--until",
+    type=MOMENT,
+    metavar="T",
+    help="Stop at T: seconds into the recording, or a date and time (2026-12-01 09:00, ISO 8601).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the state as one JSON document.")
 @click.option(
@@ -480,10 +524,10 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 )
 @click.option(
     "--start",
-    type=FiniteFloatRange(min=0),
-    default=0.0,
+    type=MOMENT,
     metavar="T",
-    help="With --as-scheduler: begin at T seconds (monitors first get the hosts as they were).",
+    help="With --as-scheduler: begin at T, seconds or a date and time (monitors first get the "
+    "hosts as they were).",
 )
 @click.option("--loop", is_flag=True, help="With --as-scheduler: start over at the end.")
 @click.option(
@@ -502,15 +546,15 @@ def _finish_reading(reader: CaptureReader, undecodable: int, what: str = "skippe
 @_web_options
 @_salvage_option
 def replay(
-    file: Path | None,
+    files: tuple[Path, ...],
     speed: float,
     fast: bool,
-    until: float | None,
+    until: Any,
     as_json: bool,
     serve: bool,
     as_scheduler: bool,
     listen: str | None,
-    start: float,
+    start: Any,
     loop: bool,
     netname: str | None,
     max_finished: int,
@@ -523,6 +567,8 @@ def replay(
 
     Without FILE it plays the demo recording shipped with icetools: a few minutes of a busy
     6-host cluster. In recorded time on a terminal, the state is redrawn as it changes.
+    FILE may be several files, a directory or a glob, read as one recording; --until T then
+    shows the state at T of the file that holds T (every file stands on its own).
 
     \b
     Examples:
@@ -532,6 +578,7 @@ def replay(
       icetools replay day.icecap --fast --json | jq .totals
       icetools replay --serve                      # the demo in your browser
       icetools replay build.icecap --as-scheduler  # then: icemon -s 127.0.0.1
+      icetools replay /var/lib/icetools/ --until '2026-12-01 09:00'
     """
     if serve and as_scheduler:
         raise click.UsageError("choose one of --serve and --as-scheduler")
@@ -542,35 +589,44 @@ def replay(
     if not serve and (allow_origins or allow_hosts or max_clients != SERVE_MAX_CLIENTS):
         raise click.UsageError("--allow-origin, --allow-host and --max-clients go with --serve")
     _text_output()
+    paths = files or (DEMO,)
     if serve or as_scheduler:
-        path = DEMO if file is None else file
-        _check_capture(path, salvage)
+        _check_capture(paths, salvage)
+        with open_recording(paths) as recording:  # the header: for wall-clock --start
+            start_s = _moment(start, recording, "--start") or 0.0
         if serve:
             web = {"allow_origins": allow_origins, "allow_hosts": allow_hosts, "max_clients": max_clients}
-            _serve_replay(path, speed, listen or DEFAULT_LISTEN, web, salvage)
+            _serve_replay(paths, speed, listen or DEFAULT_LISTEN, web, salvage)
         else:
-            _stand_in(path, speed, listen or STANDIN_LISTEN, start, loop, netname, salvage)
+            _stand_in(paths, speed, listen or STANDIN_LISTEN, start_s, loop, netname, salvage)
         return
     monitor = Monitor(max_finished=max_finished)
     live = not fast and not as_json and sys.stdout.isatty()
     if until is not None and not live:
-        if max_finished == DEFAULT_MAX_FINISHED and not salvage:
-            # A moment of the recording: from the seek index (built on the first such call).
-            with _open_capture(file) as reader:
-                monitor, _ = open_at(reader, until)
-                click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
-                _finish_reading(reader, 0)
-            return
-        fast = True  # the same moment, replayed from the start (a salvaging read counts damage)
-    with _open_capture(file, salvage) as reader:
+        # A moment of the recording: the state at T of the file that holds T (every file stands
+        # on its own), from its seek index (built on the first such call), or replayed from the
+        # file's start (a salvaging read counts damage; the index keeps the default model).
+        undecodable = 0
+        with _open_capture(files, salvage) as reader:
+            until_s = _moment(until, reader, "--until")
+            if max_finished == DEFAULT_MAX_FINISHED and not salvage:
+                monitor, _ = recording_at(reader, until_s)
+            else:
+                holder = reader.files[reader.file_at(until_s)].reader  # type: ignore[arg-type]
+                undecodable = replay_file(monitor, holder, until=until_s, progress_stream=sys.stderr).undecodable
+            click.echo(json.dumps(monitor.snapshot(), indent=1) if as_json else render_state(monitor))
+            _finish_reading(reader, undecodable)
+        return
+    with _open_capture(files, salvage) as reader:
+        until_s = _moment(until, reader, "--until")
         if live:
-            result = _replay_live(monitor, reader, speed, until)
+            result = _replay_live(monitor, reader, speed, until_s)
         else:
             result = replay_file(
                 monitor,
                 reader,
                 speed=None if fast else speed,
-                until=until,
+                until=until_s,
                 progress_stream=sys.stderr,
             )
         if as_json:
@@ -593,7 +649,7 @@ def _announce(host: str, port: int, what: str) -> None:
     click.echo(f"icetools: {what} at http://{shown}:{port}/  (Ctrl-C to stop)", err=True)
 
 
-def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any], salvage: bool) -> None:
+def _serve_replay(files: tuple[Path, ...], speed: float, listen: str, web: dict[str, Any], salvage: bool) -> None:
     import asyncio
 
     from .server import ClusterServer, ReplayDriver, Status, run_until_stopped
@@ -603,18 +659,19 @@ def _serve_replay(file: Path, speed: float, listen: str, web: dict[str, Any], sa
     status = Status(mode="replay")
 
     async def main() -> None:
-        server = ClusterServer(monitor, status, name=file.name, **web)
-        driver = ReplayDriver(file, status, server.hub, speed=speed, salvage=salvage)
+        # The scheduler's name on the page: the file (or folder) replayed.
+        server = ClusterServer(monitor, status, name=files[0].name, **web)
+        driver = ReplayDriver(files, status, server.hub, speed=speed, salvage=salvage)
         server.commands = driver.command
         await run_until_stopped(
-            server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {printable(file.name)}")
+            server, host, port, driver.run(), lambda p: _announce(host, p, f"replaying {printable(driver.name)}")
         )
 
     asyncio.run(main())
 
 
 def _stand_in(
-    file: Path, speed: float, listen: str, start: float, loop: bool, netname: str | None, salvage: bool
+    files: tuple[Path, ...], speed: float, listen: str, start: float, loop: bool, netname: str | None, salvage: bool
 ) -> None:
     import asyncio
 
@@ -623,7 +680,7 @@ def _stand_in(
 
     host, port = _listen_address(listen, default_port=SCHEDULER_PORT)
     standin = StandIn(
-        file, speed=speed, start=start, loop=loop, netname=netname, salvage=salvage,
+        files, speed=speed, start=start, loop=loop, netname=netname, salvage=salvage,
         on_event=lambda line: click.echo(f"icetools: {printable(line)}", err=True),
     )
 
@@ -632,7 +689,7 @@ def _stand_in(
 
         bound = await standin.start(host, port)
         click.echo(
-            f"icetools: standing in for the scheduler of {printable(file.name)} on {host}:{bound} "
+            f"icetools: standing in for the scheduler of {printable(standin.name)} on {host}:{bound} "
             f"(protocol {standin.version}{', netname ' + printable(netname) if netname else ''}); "
             "Ctrl-C to stop",
             err=True,
@@ -649,7 +706,7 @@ def _stand_in(
     asyncio.run(main())
 
 
-def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: float | None):  # type: ignore[no-untyped-def]
+def _replay_live(monitor: Monitor, reader: Recording, speed: float, until: float | None):  # type: ignore[no-untyped-def]
     """Replay in recorded time, redrawing the terminal at most four times a second."""
     next_draw = 0.0
 
@@ -666,7 +723,7 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 @click.option(
     "--gap",
@@ -677,7 +734,7 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
     help="A submitter's build ends after this long without a request or a job of it running.",
 )
 @_salvage_option
-def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
+def stats(files: tuple[Path, ...], as_json: bool, gap: float, salvage: bool) -> None:
     """What happened in a recording, and why builds were slow: per host and for the cluster.
 
     Per host: jobs compiled for others, jobs submitted, local jobs, failures (jobs compiled
@@ -689,16 +746,18 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
     slots the hosts offered was used, how long jobs waited while a slot was free (the scheduler
     or environments held them back) or with none free (the cluster is too small), each build
     (jobs of a submitter up to a pause of --gap seconds) and the time lost to transfers per
-    host. Definitions: docs/analysis.md.
+    host. Definitions: docs/analysis.md. Over several files (a directory, a glob) it also lists
+    the gaps between them, where nothing was recorded.
 
     \b
     Examples:
       icetools stats build.icecap
+      icetools stats /var/lib/icetools/ --json | jq .gaps
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
       icetools stats day.icecap --json --gap 60 | jq '.builds[] | {submitter, wall_s, parallelism}'
     """
     _text_output()
-    with _open_capture(file, salvage) as reader:
+    with _open_capture(files, salvage) as reader:
         report, result = analyse(reader, gap=gap, progress_stream=sys.stderr)
         if as_json:
             click.echo(json.dumps(report, indent=1))
@@ -1002,24 +1061,29 @@ def serve(
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("source", type=PATH)
+@click.argument("sources", metavar="SOURCE...", nargs=-1, required=True, type=PATH)
 @click.argument("target", type=PATH)
-@click.option("--overwrite", is_flag=True, help="Replace TARGET if it exists.")
+@click.option("--overwrite", is_flag=True, help="Replace TARGET (or with several sources, the files in it) if it exists.")
 @_salvage_option
-def anonymize(source: Path, target: Path, overwrite: bool, salvage: bool) -> None:
+def anonymize(sources: tuple[Path, ...], target: Path, overwrite: bool, salvage: bool) -> None:
     """Rewrite host names, addresses and file paths so a recording can go into a bug report.
 
     The same host keeps the same pseudonym everywhere and paths keep their shape and
     extension (src/net/http.c becomes dir1/dir2/file1.c); times, job ids, exit codes,
     counters and loads are unchanged, so the copy replays to the same story.
 
-    \b
-    Example:
-      icetools anonymize build.icecap build-anon.icecap && icetools dump build-anon.icecap
-    """
-    from .anonymize import anonymize as run_anonymize
+    With several sources (files, a directory, a glob) TARGET is a directory: each file is
+    written there under its own name, with one mapping for all of them (node3 is the same
+    pseudonym in every file).
 
-    anon, undecodable, warning = run_anonymize(source, target, overwrite=overwrite, salvage=salvage)
+    \b
+    Examples:
+      icetools anonymize build.icecap build-anon.icecap && icetools dump build-anon.icecap
+      icetools anonymize /var/lib/icetools/ anon/
+    """
+    from .anonymize import anonymize_many
+
+    anon, undecodable, warning = anonymize_many(sources, target, overwrite=overwrite, salvage=salvage)
     if warning is not None:
         warn(warning)
     if undecodable:
@@ -1036,17 +1100,19 @@ def _time_window(since: float | None, until: float | None) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per job.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option(
-    "--since", type=FiniteFloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or later."
+    "--since",
+    type=MOMENT,
+    metavar="T",
+    help="Only jobs requested at T or later: seconds since the recording started, or a date "
+    "and time (2026-12-01 09:00, 2026-12-01T09:00:00+01:00; local time without an offset).",
 )
-@click.option(
-    "--until", type=FiniteFloatRange(min=0), metavar="T", help="Only jobs requested at T seconds or earlier."
-)
+@click.option("--until", type=MOMENT, metavar="T", help="Only jobs requested at T or earlier (as --since).")
 @_salvage_option
-def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: float | None, salvage: bool) -> None:
+def jobs(files: tuple[Path, ...], as_json: bool, as_csv: bool, since: Any, until: Any, salvage: bool) -> None:
     """One row per job of a recording, remote and local, in order of request.
 
     Each row says which file, who asked, who compiled it, how it ended (ok, failed, lost with
@@ -1061,16 +1127,18 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
       icetools jobs build.icecap
       icetools jobs build.icecap --csv > jobs.csv
       icetools jobs day.icecap --json --since 3600 --until 7200 | jq 'select(.outcome != "ok")'
+      icetools jobs /var/lib/icetools/ --csv --since '2026-12-01 09:00' --until '2026-12-01 17:00'
     """
     from .jobs import write_jobs
 
     if as_json and as_csv:
         raise OptionError("choose one of --json and --csv")
-    _time_window(since, until)
     form = "json" if as_json else "csv" if as_csv else "text"
     _text_output()
-    with _open_capture(file, salvage) as reader:
-        _, result = write_jobs(reader, sys.stdout, form, since=since, until=until, progress_stream=sys.stderr)
+    with _open_capture(files, salvage) as reader:
+        since_s, until_s = _moment(since, reader, "--since"), _moment(until, reader, "--until")
+        _time_window(since_s, until_s)
+        _, result = write_jobs(reader, sys.stdout, form, since=since_s, until=until_s, progress_stream=sys.stderr)
         _finish_reading(reader, result.undecodable)
 
 
@@ -1078,7 +1146,7 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH)
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=PATH)
 @click.option(
     "-o",
     "--output",
@@ -1087,7 +1155,7 @@ def jobs(file: Path, as_json: bool, as_csv: bool, since: float | None, until: fl
     help="Trace file to write (replaced if it exists); - for standard output.",
 )
 @_salvage_option
-def trace(file: Path, output: Path, salvage: bool) -> None:
+def trace(files: tuple[Path, ...], output: Path, salvage: bool) -> None:
     """The recording as a Chrome trace, for ui.perfetto.dev or chrome://tracing.
 
     A process per host, a thread per slot, a slice per job (file, submitter, wait, exit
@@ -1099,11 +1167,12 @@ def trace(file: Path, output: Path, salvage: bool) -> None:
     Examples:
       icetools trace build.icecap -o build.trace.json    # then open it in ui.perfetto.dev
       icetools trace day.icecap -o - | gzip > day.trace.json.gz
+      icetools trace 'farm-20261201-*.icecap' -o day.trace.json
     """
     from .trace import write_trace, write_trace_file
 
     _text_output()
-    with _open_capture(file, salvage) as reader:
+    with _open_capture(files, salvage) as reader:
         if str(output) == "-":
             _, result = write_trace(reader, sys.stdout, progress_stream=sys.stderr)
         else:
@@ -1115,7 +1184,7 @@ def trace(file: Path, output: Path, salvage: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "-o",
     "--output",
@@ -1123,7 +1192,7 @@ def trace(file: Path, output: Path, salvage: bool) -> None:
     required=True,
     help="HTML file to write (replaced if it exists).",
 )
-def report(file: Path, output: Path) -> None:
+def report(files: tuple[Path, ...], output: Path) -> None:
     """The recording as one self-contained HTML page of charts, to open in a browser.
 
     Busy and offered slots and waiting jobs over the recording, utilisation and failures per
@@ -1136,11 +1205,12 @@ def report(file: Path, output: Path) -> None:
     Examples:
       icetools report build.icecap -o build.html
       icetools report day.icecap -o /srv/www/day.html
+      icetools report /var/lib/icetools/ -o farm.html      # every file there, as one
     """
     from .report import write_report
 
-    with _open_capture(file) as reader:
-        result = write_report(reader, output, file.name, progress_stream=sys.stderr)
+    with _open_capture(files) as reader:
+        result = write_report(reader, output, reader.name(), progress_stream=sys.stderr)
         _finish_reading(reader, result.undecodable)
 
 

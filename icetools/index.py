@@ -27,6 +27,7 @@ from typing import NamedTuple
 from . import __version__
 from .capture import CaptureReader, Record
 from .monitor import Monitor
+from .recordings import Recording
 from .replay import replay_fast
 
 #: Frames between checkpoints: at most this many frames are replayed to reach any moment.
@@ -49,15 +50,19 @@ def cache_dir() -> Path:
     return Path(base) / "icetools"
 
 
-def index_path(capture: Path) -> Path:
+def index_path(capture: Path, offset: int = 0) -> Path:
+    """Where the index of ``capture`` read with its times shifted by ``offset`` µs (as a
+    later file of a recording, see :mod:`icetools.recordings`) lives."""
     stat = capture.stat()
     key = f"{os.path.realpath(capture)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{__version__}"
+    if offset:  # the checkpoints hold times: one index per offset (none for a file read alone)
+        key += f"\0{offset}"
     return cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".idx")
 
 
-def load(capture: Path) -> list[Checkpoint] | None:
+def load(capture: Path, offset: int = 0) -> list[Checkpoint] | None:
     """The checkpoints of ``capture``'s index, or None when there is none (or it is unusable)."""
-    path = index_path(capture)
+    path = index_path(capture, offset)
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO there would block the read
             return None
@@ -72,9 +77,9 @@ def load(capture: Path) -> list[Checkpoint] | None:
         return None
 
 
-def _save(capture: Path, checkpoints: list[Checkpoint]) -> None:
+def _save(capture: Path, checkpoints: list[Checkpoint], offset: int = 0) -> None:
     """Write the index atomically (a reader never sees half of one); failing is harmless."""
-    path = index_path(capture)
+    path = index_path(capture, offset)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = INDEX_MAGIC + zlib.compress(pickle.dumps([tuple(c) for c in checkpoints], 5), 1)
@@ -91,16 +96,17 @@ def _checkpoint(monitor: Monitor, reader: CaptureReader) -> Checkpoint:
     return Checkpoint(monitor.now, reader.position, reader.protocol, reader.frames, state)
 
 
-def build(capture: Path, every: int = CHECKPOINT_EVERY) -> list[Checkpoint]:
-    """Replay the whole capture once, taking a checkpoint every ``every`` frames, and store
-    the index."""
+def build(capture: Path, every: int = CHECKPOINT_EVERY, offset: int = 0) -> list[Checkpoint]:
+    """Replay the whole capture once (its times shifted by ``offset`` µs), taking a
+    checkpoint every ``every`` frames, and store the index."""
     monitor = Monitor()
     checkpoints: list[Checkpoint] = []
     with CaptureReader(capture) as reader:
+        reader.time_offset_us = offset
         replay_fast(
             monitor, reader, every=every, between=lambda: checkpoints.append(_checkpoint(monitor, reader))
         )
-    _save(capture, checkpoints)
+    _save(capture, checkpoints, offset)
     return checkpoints
 
 
@@ -118,10 +124,11 @@ def open_at(
     A salvaging reader replays from the start: an index is only built from a capture that
     reads without damage, and the reader must meet (and count) the damage itself."""
     capture = reader.path
+    offset = reader.time_offset_us
     monitor = Monitor()
-    checkpoints = None if reader.salvage else load(capture)
+    checkpoints = None if reader.salvage else load(capture, offset)
     if checkpoints is None and build_missing and not reader.salvage:
-        checkpoints = build(capture)
+        checkpoints = build(capture, offset=offset)
     usable = [c for c in checkpoints or () if t is None or c.t <= t]
     if usable:
         last = usable[-1]
@@ -133,4 +140,21 @@ def open_at(
     return monitor, iter(reader)  # from the first record after ``t``
 
 
-__all__ = ["CHECKPOINT_EVERY", "Checkpoint", "build", "cache_dir", "index_path", "load", "state_at"]
+def recording_at(
+    recording: Recording, t: float | None, *, build_missing: bool = True
+) -> tuple[Monitor, Iterator[Record]]:
+    """:func:`open_at` for a recording of several files: the state at ``t`` is the state of
+    the file that holds ``t`` (the last one starting at or before it; every file stands on its
+    own), from that file's index; the iterator goes on from there through the later files
+    (gaps included). One file is exactly :func:`open_at`."""
+    files = recording.files
+    if len(files) == 1:
+        return open_at(files[0].reader, t, build_missing=build_missing)
+    index = len(files) - 1 if t is None else recording.file_at(t)
+    recording.rewind()
+    monitor, _ = open_at(files[index].reader, t, build_missing=build_missing)
+    recording.start_at_file(index, monitor.now)
+    return monitor, iter(recording)
+
+
+__all__ = ["CHECKPOINT_EVERY", "Checkpoint", "build", "cache_dir", "index_path", "load", "open_at", "recording_at", "state_at"]

@@ -677,12 +677,26 @@ class Monitor:
 
     def reset(self, t: float) -> None:
         """Forget hosts and jobs (a new scheduler numbers them from 1 again); keep aggregates."""
+        self.totals.resets += 1
+        self._forget(t)
+
+    def _forget(self, t: float) -> None:
         self.hosts.clear()
         self.jobs.clear()
         self._failed_for_rerun.clear()
-        self.totals.resets += 1
         if self._to_reset:
             self._emit(self._to_reset, _RESET, t)
+
+    def gap(self, t: float) -> None:
+        """Nothing was recorded from ``t`` on (between two files of a recording that do not
+        continue each other, see icetools.recordings): what the cluster did meanwhile is
+        unknown, so the model forgets hosts and jobs at ``t`` (publishers see a reset there, not
+        hours later at the next connect, which then starts afresh). Not counted as a reconnect."""
+        self.is_connected = False
+        if self.connected_since is not None:
+            self._forget(t)
+            self.connected_since = None
+        self.now = t
 
     def feed(self, msg: Message, t: float) -> None:
         """Apply one message that arrived at time ``t`` (seconds)."""

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
 
 from .capture import CaptureReader
+from .recordings import Recording
 
 T = TypeVar("T")
 #: Nothing is shown for reads that finish sooner than this many seconds
@@ -21,7 +22,7 @@ class Progress:
     """Shows how far into its file a capture reader is: wrap an iteration over the reader, or
     call :meth:`update` between steps of a loop that pumps it."""
 
-    def __init__(self, reader: CaptureReader, stream: TextIO) -> None:
+    def __init__(self, reader: CaptureReader | Recording, stream: TextIO) -> None:
         self.reader = reader
         self.stream = stream
         self.enabled = stream.isatty()
@@ -29,10 +30,14 @@ class Progress:
         self.shown = False
         self.show_after = _show_after()
         self._next_draw = self.started + self.show_after
-        try:
-            self.total = os.path.getsize(reader.path)
-        except OSError:
-            self.total = 0
+        total = getattr(reader, "total_size", None)  # a Recording of several files
+        if total is not None:
+            self.total = total
+        else:
+            try:
+                self.total = os.path.getsize(reader.path)
+            except OSError:
+                self.total = 0
 
     def __enter__(self) -> Progress:
         return self

@@ -11,9 +11,10 @@ from . import messages
 from .capture import CarriedRecord, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord, Record
 from .errors import ProtocolError
 from .messages import LANG_NAMES, Message, MsgType
+from .recordings import GapRecord, gap_text
 
 #: Names accepted by ``dump --type``: every message type, and the connection events.
-EVENT_NAMES = ("connect", "disconnect", "end")
+EVENT_NAMES = ("connect", "disconnect", "end", "gap")
 TYPE_NAMES = tuple(t.name for t in MsgType) + EVENT_NAMES + ("UNDECODABLE",)
 
 
@@ -83,6 +84,8 @@ class Decoded:
             self.name = "connect"
         elif isinstance(record, DisconnectRecord):
             self.name = "disconnect"
+        elif isinstance(record, GapRecord):
+            self.name = "gap"
         else:
             self.name = "end"
 
@@ -127,6 +130,8 @@ def to_json(item: Decoded) -> dict[str, Any]:
         out["reason"] = rec.reason
     elif isinstance(rec, EndRecord):
         out.update(frames=rec.frames, reason=rec.reason)
+    elif isinstance(rec, GapRecord):
+        out.update(until=round(rec.until, 6), seconds=round(rec.until - rec.t, 6))
     if type(rec) is CarriedRecord:
         out["carried"] = True
     return out
@@ -233,19 +238,22 @@ def _describe(msg: Message) -> str:
     return "  ".join(f"{k}={_json_value(v)!r}" for k, v in fields.items())
 
 
-def text_line(item: Decoded) -> str:
-    """A record as a line for people (escaped: see :func:`printable`)."""
-    return printable(_text_line(item))
+def text_line(item: Decoded, start: float = 0.0) -> str:
+    """A record as a line for people (escaped: see :func:`printable`); ``start`` (Unix time of
+    the recording's start) gives a gap its wall-clock times."""
+    return printable(_text_line(item, start))
 
 
 #: What marks a carried frame's line (text): the state given before the file began.
 CARRIED_MARK = "[carried] "
 
 
-def _text_line(item: Decoded) -> str:
+def _text_line(item: Decoded, start: float = 0.0) -> str:
     rec = item.record
     carried = type(rec) is CarriedRecord
     stamp = f"{rec.original if carried else rec.t:10.3f}"
+    if isinstance(rec, GapRecord):
+        return f"{stamp}  {gap_text(rec, start)}"
     if isinstance(rec, (FrameRecord, CarriedRecord)):
         mark = CARRIED_MARK if carried else ""
         if item.message is not None:
@@ -278,9 +286,11 @@ class Dumper:
     undecodable frames) goes through :class:`Decoded`.
     """
 
-    def __init__(self, *, as_json: bool, wanted: set[str] | None = None) -> None:
+    def __init__(self, *, as_json: bool, wanted: set[str] | None = None, start: float = 0.0) -> None:
         self.as_json = as_json
         self.wanted = wanted
+        #: Unix time of the recording's start: gaps are shown with wall-clock times.
+        self.start = start
         self.undecodable = 0
         #: The protocol in force (pump() hands handlers messages, not records).
         self.protocol = messages.PROTOCOL_VERSION
@@ -323,7 +333,7 @@ class Dumper:
 
     def on_event(self, out: list[str]) -> Callable[[Record], None]:
         """For pump(): connection events and undecodable frames, as lines in ``out``."""
-        render = json_line if self.as_json else text_line
+        render = json_line if self.as_json else self._text_line
         wanted = self.wanted
 
         def handle(record: Record) -> None:
@@ -347,7 +357,7 @@ class Dumper:
         decode = messages.decode
         wanted = self.wanted
         formatters = _formatters
-        render = json_line if self.as_json else text_line
+        render = json_line if self.as_json else self._text_line
         for rec in records:
             if type(rec) is FrameRecord:
                 try:
@@ -372,3 +382,6 @@ class Dumper:
             item = Decoded(rec)  # events, and carried frames (marked; not counted if undecodable)
             if wanted is None or item.name in wanted:
                 yield render(item)
+
+    def _text_line(self, item: Decoded) -> str:
+        return text_line(item, self.start)

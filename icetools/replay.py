@@ -17,6 +17,7 @@ from .capture import CaptureReader, CarriedRecord, ConnectRecord, DisconnectReco
 from .errors import ProtocolError
 from .monitor import JobState, Monitor
 from .progress import Progress
+from .recordings import GapRecord
 from .render import printable
 
 
@@ -74,11 +75,13 @@ def apply_record(monitor: Monitor, record: Record) -> bool:
 
 
 def apply_event(monitor: Monitor, record: Record) -> None:
-    """Apply a connect, disconnect or end record."""
+    """Apply a connect, disconnect, end or gap record."""
     if type(record) is ConnectRecord:
         monitor.connected(record.protocol, record.t)
     elif type(record) is DisconnectRecord:
         monitor.disconnected(record.t)
+    elif type(record) is GapRecord:
+        monitor.gap(record.t)
     else:
         monitor.now = record.t
 

@@ -43,10 +43,11 @@ from .capture import CaptureReader, CaptureWriter, Record
 from .connection import AsyncConnection
 from .defaults import SERVE_LISTEN, SERVE_MAX_CLIENTS, SERVE_PORT
 from .errors import CaptureError, IcetoolsError, ProtocolError, describe_os_error
-from .index import open_at
+from .index import recording_at
 from .metrics import WAIT_BUCKETS, DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
 from .record import RecordStatus, follow_scheduler
+from .recordings import open_recording
 from .replay import apply_record
 
 DEFAULT_PORT = SERVE_PORT
@@ -856,19 +857,21 @@ class ReplayDriver:
     """Plays a capture into the Monitor in recorded time, with pause, speed and seek."""
 
     def __init__(
-        self, path: Path, server_status: Status, hub: Hub, speed: float = 1.0, *, salvage: bool = False
+        self, path: Path | Iterable[Path], server_status: Status, hub: Hub, speed: float = 1.0, *, salvage: bool = False
     ) -> None:
-        self.path = path
+        #: The files (one, or several read as one recording: see icetools.recordings).
+        self.paths = [path] if isinstance(path, Path) else list(path)
         self.salvage = salvage
         self.status = server_status
         self.hub = hub
+        self.reader = open_recording(self.paths, salvage=salvage)
+        self.name = self.reader.name()
         self.status.speed = speed
-        self.status.scheduler = path.name
+        self.status.scheduler = self.name
         self.status.state = "playing"
         self.status.connected = True
         self._wake = asyncio.Event()
         self._seek_to: float | None = None
-        self.reader = CaptureReader(path, salvage=salvage)
         self.status.protocol = self.reader.header.protocol
 
     def command(self, command: dict[str, Any]) -> str | None:
@@ -896,7 +899,7 @@ class ReplayDriver:
 
     def _duration(self) -> float:
         last = 0.0
-        with CaptureReader(self.path, salvage=self.salvage) as reader:
+        with open_recording(self.paths, salvage=self.salvage) as reader:
             for record in reader:
                 last = record.t
         return last
@@ -918,7 +921,7 @@ class ReplayDriver:
     async def _open(self, t: float) -> Iterator[Record]:
         """The Monitor at ``t`` (from the seek index, built in a thread the first time)."""
         loop = asyncio.get_running_loop()
-        monitor, records = await loop.run_in_executor(None, lambda: open_at(self.reader, t))
+        monitor, records = await loop.run_in_executor(None, lambda: recording_at(self.reader, t))
         self.hub.attach(monitor)
         self.status.position = t
         if self.status.state == "ended":

@@ -24,9 +24,10 @@ from .capture import CaptureReader, CarriedRecord, ConnectRecord, FrameRecord, R
 from .defaults import STANDIN_LISTEN
 from .discovery import build_reply
 from .errors import HandshakeError, IcetoolsError, ProtocolError, describe_os_error
-from .index import open_at
+from .index import recording_at
 from .monitor import Monitor
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
+from .recordings import open_recording
 
 DEFAULT_LISTEN = STANDIN_LISTEN
 #: Like the scheduler's SO_SNDBUF of 65536 for monitors: a monitor that lets this much pile up
@@ -81,7 +82,7 @@ class StandIn:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | Iterable[Path],
         *,
         speed: float = 1.0,
         start: float = 0.0,
@@ -90,15 +91,17 @@ class StandIn:
         on_event: Callable[[str], None] | None = None,
         salvage: bool = False,
     ) -> None:
-        self.path = path
+        #: The files (one, or several read as one recording: see icetools.recordings).
+        self.paths = [path] if isinstance(path, Path) else list(path)
         self.salvage = salvage
         self.speed = speed
         self.start_at = start
         self.loop = loop
         self.netname = netname
         self.on_event = on_event or (lambda line: None)
-        with CaptureReader(path, salvage=salvage) as reader:
+        with open_recording(self.paths, salvage=salvage) as reader:
             self.header = reader.header
+            self.name = reader.name()
         # Offer what the recorded scheduler offered (its maximum), as it would have.
         self.version = max(self.header.peer_version, self.header.protocol)
         self.started_at = time.time()
@@ -252,10 +255,10 @@ class StandIn:
     def _frames(self, start: float, with_login: bool) -> Iterator[tuple[float, bytes, int]]:
         """(time, frame, its protocol) from ``start`` on; from a later start, the hosts as they
         stood then come first, as the real scheduler sends them on login."""
-        reader = CaptureReader(self.path, salvage=self.salvage)
+        reader = open_recording(self.paths, salvage=self.salvage)
         try:
             if start > 0:
-                state, records = open_at(reader, start)
+                state, records = recording_at(reader, start)
                 for stats in login_stats(state):
                     yield start, m.encode(stats, reader.protocol), reader.protocol
             else:

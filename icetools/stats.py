@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .capture import CaptureReader
+from .recordings import GapRecord, format_duration
 from .jobs import host_name
 from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher
 from .render import printable
@@ -135,7 +136,22 @@ def render_report(report: dict[str, Any]) -> str:
         lines += [f"  {f['real_msec']:>7} ms  {printable(f['host']):<12} {printable(f['file'])}" for f in report["slowest_files"]]
     if "wait" in report:
         lines += render_why(report)
+    if "gaps" in report:
+        lines += render_gaps(report)
     return "\n".join(lines)
+
+
+def render_gaps(report: dict[str, Any]) -> list[str]:
+    """The gaps between files (``stats`` over several files), as text."""
+    gaps = report["gaps"]
+    if not gaps:
+        return ["", "gaps: none (the files follow one another)"]
+    total = sum(g["seconds"] for g in gaps)
+    lines = ["", f"gaps: {len(gaps)} without a recording, {format_duration(total)} in all"]
+    lines += [
+        f"  {g['t']:>12.3f} s to {g['until']:>12.3f} s  ({format_duration(g['seconds'])})" for g in gaps
+    ]
+    return lines
 
 
 def _ms(value: int | None) -> str:
@@ -772,4 +788,17 @@ def analyse(reader: CaptureReader, *, gap: float = DEFAULT_GAP, fast: bool = Tru
     else:
         result = replay(monitor, reader)
     why.finish(monitor)
-    return report(monitor, why), result
+    out = report(monitor, why)
+    files = getattr(reader, "files", None)
+    if files is not None and len(files) > 1:
+        # Several files read as one (icetools.recordings): where nothing was recorded.
+        out["gaps"] = gaps_json(reader.gaps)  # type: ignore[union-attr]
+    return out, result
+
+
+def gaps_json(gaps: list[GapRecord]) -> list[dict[str, float]]:
+    """The gaps of a recording of several files, for ``stats --json``: from, to (seconds since
+    the recording started) and how long."""
+    return [
+        {"t": round(g.t, 3), "until": round(g.until, 3), "seconds": round(g.until - g.t, 3)} for g in gaps
+    ]

@@ -504,6 +504,23 @@ class _EventStream:
 TRACE_FRAMES = 2048
 
 
+#: The cluster process's lane for the gaps between files read as one recording.
+GAP_TID = 1
+
+
+def _write_gaps(stream: _EventStream, gaps: Any) -> None:
+    """Several files read as one (icetools.recordings): each gap between them as a slice
+    "no recording" on a lane of the cluster process, so the hole is seen, not guessed."""
+    for i, gap in enumerate(gaps):
+        if i == 0:
+            stream.lines.append(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
+        start, stop = _us(gap.t), _us(gap.until)
+        stream.lines.append(_json({
+            "ph": "X", "name": "no recording", "cat": "gap", "pid": CLUSTER_PID, "tid": GAP_TID,
+            "ts": start, "dur": stop - start, "args": {"from_s": round(gap.t, 6), "until_s": round(gap.until, 6)},
+        }))
+
+
 def write_trace(
     reader: CaptureReader,
     out: TextIO,
@@ -525,6 +542,7 @@ def write_trace(
 
             result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
     publisher.finish(monitor)
+    _write_gaps(stream, getattr(reader, "gaps", ()))
     stream.close()
     return publisher, result
 
