@@ -149,7 +149,7 @@ def test_one_serve_watches_two_real_schedulers(farms: tuple[Cluster, Cluster, Na
     alpha, beta, ns = farms
     record = tmp_path / "recordings"
     # A rotating series per scheduler, parts of 3KB: a few while this runs.
-    serve = Serve(ns, record, "--rotate", "3KB", "--keep", "1000")
+    serve = Serve(ns, record, "--rotate", "1KB", "--keep", "1000")
     try:
         a = wait_until(lambda: live_with(serve, ALPHA, 2), SLOW, "ALPHA live with its 2 hosts")
         b = wait_until(lambda: live_with(serve, BETA_ADDRESS, 1), SLOW, "Beta-2 live with its host")
