@@ -34,7 +34,7 @@ from .render import TYPE_NAMES, Dumper, printable
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
 from .index import open_at
-from .stats import DEFAULT_GAP, analyse, render_report
+from .stats import DEFAULT_GAP, render_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
 # by the commands that use them: every command pays for what is imported here at start-up, and
@@ -576,7 +576,7 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("file", type=PATH)
+@click.argument("files", type=PATH, nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON document.")
 @click.option(
     "--gap",
@@ -587,7 +587,7 @@ def _replay_live(monitor: Monitor, reader: CaptureReader, speed: float, until: f
     help="A submitter's build ends after this long without a request or a job of it running.",
 )
 @_salvage_option
-def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
+def stats(files: tuple[Path, ...], as_json: bool, gap: float, salvage: bool) -> None:
     """What happened in a recording, and why builds were slow: per host and for the cluster.
 
     Per host: jobs compiled for others, jobs submitted, local jobs, failures (jobs compiled
@@ -601,20 +601,56 @@ def stats(file: Path, as_json: bool, gap: float, salvage: bool) -> None:
     (jobs of a submitter up to a pause of --gap seconds) and the time lost to transfers per
     host. Definitions: docs/analysis.md.
 
+    Several files are read as one recording, in order of their start. What stats needs from
+    each file is cached (beside the seek index): a file already seen is not read again, and
+    files not seen yet are read in parallel, a process per core. See docs/analysis.md.
+
     \b
     Examples:
       icetools stats build.icecap
+      icetools stats farm-*.icecap
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
       icetools stats day.icecap --json --gap 60 | jq '.builds[] | {submitter, wall_s, parallelism}'
     """
+    from .summary import merged, report_from, summaries
+
     _text_output()
-    with _open_capture(file, salvage) as reader:
-        report, result = analyse(reader, gap=gap, progress_stream=sys.stderr)
-        if as_json:
-            click.echo(json.dumps(report, indent=1))
-        else:
-            click.echo(render_report(report))
-        _finish_reading(reader, result.undecodable)
+    paths = _in_time_order(files, salvage)
+    summary = merged(summaries(paths, gap, salvage, progress_stream=sys.stderr))
+    report = report_from(summary)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        click.echo(render_report(report))
+    for warning in summary.warnings:
+        warn(warning)
+    if summary.undecodable:
+        warn(f"{summary.undecodable} frames of {summary.frames} could not be decoded (skipped)")
+
+
+def _in_time_order(files: tuple[Path, ...], salvage: bool) -> list[Path]:
+    """The captures ordered by their header's start (a file given twice counts once); files of
+    different schedulers are refused. (Every header is read first: a bad file is the error to
+    show before any work.)"""
+    seen: dict[str, tuple[float, int, Path, str, str | None]] = {}
+    for file in files:
+        with CaptureReader(file, salvage=salvage) as reader:
+            header = reader.header
+            part = header.extra.get("part")
+            netname = header.extra.get("netname")
+            seen.setdefault(
+                os.path.realpath(file),
+                (header.start, part if isinstance(part, int) else 0, file, header.scheduler,
+                 netname if isinstance(netname, str) else None),
+            )
+    ordered = sorted(seen.values(), key=lambda x: (x[0], x[1]))
+    first = ordered[0]
+    for other in ordered[1:]:
+        if other[3] != first[3] or (first[4] is not None and other[4] is not None and other[4] != first[4]):
+            raise OptionError(
+                f"files from different schedulers: {first[2]} ({first[3]}), {other[2]} ({other[3]})"
+            )
+    return [x[2] for x in ordered]
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

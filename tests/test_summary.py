@@ -1,0 +1,343 @@
+"""Cached summaries (icetools/summary.py): one file's summary gives stats' own report; merged
+summaries of several files give exactly the report of reading them as one stream (with the
+Monitor starting over at each next file, as at a reconnect); the cache is used, and rebuilt
+when it is damaged or foreign; `stats` over several files in parallel, with one clear line for
+an error or a stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from icetools import messages as m
+from icetools import summary as summary_mod
+from icetools.capture import CaptureReader, CaptureWriter
+from icetools.monitor import Monitor
+from icetools.replay import apply_event
+from icetools.stats import WhyAnalysis, report
+from icetools.summary import SUMMARY_MAGIC, load, merged, report_from, save, summaries, summarise, summary_path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDINGS = ROOT / "recordings"
+ALL = sorted(RECORDINGS.glob("*.icecap"))
+_PREAMBLE = struct.Struct(">8sHI")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache / "icetools"
+
+
+def one_stream(paths: list[Path], gap: float = 30.0) -> dict[str, Any]:
+    """The reference: every file pumped into one Monitor and WhyAnalysis, times in seconds
+    since the first file's start (a file's own times plus its start minus the first start).
+    Each file's first connect record is a reconnect there: the Monitor starts over."""
+    why = WhyAnalysis(gap)
+    monitor = Monitor(publishers=[why])
+    start0 = None
+    for path in paths:
+        with CaptureReader(path) as reader:
+            if start0 is None:
+                start0 = reader.header.start
+            o = reader.header.start - start0
+            handlers = {cls: (lambda h: lambda msg, t: h(msg, t + o))(h) for cls, h in monitor.handlers.items()}
+            result = reader.pump(handlers, lambda record: apply_event(monitor, record._replace(t=record.t + o)), fields=True)
+            if result.last_t is not None:
+                monitor.now = result.last_t + o
+    why.finish(monitor)
+    return report(monitor, why)
+
+
+def with_start(source: Path, target: Path, start: float) -> Path:
+    """A copy of ``source`` whose header says it started at ``start``."""
+    data = source.read_bytes()
+    magic, version, length = _PREAMBLE.unpack_from(data)
+    header = json.loads(data[_PREAMBLE.size : _PREAMBLE.size + length])
+    header["start"] = start
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    target.write_bytes(_PREAMBLE.pack(magic, version, len(raw)) + raw + data[_PREAMBLE.size + length :])
+    return target
+
+
+def one_after_another(tmp_path: Path, names: list[str], pauses: list[float]) -> list[Path]:
+    """Copies of recordings, each starting ``pause`` seconds after the previous one ended."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    start = 1795849595.25
+    for i, name in enumerate(names):
+        if i:
+            start += summarise(paths[-1]).end + pauses[i - 1]
+        paths.append(with_start(RECORDINGS / f"{name}.icecap", tmp_path / f"{i}-{name}.icecap", start))
+    return paths
+
+
+def write(path: Path, start: float, frames: list[tuple[float, m.Message]], end: float, scheduler: str = "s:1") -> Path:
+    writer = CaptureWriter(path)
+    writer.start = start
+    writer.connected(43, 43, 44, scheduler, t=0.0)
+    for t, message in frames:
+        writer.frames([m.encode(message, 43)], t=t)
+    writer.close("stopped", t=end)
+    return path
+
+
+def _host(n: int, max_jobs: int) -> str:
+    return f"Name:node{n}\nIP:10.0.0.{n}\nMaxJobs:{max_jobs}\nLoad:10\n"
+
+
+# ---- one file -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_the_summary_of_a_file_gives_its_stats_golden(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".stats.json").read_text())
+    summary = summarise(path)
+    assert report_from(summary) == expected
+    assert report_from(summary) == expected  # (reporting leaves the summary as it was)
+    save(path, summary, False)
+    cached = load(path, 30.0, False)
+    assert cached is not None and cached is not summary
+    assert report_from(cached) == expected
+
+
+# ---- several files: merged = one stream ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "pauses"),
+    [
+        (["builds", "builds"], [10.0]),  # a pause shorter than the gap: builds go on
+        (["builds", "builds"], [100.0]),
+        (["demo", "demo"], [0.3]),
+        (["daemon-dies", "demo", "failures-local", "build"], [5.0, 2.0, 40.0]),  # a job in flight at the end
+        (["build", "builds", "daemon-dies", "demo", "failures-local", "protocol-21", "layouts-29", "protocol-43"],
+         [3.7] * 7),
+    ],
+    ids=["builds-10s", "builds-100s", "demo-0.3s", "four", "eight"],
+)
+def test_merged_summaries_equal_one_stream(tmp_path: Path, names: list[str], pauses: list[float]) -> None:
+    paths = one_after_another(tmp_path, names, pauses)
+    expected = one_stream(paths)
+    assert report_from(merged([summarise(p) for p in paths])) == expected
+    assert expected["reconnects"] == len(paths) - 1 + sum(json.loads(
+        (RECORDINGS / f"{n}.stats.json").read_text())["reconnects"] for n in names)
+
+
+def test_builds_go_on_across_a_short_pause_and_not_a_long_one(tmp_path: Path) -> None:
+    alone = len(json.loads((RECORDINGS / "builds.stats.json").read_text())["builds"])
+    paths = one_after_another(tmp_path / "a", ["builds", "builds"], [10.0])
+    first_end = summarise(paths[0]).end
+    short = report_from(merged([summarise(p) for p in paths]))
+    long = report_from(merged([summarise(p) for p in one_after_another(tmp_path / "b", ["builds", "builds"], [100.0])]))
+    assert len(long["builds"]) == 2 * alone
+    assert len(short["builds"]) == 2 * alone - 1  # the last build of the first file goes on
+    [joined] = [b for b in short["builds"] if b["start"] < first_end and b["end"] > first_end + 10]
+    assert joined["jobs"] > 5
+
+
+def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
+    """The figures that depend on the next file: the peak second spans both files; a host the
+    first file named turns up in the second by id before its report names it (what it did
+    before is not counted under the name, as in one stream); a job in flight at the end of the
+    first file ends there, unfinished, in a build that goes on in the second; the slots the
+    host offered run on to the reconnect."""
+    start = 1_800_000_000.0
+    a = write(tmp_path / "a.icecap", start, [
+        (0.0, m.MonStats(1, _host(1, 0))),
+        (0.0, m.MonStats(2, _host(2, 4))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.0, m.MonGetCS(filename="b.c", job_id=2, client_id=1)),
+        (1.0, m.MonGetCS(filename="c.c", job_id=3, client_id=1)),
+        (1.0, m.MonGetCS(filename="d.c", job_id=4, client_id=1)),
+        (1.5, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.5, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
+        (1.5, m.MonJobBegin(job_id=3, stime=0, host_id=2)),
+        (1.5, m.MonJobBegin(job_id=4, stime=0, host_id=2)),
+        (9.7, m.MonJobDone(job_id=1, exitcode=0, real_msec=8000)),
+        (9.8, m.MonJobDone(job_id=2, exitcode=0, real_msec=8000)),
+        (9.9, m.MonJobDone(job_id=3, exitcode=0, real_msec=8000)),
+    ], end=9.9)  # job 4 runs on
+    b = write(tmp_path / "b.icecap", start + 9.95, [
+        (0.0, m.MonStats(1, _host(1, 0))),
+        (0.0, m.MonGetCS(filename="e.c", job_id=1, client_id=1)),
+        (0.0, m.MonGetCS(filename="f.c", job_id=2, client_id=1)),
+        (0.0, m.MonJobBegin(job_id=1, stime=0, host_id=7)),  # node2 again, known by id only
+        (0.0, m.MonJobBegin(job_id=2, stime=0, host_id=7)),
+        (0.01, m.MonJobDone(job_id=1, exitcode=0, real_msec=5)),
+        (0.02, m.MonJobDone(job_id=2, exitcode=0, real_msec=5)),
+        (1.0, m.MonStats(7, _host(2, 4))),  # now it is node2
+        (2.0, m.MonGetCS(filename="g.c", job_id=3, client_id=1)),
+        (2.0, m.MonJobBegin(job_id=3, stime=0, host_id=7)),
+        (3.0, m.MonJobDone(job_id=3, exitcode=0, real_msec=900)),
+    ], end=4.0)
+    expected = one_stream([a, b])
+    got = report_from(merged([summarise(a), summarise(b)]))
+    assert got == expected
+    # Worked out by hand: 3 jobs in second 9 of the first file and 2 at 9.96 and 9.97.
+    assert (got["peak_jobs_per_second"], got["peak_second"]) == (5, 9)
+    assert (report_from(summarise(a))["peak_jobs_per_second"], report_from(summarise(b))["peak_jobs_per_second"]) == (3, 2)
+    node2 = next(h for h in got["hosts"] if h["name"] == "node2")
+    assert node2["compiled"] == 3 + 1  # the two compiles before its name came are node #7's
+    assert report_from(summarise(b))["hosts"][1]["compiled"] == 3  # (alone, node2 took them over)
+    [build] = got["builds"]
+    assert (build["start"], build["end"], build["jobs"], build["unfinished"]) == (1.0, 12.95, 7, 1)
+    # node2's 4 slots from 0 s to the reconnect at 9.95 s, then from its report at 10.95 s to
+    # the end at 13.95 s.
+    assert got["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(4 * 9.95 + 4 * 3.0)
+
+
+# ---- the cache ----------------------------------------------------------------------------------
+
+
+def test_a_file_seen_before_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _own_cache: Path) -> None:
+    paths = one_after_another(tmp_path, ["build", "builds", "demo"], [5.0, 5.0])
+    first = report_from(merged(summaries(paths, workers=1)))
+    assert len(list(_own_cache.glob("*.sum"))) == 3
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("read a file whose summary is cached")
+
+    monkeypatch.setattr(summary_mod, "summarise", no_reading)
+    assert report_from(merged(summaries(paths, workers=1))) == first
+    # Another gap is another summary.
+    with pytest.raises(AssertionError, match="cached"):
+        summaries(paths[:1], gap=60.0, workers=1)
+
+
+def test_a_damaged_or_foreign_cache_entry_is_rebuilt(tmp_path: Path, _own_cache: Path) -> None:
+    path = with_start(RECORDINGS / "build.icecap", tmp_path / "build.icecap", 1795849595.25)
+    expected = report_from(summarise(path))
+    summaries([path])
+    entry = summary_path(path, 30.0, False)
+    good = entry.read_bytes()
+    import pickle
+    import zlib
+
+    for bad in (
+        good[: len(good) // 2],  # cut short
+        b"nonsense",
+        SUMMARY_MAGIC + zlib.compress(pickle.dumps(("x" * 10, {"not": "a summary"}))),
+        SUMMARY_MAGIC + zlib.compress(pickle.dumps((entry.name, {"not": "a summary"}))),
+        # A pickle that would run something when loaded: never unpickled beyond icetools' classes.
+        SUMMARY_MAGIC + zlib.compress(pickle.dumps((entry.name, _Boom()))),
+    ):
+        entry.write_bytes(bad)
+        assert load(path, 30.0, False) is None
+        assert report_from(summaries([path])[0]) == expected
+        assert entry.read_bytes() != bad  # rebuilt
+    # Another file's entry under this file's name is foreign too.
+    other = with_start(RECORDINGS / "builds.icecap", tmp_path / "builds.icecap", 1795849595.25)
+    summaries([other])
+    entry.write_bytes(summary_path(other, 30.0, False).read_bytes())
+    assert load(path, 30.0, False) is None
+    # A file that changes gets a new entry.
+    assert summary_path(path, 30.0, False) != summary_path(path, 31.0, False)
+    assert summary_path(path, 30.0, False) != summary_path(path, 30.0, True)
+
+
+class _Boom:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("touch /tmp/icetools-summary-was-unpickled",))
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+
+def icetools(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "icetools", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_stats_over_several_files_in_parallel_and_from_the_cache(tmp_path: Path) -> None:
+    paths = one_after_another(tmp_path, ["daemon-dies", "demo", "builds", "build"], [5.0, 2.0, 40.0])
+    expected = one_stream(paths)
+    given = [str(p) for p in reversed(paths)] + [str(paths[0])]  # any order; a file twice counts once
+    first = icetools("stats", "--json", *given)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == expected
+    assert first.stderr == ""
+    cached = icetools("stats", "--json", *given)
+    assert json.loads(cached.stdout) == expected
+    text = icetools("stats", *given)
+    assert text.stdout.startswith(f"{expected['duration']:.1f} s: {expected['jobs']['remote']} remote jobs")
+
+
+def test_files_of_different_schedulers_are_refused(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.icecap", 1_800_000_000.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, scheduler="s:1")
+    b = write(tmp_path / "b.icecap", 1_800_000_010.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, scheduler="t:2")
+    result = icetools("stats", str(b), str(a))
+    assert result.returncode == 1
+    assert result.stderr == f"icetools: error: files from different schedulers: {a} (s:1), {b} (t:2)\n"
+
+
+def _grown(tmp_path: Path, n: int, frames: int) -> list[Path]:
+    grown = tmp_path / "grown.icecap"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "grow.py"), str(RECORDINGS / "demo.icecap"), str(grown),
+                    "--frames", str(frames)], check=True, capture_output=True, timeout=300)
+    return [with_start(grown, tmp_path / f"g{i}.icecap", 1_800_000_000.0 + 1_000_000 * i) for i in range(n)]
+
+
+def test_an_error_in_one_worker_is_one_line(tmp_path: Path) -> None:
+    paths = _grown(tmp_path, 2, 30_000)
+    bad = tmp_path / "bad.icecap"
+    data = paths[1].read_bytes()
+    middle = len(data) // 2
+    bad.write_bytes(data[:middle] + b"\x09" * 64 + data[middle + 64 :])  # damage in the middle
+    os.utime(bad)
+    result = icetools("stats", str(paths[0]), str(bad))
+    assert result.returncode == 1
+    assert result.stderr.startswith("icetools: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_during_the_first_pass_is_one_line_and_ends_the_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    paths = _grown(tmp_path, 2, 300_000)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "icetools", "stats", *map(str, paths)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Wait for the workers (children of the command) to be running.
+    deadline = time.monotonic() + 60
+    children: list[int] = []
+    while time.monotonic() < deadline and len(children) < 2:
+        children = _children(proc.pid)
+        time.sleep(0.05)
+    assert len(children) >= 2, "the workers never started"
+    # Ctrl-C reaches the whole process group; SIGTERM (a service manager) the command itself.
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    # (click starts a new line after the ^C a terminal shows, as for every command)
+    assert err.strip() == "icetools: aborted" and "Traceback" not in err
+    assert out == ""
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"worker {pid} still runs"
+    assert not list((tmp_path / "cache").rglob("*.sum"))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
