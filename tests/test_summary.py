@@ -164,6 +164,8 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
         (1.5, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
         (1.5, m.MonJobBegin(job_id=3, stime=0, host_id=2)),
         (1.5, m.MonJobBegin(job_id=4, stime=0, host_id=2)),
+        (2.0, m.MonJobBegin(job_id=5, stime=0, host_id=9)),  # begun before: a host known by id only
+        (3.0, m.MonJobDone(job_id=5, exitcode=0, real_msec=700)),
         (9.7, m.MonJobDone(job_id=1, exitcode=0, real_msec=8000)),
         (9.8, m.MonJobDone(job_id=2, exitcode=0, real_msec=8000)),
         (9.9, m.MonJobDone(job_id=3, exitcode=0, real_msec=8000)),
@@ -187,6 +189,9 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     # Worked out by hand: 3 jobs in second 9 of the first file and 2 at 9.96 and 9.97.
     assert (got["peak_jobs_per_second"], got["peak_second"]) == (5, 9)
     assert (report_from(summarise(a))["peak_jobs_per_second"], report_from(summarise(b))["peak_jobs_per_second"]) == (3, 2)
+    # Host #9 is a host of the first file only: the reconnect forgot it (its job is counted).
+    assert "#9" in [h["name"] for h in report_from(summarise(a))["hosts"]]
+    assert "#9" not in [h["name"] for h in got["hosts"]] and got["jobs"]["remote"] == 7
     node2 = next(h for h in got["hosts"] if h["name"] == "node2")
     assert node2["compiled"] == 3 + 1  # the two compiles before its name came are node #7's
     assert report_from(summarise(b))["hosts"][1]["compiled"] == 3  # (alone, node2 took them over)
