@@ -208,7 +208,7 @@ class Summary:
     undecodable: int
     warnings: list[str]
     totals: Totals  # additive fields and first_host_seen; the peak is below
-    peak: int
+    peak: int  # -1 once merged: report_from works it out from ``finishes``
     peak_second: int | None
     finishes: list[_Finishes]
     host_counters: dict[str, HostCounters]
@@ -278,7 +278,7 @@ class Summary:
         for f in nxt.finishes:
             f.offset += o
         self.finishes += nxt.finishes
-        self.peak, self.peak_second = _merged_peak(self.finishes)
+        self.peak = -1  # to be worked out from the finish times (once: see report_from)
         self.frames += nxt.frames
         self.undecodable += nxt.undecodable
         self.warnings += nxt.warnings
@@ -547,6 +547,8 @@ def report_from(summary: Summary) -> dict[str, Any]:
     """What ``icetools stats --json`` prints for the file(s) of ``summary`` (the summary is
     left as it was)."""
     s = copy.deepcopy(summary) if summary.pending else summary
+    if s.peak < 0:  # (worked out once: the summary keeps it)
+        summary.peak, summary.peak_second = s.peak, s.peak_second = _merged_peak(s.finishes)
     s._apply_pending()
     hosts = [HostStats(name, s.host_ids.get(name, 0), c) for name, c in s.host_counters.items()]
     hosts += [HostStats(f"#{host_id}", host_id, c) for host_id, c in s.unnamed]
