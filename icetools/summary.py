@@ -109,7 +109,7 @@ class _Finishes:
     """One file's finish times (µs, delta-coded, compressed) and its seconds ranked by the most
     jobs any whole second (wherever it falls) that overlaps them can hold."""
 
-    __slots__ = ("offset", "blob", "ranked", "_times")
+    __slots__ = ("offset", "blob", "ranked", "first", "last", "_us")
 
     def __init__(self, times: list[float]) -> None:
         self.offset = 0.0  # seconds from the summary's start to this file's start
@@ -117,6 +117,8 @@ class _Finishes:
         deltas = array("q", [us[0]] if us else [])
         deltas.extend(b - a for a, b in zip(us, us[1:]))
         self.blob = zlib.compress(deltas.tobytes(), 1)
+        self.first = times[0] if times else None
+        self.last = times[-1] if times else None
         per_second: dict[int, int] = {}
         for t in times:
             s = math.floor(t)
@@ -129,35 +131,59 @@ class _Finishes:
             reverse=True,
         )
         self.ranked = zlib.compress(array("q", itertools.chain.from_iterable(ranked)).tobytes(), 1)
-        self._times: list[float] | None = times
+        self._us: list[int] | None = us
 
-    def __getstate__(self) -> tuple[float, bytes, bytes]:
-        return (self.offset, self.blob, self.ranked)
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.offset, self.blob, self.ranked, self.first, self.last)
 
-    def __setstate__(self, state: tuple[float, bytes, bytes]) -> None:
-        self.offset, self.blob, self.ranked = state
-        self._times = None
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.offset, self.blob, self.ranked, self.first, self.last = state
+        self._us = None
 
-    def times(self) -> list[float]:
-        """The finish times in the file's own seconds, as the Monitor saw them (µs / 1e6)."""
-        if self._times is None:
-            deltas = array("q")
-            deltas.frombytes(zlib.decompress(self.blob))
-            self._times = [u / 1_000_000 for u in itertools.accumulate(deltas)]
-        return self._times
+    def seconds(self) -> tuple[int, int] | None:
+        """The first and last second of the merged stream in which jobs of this file finished."""
+        if self.first is None or self.last is None:
+            return None
+        return int(self.first + self.offset), int(self.last + self.offset)
 
     def candidates(self) -> array[int]:
         ranked = array("q")
         ranked.frombytes(zlib.decompress(self.ranked))
         return ranked
 
+    def times_us(self) -> list[int]:
+        us = self._us
+        if us is None:
+            deltas = array("q")
+            deltas.frombytes(zlib.decompress(self.blob))
+            us = self._us = list(itertools.accumulate(deltas))
+        return us
+
+    def _first_at(self, second: int) -> int:
+        """The least µs time u with u / 1e6 + offset >= second: the stream's own float sum,
+        which is monotonic in u, so this bounds its seconds exactly."""
+        o = self.offset
+        u = math.ceil((second - o) * 1_000_000)
+        while (u - 1) / 1_000_000 + o >= second:
+            u -= 1
+        while u / 1_000_000 + o < second:
+            u += 1
+        return u
+
     def count(self, second: int) -> int:
         """Jobs of this file that finished in ``second`` of the merged stream (whose times are
-        this file's plus ``offset``, the float sum the stream computes)."""
-        times = self.times()
+        this file's, µs / 1e6 as the reader makes them, plus ``offset``: the stream's floats)."""
+        us = self.times_us()
+        return bisect.bisect_left(us, self._first_at(second + 1)) - bisect.bisect_left(us, self._first_at(second))
+
+    def seconds_of(self, file_second: int) -> set[int]:
+        """The seconds of the merged stream that the jobs finished in ``file_second`` of this
+        file fall in (one or two)."""
+        us = self.times_us()
+        lo = bisect.bisect_left(us, file_second * 1_000_000)
+        hi = bisect.bisect_left(us, (file_second + 1) * 1_000_000)
         o = self.offset
-        key: Callable[[float], float] = lambda t: t + o  # noqa: E731
-        return bisect.bisect_left(times, second + 1, key=key) - bisect.bisect_left(times, second, key=key)
+        return {int(us[lo] / 1_000_000 + o), int(us[hi - 1] / 1_000_000 + o)}
 
 
 def _copy_counters(c: HostCounters) -> HostCounters:
@@ -420,39 +446,48 @@ def _last_builds(builds: list[_Build]) -> dict[str, int]:
 def _merged_peak(parts: list[_Finishes]) -> tuple[int, int | None]:
     """The most jobs finished within one whole second of the merged stream, and the first such
     second (what Monitor._count_finished finds reading the files as one stream), from the
-    files' finish times: exact counts only for the seconds that could hold the most."""
+    files' finish times (in time order): exact counts only for the seconds that could hold the
+    most."""
     best, best_second = 0, None
+    ranges = [p.seconds() for p in parts]
     done: set[int] = set()
 
-    def count(second: int) -> int:
-        return sum(p.count(second) for p in parts)
-
-    def consider(second: int) -> None:
+    def consider(second: int, i: int) -> None:
+        """Count ``second`` exactly: in file i and in the files beside it that reach it."""
         nonlocal best, best_second
         if second in done:
             return
         done.add(second)
-        n = count(second)
+        n = parts[i].count(second)
+        for step in (-1, 1):
+            j = i + step
+            while 0 <= j < len(parts):
+                r = ranges[j]
+                if r is not None:
+                    if (r[1] < second) if step < 0 else (r[0] > second):
+                        break
+                    n += parts[j].count(second)
+                j += step
         if n > best or (n == best and n and (best_second is None or second < best_second)):
             best, best_second = n, second
 
     # A second that holds jobs of two files holds the last of one and the first of the next.
-    for p in parts:
-        times = p.times() if p.blob else []
-        if times:
-            consider(int(times[0] + p.offset))
-            consider(int(times[-1] + p.offset))
-    for p in parts:
+    for i, r in enumerate(ranges):
+        if r is not None:
+            consider(r[0], i)
+            consider(r[1], i)
+    for i, p in enumerate(parts):
+        r = ranges[i]
+        if r is None:
+            continue
         ranked = p.candidates()
         for k in range(0, len(ranked), 2):
             bound, s = ranked[k], ranked[k + 1]
-            if bound < best:
+            # A tie counts only for an earlier second: after the best one, only more will do.
+            if bound < best or (bound == best and best_second is not None and best_second < r[0]):
                 break
-            times = p.times()
-            lo = bisect.bisect_left(times, s)
-            hi = bisect.bisect_left(times, s + 1)
-            for second in {int(t + p.offset) for t in (times[lo], times[hi - 1])}:
-                consider(second)
+            for second in p.seconds_of(s):
+                consider(second, i)
     return best, best_second
 
 
