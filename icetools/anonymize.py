@@ -16,7 +16,16 @@ import tempfile
 from pathlib import Path
 
 from . import messages as m
-from .capture import CaptureReader, CaptureWriter, file_kind, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord
+from .capture import (
+    CaptureReader,
+    CaptureWriter,
+    CarriedRecord,
+    ConnectRecord,
+    DisconnectRecord,
+    EndRecord,
+    FrameRecord,
+    file_kind,
+)
 from .errors import CaptureError, ProtocolError
 
 #: Path components that say nothing about anybody and keep their meaning.
@@ -141,24 +150,32 @@ def anonymize(
         os.close(fd)
         tmp = Path(name)
         try:
-            writer = CaptureWriter(tmp, overwrite=True)
+            # The copy stays in its series (a part of a rotating recording stays one).
+            writer = CaptureWriter(
+                tmp, overwrite=True, series=header.series, part=header.part or 0, netname=header.netname
+            )
             writer.start = header.start
             try:
                 for record in reader:
-                    if type(record) is FrameRecord:
+                    kind = type(record)
+                    if kind is FrameRecord or kind is CarriedRecord:
                         try:
                             msg = m.decode(record.data, record.protocol)
                             frame = m.encode(anon.message(msg), record.protocol)
                         except ProtocolError:
-                            undecodable += 1
+                            if kind is FrameRecord:  # (the count is of the file's frames)
+                                undecodable += 1
                             frame = record.data  # not understood: kept as is (and reported)
                         if writer.header is None:
                             break  # frames before any connect record: refused below
-                        writer.frames([frame], t=record.t)
+                        if kind is CarriedRecord:
+                            writer.carried([(record.original, frame)])
+                        else:
+                            writer.frames([frame], t=record.t)
                     elif isinstance(record, ConnectRecord):
                         writer.connected(
                             record.protocol, record.peer_version, record.offered,
-                            anon.scheduler(record.scheduler), t=record.t,
+                            anon.scheduler(record.scheduler), t=record.t, rotated=record.rotated,
                         )
                     elif isinstance(record, DisconnectRecord):
                         writer.disconnected(anon.text(record.reason), t=record.t)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import stat
 import struct
 import time
@@ -35,13 +36,15 @@ from .messages import (
 from .protocol import MAX_SANE_PROTOCOL
 
 MAGIC = b"\x89ICECAP\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILE_SUFFIX = ".icecap"
 
 KIND_FRAME = 0x01
 KIND_CONNECT = 0x02
 KIND_DISCONNECT = 0x03
 KIND_END = 0x04
+#: A frame received before this file began, repeated so that the file stands on its own.
+KIND_CARRIED = 0x05
 #: Kinds from here on may be skipped by readers that do not know them.
 FIRST_OPTIONAL_KIND = 0x80
 
@@ -56,15 +59,24 @@ MAX_OPTIONAL_BODY = 16 << 20
 MAX_HEADER = 65536
 READ_BLOCK = 1 << 20
 _BE32 = struct.Struct(">I")
+#: A carried frame's body starts with the time it was really received (signed µs since this
+#: file's start), then the frame as a frame record holds it.
+_ORIGINAL = struct.Struct(">q")
+_CARRIED_HEAD = struct.Struct(">qI")  # original time, the frame's own length prefix
+#: A carried record's body: the 8-byte original time and a frame of 8 bytes at least.
+MIN_CARRIED_BODY = 8 + 8
+MAX_CARRIED_BODY = 8 + MAX_FRAME_BODY
 #: A frame record's header and the frame's own length prefix and type word, read at once.
 _FRAME_RECORD = struct.Struct(">BIQII")
 #: The latest record time a reader believes: 2^53 µs (285 years) is the last a float holds
 #: exactly, so times convert to seconds and back without loss; anything later is damage.
 MAX_TIME_US = 1 << 53
-#: Where a record may start when a salvaging reader looks for one after damage: a frame record
-#: (kind 1, length below 2^21) or a connect, disconnect or end record (kind 2-4, length below
-#: 2^17, then 8 bytes of time and a body that starts with '{').
-_RECORD_START = re.compile(rb"(?s)(?=\x01\x00[\x00-\x10].{10}|[\x02-\x04]\x00\x00[\x00\x01].{9}\{)")
+#: Where a record may start when a salvaging reader looks for one after damage: a frame or
+#: carried-frame record (kind 1 or 5, length below 2^21) or a connect, disconnect or end record
+#: (kind 2-4, length below 2^17, then 8 bytes of time and a body that starts with '{').
+_RECORD_START = re.compile(rb"(?s)(?=[\x01\x05]\x00[\x00-\x10].{10}|[\x02-\x04]\x00\x00[\x00\x01].{9}\{)")
+#: A header's ``series``: 128 random bits in lowercase hex.
+_SERIES = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +87,12 @@ class CaptureHeader:
     scheduler: str
     start: float
     icetools: str
+    #: Format 2 (absent from format 1 files): the recording session this file belongs to
+    #: (32 lowercase hex digits, shared by every part of one rotating recording), its position
+    #: in it, and the netname the recorder looked for (None when it connected by address).
+    series: str | None = None
+    part: int | None = None
+    netname: str | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -87,6 +105,9 @@ class CaptureHeader:
             start=self.start,
             icetools=self.icetools,
         )
+        for key in ("series", "part", "netname"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = value
         return data
 
 
@@ -109,6 +130,21 @@ class ConnectRecord(NamedTuple):
     offered: int
     scheduler: str
     reconnect: bool
+    #: True on the first connect record of a rotated part: the same connection as at the end
+    #: of the previous part, no new handshake (format 2).
+    rotated: bool = False
+
+
+class CarriedRecord(NamedTuple):
+    """A frame received before this file began (format 2), repeated at the file's start so that
+    the file stands on its own: ``t`` is the record's time (its first connect record's),
+    ``original`` when the frame was really received (seconds since this file's start, <= 0 for
+    frames of earlier parts), ``data`` the frame as in :class:`FrameRecord`."""
+
+    t: float
+    original: float
+    data: bytes
+    protocol: int
 
 
 class DisconnectRecord(NamedTuple):
@@ -122,7 +158,7 @@ class EndRecord(NamedTuple):
     reason: str
 
 
-Record = FrameRecord | ConnectRecord | DisconnectRecord | EndRecord
+Record = FrameRecord | ConnectRecord | DisconnectRecord | EndRecord | CarriedRecord
 
 
 class PumpResult(NamedTuple):
@@ -158,10 +194,33 @@ class CaptureWriter:
 
     A write that fails (a full disk) raises :class:`CaptureError` and takes back the part of the
     batch that made it to disk: the file always ends at a whole record.
+
+    ``series`` (a new random id by default), ``part`` and ``netname`` go into the header (see
+    docs/capture-format.md). ``origin`` = (wall-clock start, monotonic time of that start)
+    continues the clock of a previous part: a rotating recorder passes the previous part's
+    start plus the monotonic time elapsed, so that record times line up exactly across parts.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        series: str | None = None,
+        part: int = 0,
+        netname: str | None = None,
+        origin: tuple[float, float] | None = None,
+    ) -> None:
         self.path = Path(path)
+        if series is None:
+            series = secrets.token_hex(16)
+        elif _SERIES.fullmatch(series) is None:
+            raise ValueError(f"series {series!r} is not 32 lowercase hex digits")
+        if type(part) is not int or part < 0:
+            raise ValueError(f"part {part!r} is not a count")
+        self.series = series
+        self.part = part
+        self.netname = netname
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         # A special file where the capture should go is refused before anything is opened: a
         # FIFO would block until somebody reads it.
@@ -197,12 +256,19 @@ class CaptureWriter:
             raise CaptureError(f"cannot create {self.path}: it is {file_kind(mode)}")
         os.set_blocking(fd, True)
         self._fd: int | None = fd
-        self._t0 = time.monotonic()
-        self.start = time.time()
+        if origin is None:
+            self._t0 = time.monotonic()
+            self.start = time.time()
+        else:
+            self.start, self._t0 = origin
         self.header: CaptureHeader | None = None
         self.frames_written = 0
+        #: Carried-frame records written (not counted in ``frames_written``).
+        self.carried_written = 0
         self.bytes_written = 0
         self._last_us = 0
+        #: Carried frames may only follow the first connect record directly.
+        self._may_carry = False
 
     def _now_us(self, t: float | None = None) -> int:
         """Microseconds for a record made now (or at ``t`` seconds since the start, for tools
@@ -240,30 +306,44 @@ class CaptureWriter:
         return _RECORD.pack(kind, len(raw), us) + raw
 
     def connected(
-        self, protocol: int, peer_version: int, offered: int, scheduler: str, t: float | None = None
+        self,
+        protocol: int,
+        peer_version: int,
+        offered: int,
+        scheduler: str,
+        t: float | None = None,
+        *,
+        rotated: bool = False,
     ) -> None:
-        """A (re)connection was negotiated: the header first time, a connect record always."""
+        """A (re)connection was negotiated: the header first time, a connect record always.
+        ``rotated``: this is the first connect record of a rotated part, the same connection as
+        at the end of the previous part (no new handshake)."""
         us = self._now_us(t)
         out = b""
         header = self.header
         reconnect = header is not None
+        if rotated and reconnect:
+            raise ValueError("only a file's first connect record can be rotated")
         if header is None:
-            header = CaptureHeader(protocol, peer_version, offered, scheduler, self.start, __version__)
+            header = CaptureHeader(
+                protocol, peer_version, offered, scheduler, self.start, __version__,
+                series=self.series, part=self.part, netname=self.netname,
+            )
             raw = json.dumps(header.to_json(), separators=(",", ":")).encode()
             out += _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(raw)) + raw
-        out += self._json_record(
-            KIND_CONNECT,
-            us,
-            {
-                "protocol": protocol,
-                "peer_version": peer_version,
-                "offered": offered,
-                "scheduler": scheduler,
-                "reconnect": reconnect,
-            },
-        )
+        body: dict[str, Any] = {
+            "protocol": protocol,
+            "peer_version": peer_version,
+            "offered": offered,
+            "scheduler": scheduler,
+            "reconnect": reconnect,
+        }
+        if rotated:
+            body["rotated"] = True
+        out += self._json_record(KIND_CONNECT, us, body)
         self._write(out)
         self.header = header  # only once it is on disk: a writer whose header failed has nothing
+        self._may_carry = not reconnect
         if self._open_path != self.path:
             # The first connection: now the recording replaces the old file, all at once.
             try:
@@ -272,6 +352,26 @@ class CaptureWriter:
             except OSError as e:
                 raise CaptureError(f"cannot replace {self.path}: {e.strerror}") from None
             self._open_path = self.path
+
+    def carried(self, frames: list[tuple[float, bytes]]) -> None:
+        """Write carried frames, right after the first connect record, in one write: each is
+        (when it was really received, in seconds since this file's start (<= 0 for frames of
+        earlier parts), the frame as received). The records take the connect record's time."""
+        if not frames:
+            return
+        if not self._may_carry:
+            raise ValueError("carried frames must come right after a file's first connect record")
+        us = self._last_us  # the connect record's: nothing was written since
+        pack = _RECORD.pack
+        original = _ORIGINAL.pack
+        out = []
+        for t, frame in frames:
+            o = int(round(t * 1_000_000))
+            if not -MAX_TIME_US <= o <= us:
+                raise ValueError(f"carried frame's time {t} s is out of range")
+            out.append(pack(KIND_CARRIED, len(frame) + 8, us) + original(o) + frame)
+        self._write(b"".join(out))
+        self.carried_written += len(frames)
 
     def frames(self, frames: list[bytes], t: float | None = None) -> None:
         """Append frames that arrived together, in one write, stamped now or at ``t`` seconds
@@ -284,10 +384,12 @@ class CaptureWriter:
         pack = _RECORD.pack
         self._write(b"".join(pack(KIND_FRAME, len(f), us) + f for f in frames))
         self.frames_written += len(frames)
+        self._may_carry = False
 
     def disconnected(self, reason: str, t: float | None = None) -> None:
         if self.header is not None:
             self._write(self._json_record(KIND_DISCONNECT, self._now_us(t), {"reason": reason}))
+            self._may_carry = False
 
     def close(self, reason: str, t: float | None = None, *, end_record: bool = True) -> None:
         """Write the end record (if anything was recorded) and close the file."""
@@ -353,6 +455,11 @@ class CaptureReader:
         self.damage: dict[int, int] = {}
         self._file = open_regular(self.path)
         self.frames = 0
+        #: Carried-frame records read (format 2; not counted in ``frames``).
+        self.carried = 0
+        #: The file's format version (1 or 2; a version 1 file reads as a version 2 file
+        #: without the new header keys and records).
+        self.version = 0
         #: File offset just past the last record handed out (for progress bars).
         self.position = 0
         self.torn_bytes = 0
@@ -406,6 +513,7 @@ class CaptureReader:
             )
         if version < 1:
             raise CaptureError(f"{self.path}: capture format {version} does not exist")
+        self.version = version
         if length > MAX_HEADER:
             raise CaptureError(f"{self.path}: header length {length} is implausible (corrupt?)")
         raw = self._read_exact_waiting(length)
@@ -417,7 +525,12 @@ class CaptureReader:
         data = _json_object(raw)
         if data is None:
             raise CaptureError(f"{self.path}: header is not a JSON object (corrupt?)")
+        for step in range(version, FORMAT_VERSION):
+            data = _CONVERTERS[step](data)
         try:
+            series = _str_field(data, "series") if "series" in data else None
+            if series is not None and _SERIES.fullmatch(series) is None:
+                raise ValueError(f"'series' is {_shown(series)}, not 32 lowercase hex digits")
             header = CaptureHeader(
                 protocol=_int_field(data, "protocol"),
                 peer_version=_int_field(data, "peer_version"),
@@ -425,6 +538,9 @@ class CaptureReader:
                 scheduler=_str_field(data, "scheduler"),
                 start=_time_field(data, "start"),
                 icetools=_str_field(data, "icetools"),
+                series=series,
+                part=_int_field(data, "part") if "part" in data else None,
+                netname=_str_field(data, "netname") if "netname" in data else None,
                 extra={k: v for k, v in data.items() if k not in _HEADER_KEYS},
             )
         except ValueError as e:
@@ -476,6 +592,8 @@ class CaptureReader:
 
     def _records(self, start: tuple[int, int, int], last_us: int) -> Iterator[Record]:
         base, self._protocol, self.frames = start  # base: file offset of tail[0]
+        if base == self._data_start:
+            self.carried = 0
         self.ended = False
         self.torn_bytes = 0
         tail = b""  # the start of a record whose end has not been read yet
@@ -530,6 +648,20 @@ class CaptureReader:
                 self.position = offset + pos
                 yield new(FrameRecord, (us / 1_000_000, body, self._protocol))
                 continue
+            if kind == KIND_CARRIED:
+                self._check_carried_record(offset + pos, length, us, last_us, self.frames)
+                if body_end > end:
+                    break
+                original = self._carried_original(data, body_start, length, us, offset + pos)
+                self.carried += 1
+                pos = body_end
+                last_us = us
+                self.position = offset + pos
+                yield new(
+                    CarriedRecord,
+                    (us / 1_000_000, original / 1_000_000, data[body_start + 8 : body_end], self._protocol),
+                )
+                continue
             self._check_event_record(offset + pos, kind, length, us, last_us)
             if body_end > end:
                 break
@@ -553,6 +685,8 @@ class CaptureReader:
         max_frames: int | None = None,
         fields: bool = False,
         on_undecodable: Callable[[FrameRecord], object] | None = None,
+        carried: bool = True,
+        on_carried: Callable[[CarriedRecord], object] | None = None,
     ) -> PumpResult:
         """Decode the frames from where iteration would start and hand each message to the
         handler of its class, with its time; hand connect, disconnect and end records to
@@ -571,17 +705,26 @@ class CaptureReader:
         class's field order) instead of the message: for handlers that unpack by position, it
         saves making a message object per frame.
 
+        Carried frames (format 2: the state given before the file began, at its start) are
+        decoded and handed to their handlers like frames, with the time they were really
+        received (``original``, seconds, may be negative), so that a file read alone gives the
+        state at its start; with ``carried=False`` they are not. Either way they are counted in
+        ``carried``, not in ``frames`` (nor in ``PumpResult.frames`` and ``undecodable``: those
+        count what was received during this file), and handed as a :class:`CarriedRecord` to
+        ``on_carried`` if given (``dump`` shows them so).
+
         Damage raises :class:`CaptureDamage`; a salvaging reader skips it (see
         :meth:`_skip_damage`) and goes on, and the result counts what was read on both sides.
         """
+        carry = (carried, on_carried)
         if not self.salvage:
-            return self._pump(handlers, on_event, until, max_frames, fields, on_undecodable)
+            return self._pump(handlers, on_event, until, max_frames, fields, on_undecodable, carry)
         frames = undecodable = 0
         last_t: float | None = None
         while True:
             left = None if max_frames is None else max_frames - frames
             try:
-                result = self._pump(handlers, on_event, until, left, fields, on_undecodable)
+                result = self._pump(handlers, on_event, until, left, fields, on_undecodable, carry)
             except CaptureDamage as e:
                 done: PumpResult = e.partial  # type: ignore[assignment]
                 frames += done.frames
@@ -604,11 +747,14 @@ class CaptureReader:
         max_frames: int | None,
         fields: bool,
         on_undecodable: Callable[[FrameRecord], object] | None,
+        carry: tuple[bool, Callable[[CarriedRecord], object] | None] = (True, None),
     ) -> PumpResult:
         """pump() without salvaging."""
         if self.follow:
             raise ValueError("pump() reads what is in the file; iterate a following reader")
         base, protocol, frames = self._start  # base: file offset of data[0]
+        if base == self._data_start:
+            self.carried = 0
         first_frames = frames
         undecodable = 0
         last_t: float | None = None
@@ -677,6 +823,19 @@ class CaptureReader:
                             break
                         continue
                     self.frames = frames
+                    if kind == 5:  # KIND_CARRIED: rare (a file's start), off the frames' path
+                        self._check_carried_record(base + pos, length, us, last_us, frames)
+                        if stop > end:
+                            break
+                        if us / 1_000_000 > stop_after:
+                            stopped = "until"
+                            break
+                        self._pump_carried(data, body, stop, us, base + pos, protocol, dispatch, handlers, fields, carry)
+                        last_us = us
+                        pos = stop
+                        self.position = base + pos
+                        last_t = us / 1_000_000
+                        continue
                     self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
                         break
@@ -738,6 +897,53 @@ class CaptureReader:
         elif length > MAX_OPTIONAL_BODY:
             self._corrupt(where, f"optional record (kind 0x{kind:02x}) of {length} bytes")
         self._check_time(where, us, last_us)
+
+    def _check_carried_record(self, where: int, length: int, us: int, last_us: int, frames: int) -> None:
+        """Raise for a carried-frame record header that cannot be right (both readers' check)."""
+        if not MIN_CARRIED_BODY <= length <= MAX_CARRIED_BODY:
+            self._corrupt(where, f"carried frame record of {length} bytes")
+        if frames:
+            self._corrupt(where, "carried frame after frame records")
+        self._check_time(where, us, last_us)
+
+    def _carried_original(self, data: Any, body: int, length: int, us: int, where: int) -> int:
+        """A whole carried record's original time (µs), once its body checks out."""
+        original, frame_length = _CARRIED_HEAD.unpack_from(data, body)
+        if frame_length + 12 != length:
+            self._corrupt(where, "carried frame's length prefix disagrees with its record")
+        if not -MAX_TIME_US <= original <= us:
+            self._corrupt(where, f"carried frame received at {original} µs, after it was carried at {us} µs")
+        return original
+
+    def _pump_carried(
+        self,
+        data: Any,
+        body: int,
+        stop: int,
+        us: int,
+        where: int,
+        protocol: int,
+        dispatch: dict[int, tuple[Any, Any]],
+        handlers: Mapping[type[Message], Callable[[Any, float], object]],
+        fields: bool,
+        carry: tuple[bool, Callable[[CarriedRecord], object] | None],
+    ) -> None:
+        """pump()'s handling of one whole carried-frame record at ``data[body - 13:stop]``."""
+        original = self._carried_original(data, body, stop - body, us, where) / 1_000_000
+        self.carried += 1
+        apply, on_carried = carry
+        frame = body + 8
+        if apply:
+            type_word = _BE32.unpack_from(data, frame + 4)[0]
+            decoder, handler = dispatch.get(type_word) or self._dispatch_miss(dispatch, type_word, protocol, handlers, fields)
+            try:
+                msg = decoder(data, frame, stop)
+            except MalformedFrame:
+                msg = None
+            if msg is not None and msg.__class__ is not int:
+                handler(msg, original)
+        if on_carried is not None:
+            on_carried(tuple.__new__(CarriedRecord, (us / 1_000_000, original, data[frame:stop], protocol)))
 
     def _check_frame_record(self, where: int, length: int, us: int, last_us: int) -> None:
         """Raise for a frame record header that cannot be right (both readers' check)."""
@@ -806,6 +1012,7 @@ class CaptureReader:
                     _int_field(body, "offered", 0),
                     _str_field(body, "scheduler", ""),
                     _bool_field(body, "reconnect", False),
+                    _bool_field(body, "rotated", False),
                 )
             elif kind == KIND_DISCONNECT:
                 record = DisconnectRecord(t, _str_field(body, "reason", ""))
@@ -814,6 +1021,8 @@ class CaptureReader:
         except ValueError as e:
             self._corrupt(where, f"event record is not valid: {e}")
         if kind == KIND_CONNECT:
+            if record.rotated and record.reconnect:
+                self._corrupt(where, "connect record is both a reconnection and a rotation")
             if not MIN_PROTOCOL_VERSION <= record.protocol <= MAX_SANE_PROTOCOL:
                 self._corrupt(where, f"connect record names protocol {record.protocol}, which icecream never spoke")
             self._protocol = record.protocol
@@ -878,9 +1087,25 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_EVENT_KINDS = (KIND_CONNECT, KIND_DISCONNECT, KIND_END)
+_CRITICAL_KINDS = (KIND_FRAME, KIND_CONNECT, KIND_DISCONNECT, KIND_END, KIND_CARRIED)
+
 #: Strict JSON: NaN, Infinity and -Infinity are not JSON, whatever Python's json accepts.
 _JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-_HEADER_KEYS = frozenset(("protocol", "peer_version", "offered", "scheduler", "start", "icetools"))
+_HEADER_KEYS = frozenset(
+    ("protocol", "peer_version", "offered", "scheduler", "start", "icetools", "series", "part", "netname")
+)
+
+
+def convert_1_to_2(header: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 header as format 2: the same (format 2 only added optional header keys, the
+    connect record's optional ``rotated`` and the carried-frame record, none of which a format
+    1 file has)."""
+    return header
+
+
+#: Format N's header -> format N+1's, by N (see docs/capture-format.md).
+_CONVERTERS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: convert_1_to_2}
 _REQUIRED: Any = object()
 _JSON_TEXT_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
@@ -945,14 +1170,16 @@ def torn_problem(tail: bytes, last_us: int = 0) -> str | None:
     earlier than ``last_us``), a frame's own length prefix must agree with its record, and the
     start of a JSON body must be the start of UTF-8 JSON text."""
     kind = tail[0]
-    if kind < FIRST_OPTIONAL_KIND and kind not in (KIND_FRAME, KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+    if kind < FIRST_OPTIONAL_KIND and kind not in _CRITICAL_KINDS:
         return f"unknown record kind 0x{kind:02x}"
     if len(tail) < 5:
         return None
     (length,) = _BE32.unpack_from(tail, 1)
     if kind == KIND_FRAME and not 8 <= length <= MAX_FRAME_BODY:
         return f"frame record of {length} bytes"
-    if kind < FIRST_OPTIONAL_KIND and kind != KIND_FRAME and length > MAX_JSON_BODY:
+    if kind == KIND_CARRIED and not MIN_CARRIED_BODY <= length <= MAX_CARRIED_BODY:
+        return f"carried frame record of {length} bytes"
+    if kind in _EVENT_KINDS and length > MAX_JSON_BODY:
         return f"event record of {length} bytes"
     if kind >= FIRST_OPTIONAL_KIND and length > MAX_OPTIONAL_BODY:
         return f"optional record (kind 0x{kind:02x}) of {length} bytes"
@@ -967,6 +1194,11 @@ def torn_problem(tail: bytes, last_us: int = 0) -> str | None:
     if kind == KIND_FRAME:
         if len(body) >= 4 and _BE32.unpack_from(body)[0] + 4 != length:
             return "frame length prefix disagrees with its record"
+    elif kind == KIND_CARRIED:
+        if len(body) >= 8 and not -MAX_TIME_US <= _ORIGINAL.unpack_from(body)[0] <= us:
+            return "carried frame received after it was carried"
+        if len(body) >= 12 and _BE32.unpack_from(body, 8)[0] + 12 != length:
+            return "carried frame's length prefix disagrees with its record"
     elif kind < FIRST_OPTIONAL_KIND and body:
         if body[:1] != b"{":
             return "event record is not a JSON object"
@@ -980,16 +1212,20 @@ def torn_problem(tail: bytes, last_us: int = 0) -> str | None:
 
 
 def _record_checks_out(buf: bytes, pos: int, min_us: int, at_eof: bool) -> int | None:
-    """If a frame, connect, disconnect or end record that checks out (header within the limits,
-    time from ``min_us``, a frame's own length prefix agreeing, a JSON object for a body)
-    starts at ``buf[pos]``, where it ends; -1 if a torn tail starts there; else None."""
+    """If a frame, carried frame, connect, disconnect or end record that checks out (header
+    within the limits, time from ``min_us``, a frame's own length prefix agreeing, a JSON object
+    for a body) starts at ``buf[pos]``, where it ends; -1 if a torn tail starts there; else
+    None."""
     if len(buf) - pos < RECORD_HEADER_SIZE:
         return -1 if at_eof and torn_problem(buf[pos:], min_us) is None else None
     kind, length, us = _RECORD.unpack_from(buf, pos)
     if kind == KIND_FRAME:
         if not 8 <= length <= MAX_FRAME_BODY:
             return None
-    elif kind in (KIND_CONNECT, KIND_DISCONNECT, KIND_END):
+    elif kind == KIND_CARRIED:
+        if not MIN_CARRIED_BODY <= length <= MAX_CARRIED_BODY:
+            return None
+    elif kind in _EVENT_KINDS:
         if length > MAX_JSON_BODY:
             return None
     else:
@@ -1002,6 +1238,10 @@ def _record_checks_out(buf: bytes, pos: int, min_us: int, at_eof: bool) -> int |
     body = buf[pos + RECORD_HEADER_SIZE : end]
     if kind == KIND_FRAME:
         if _BE32.unpack_from(body)[0] + 4 != length:
+            return None
+    elif kind == KIND_CARRIED:
+        original, frame_length = _CARRIED_HEAD.unpack_from(body)
+        if frame_length + 12 != length or not -MAX_TIME_US <= original <= us:
             return None
     elif _json_object(body) is None:
         return None

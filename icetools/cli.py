@@ -308,13 +308,14 @@ def dump(file: Path, as_json: bool, follow: bool, types: tuple[str, ...], salvag
             batch: list[str] = []
             handlers = dumper.handlers(batch)
             on_event = dumper.on_event(batch)
+            on_carried = dumper.on_carried(batch)
             dumper.protocol = reader.protocol
             with Progress(reader, sys.stderr) as progress:
                 try:
                     while True:
                         pumped = reader.pump(
                             handlers, on_event, max_frames=8192, fields=as_json,
-                            on_undecodable=on_event,
+                            on_undecodable=on_event, carried=False, on_carried=on_carried,
                         )
                         if batch:
                             batch.append("")

@@ -199,6 +199,11 @@ def broadcast_addresses() -> list[str]:
 NO_INTERFACE = "no network interface to broadcast on (loopback and point-to-point links are not used)"
 
 
+#: The most distinct answers one discovery keeps: far more schedulers than any network runs,
+#: few enough that a peer inventing a new netname per datagram cannot make us grow for the window.
+MAX_REPLIES = 1024
+
+
 def collect(
     *,
     port: int = DEFAULT_PORT,
@@ -216,7 +221,7 @@ def collect(
         raise SchedulerNotFound(NO_INTERFACE)
     request = build_request(version)
     replies: dict[tuple[str, int, str], DiscoveryReply] = {}
-    ignored = 0
+    ignored = 0  # datagrams that were not answers, and answers beyond MAX_REPLIES
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         for address in targets:
@@ -239,7 +244,11 @@ def collect(
             if reply is None or not 1 <= reply.version < 128:
                 ignored += 1
                 continue
-            replies.setdefault((reply.host, reply.port, reply.netname), reply)
+            key = (reply.host, reply.port, reply.netname)
+            if key not in replies and len(replies) >= MAX_REPLIES:
+                ignored += 1  # a flood of made-up netnames must not grow us without bound
+                continue
+            replies.setdefault(key, reply)
     return Discovery(tuple(replies.values()), ignored)
 
 

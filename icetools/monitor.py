@@ -852,7 +852,9 @@ class Monitor:
             if code == LOST_EXIT_CODE and not real_msec and not in_u:
                 job.lost = True
                 totals.lost += 1
-            elif job.file:
+            # A lost compile is re-run locally like a failed one: the client's connection to the
+            # compiling host broke, and icecc falls back to compiling on its own machine.
+            if job.file:
                 pending = self._failed_for_rerun
                 pending[(job.client_id, _stem(job.file))] = (job_id, t)
                 if len(pending) > MAX_PENDING_RERUNS:

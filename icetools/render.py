@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import messages
-from .capture import ConnectRecord, DisconnectRecord, EndRecord, FrameRecord, Record
+from .capture import CarriedRecord, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord, Record
 from .errors import ProtocolError
 from .messages import LANG_NAMES, Message, MsgType
 
@@ -72,7 +72,7 @@ class Decoded:
         self.record = record
         self.message: Message | None = None
         self.error: str | None = None
-        if isinstance(record, FrameRecord):
+        if isinstance(record, (FrameRecord, CarriedRecord)):
             try:
                 self.message = messages.decode(record.data, record.protocol, monitor=True)
                 self.name = self.message.TYPE.name
@@ -102,8 +102,10 @@ def decode_records(records: Iterable[Record]) -> Iterator[Decoded]:
 
 def to_json(item: Decoded) -> dict[str, Any]:
     rec = item.record
-    out: dict[str, Any] = {"t": round(rec.t, 6), "type": item.name}
-    if isinstance(rec, FrameRecord):
+    # A carried frame is shown at the time it was really received (as replay applies it).
+    t = rec.original if type(rec) is CarriedRecord else rec.t
+    out: dict[str, Any] = {"t": round(t, 6), "type": item.name}
+    if isinstance(rec, (FrameRecord, CarriedRecord)):
         if item.message is not None:
             out.update(message_fields(item.message, rec.protocol))
         else:
@@ -119,10 +121,14 @@ def to_json(item: Decoded) -> dict[str, Any]:
             scheduler=rec.scheduler,
             reconnect=rec.reconnect,
         )
+        if rec.rotated:  # only ever true in format 2: format 1 files dump as they always did
+            out["rotated"] = True
     elif isinstance(rec, DisconnectRecord):
         out["reason"] = rec.reason
     elif isinstance(rec, EndRecord):
         out.update(frames=rec.frames, reason=rec.reason)
+    if type(rec) is CarriedRecord:
+        out["carried"] = True
     return out
 
 
@@ -173,7 +179,7 @@ def _message_formatter(cls: type[Message], protocol: int) -> Callable[[float, Me
 
 def json_line(item: Decoded) -> str:
     msg = item.message
-    if msg is not None:
+    if msg is not None and type(item.record) is not CarriedRecord:
         key = (type(msg), item.record.protocol)
         formatter = _formatters.get(key)
         if formatter is None:
@@ -232,25 +238,32 @@ def text_line(item: Decoded) -> str:
     return printable(_text_line(item))
 
 
+#: What marks a carried frame's line (text): the state given before the file began.
+CARRIED_MARK = "[carried] "
+
+
 def _text_line(item: Decoded) -> str:
     rec = item.record
-    stamp = f"{rec.t:10.3f}"
-    if isinstance(rec, FrameRecord):
+    carried = type(rec) is CarriedRecord
+    stamp = f"{rec.original if carried else rec.t:10.3f}"
+    if isinstance(rec, (FrameRecord, CarriedRecord)):
+        mark = CARRIED_MARK if carried else ""
         if item.message is not None:
             name = item.message.TYPE.name
             if item.message.TYPE_WORD != item.message.TYPE:
                 name += f" (type word 0x{item.message.TYPE_WORD:02X})"
-            return f"{stamp}  {name:<20}  {describe(item.message)}"
+            return f"{stamp}  {name:<20}  {mark}{describe(item.message)}"
         word = messages.frame_type(rec.data)
         hexed = rec.data.hex(" ")
         if len(hexed) > 200:
             hexed = hexed[:200] + " ..."
-        return f"{stamp}  {'UNDECODABLE':<20}  type 0x{word:02X}, {len(rec.data)} bytes: {hexed}  ({item.error})"
+        return f"{stamp}  {'UNDECODABLE':<20}  {mark}type 0x{word:02X}, {len(rec.data)} bytes: {hexed}  ({item.error})"
     if isinstance(rec, ConnectRecord):
         what = "reconnected" if rec.reconnect else "connected"
         return (
             f"{stamp}  -- {what} to {rec.scheduler}, protocol {rec.protocol} "
             f"(scheduler offers {rec.peer_version}, we offered {rec.offered})"
+            + (" (rotated: the previous part's connection goes on)" if rec.rotated else "")
         )
     if isinstance(rec, DisconnectRecord):
         return f"{stamp}  -- disconnected: {rec.reason}"
@@ -317,12 +330,18 @@ class Dumper:
             if type(record) is ConnectRecord:
                 self.protocol = record.protocol
             item = Decoded(record)
-            if item.name == "UNDECODABLE":
+            # (an undecodable carried frame is shown, not counted: the count is of the frames
+            # received during the file, see CaptureReader.frames)
+            if item.name == "UNDECODABLE" and type(record) is not CarriedRecord:
                 self.undecodable += 1
             if wanted is None or item.name in wanted:
                 out.append(render(item))
 
         return handle
+
+    def on_carried(self, out: list[str]) -> Callable[[CarriedRecord], None]:
+        """For pump(carried=False, on_carried=...): carried frames, marked, as lines in ``out``."""
+        return self.on_event(out)
 
     def lines(self, records: Iterable[Record]) -> Iterator[str]:
         decode = messages.decode
@@ -350,6 +369,6 @@ class Dumper:
                 else:
                     yield text_line(Decoded.of(rec, msg))
                 continue
-            item = Decoded(rec)
+            item = Decoded(rec)  # events, and carried frames (marked; not counted if undecodable)
             if wanted is None or item.name in wanted:
                 yield render(item)

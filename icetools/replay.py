@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
 from . import messages
-from .capture import CaptureReader, ConnectRecord, DisconnectRecord, FrameRecord, Record
+from .capture import CaptureReader, CarriedRecord, ConnectRecord, DisconnectRecord, FrameRecord, Record
 from .errors import ProtocolError
 from .monitor import JobState, Monitor
 from .progress import Progress
@@ -50,13 +50,24 @@ def paced(
 
 def apply_record(monitor: Monitor, record: Record) -> bool:
     """Apply one record to the Monitor; False for a frame that could not be decoded (dump shows
-    and counts those; a replay skips what it cannot read)."""
-    if type(record) is FrameRecord:
+    and counts those; a replay skips what it cannot read). A carried frame is applied as what
+    it is, a frame received at its ``original`` time (as pump() does), but neither counted in the
+    Monitor's frames nor moving its clock back."""
+    kind = type(record)
+    if kind is FrameRecord:
         try:
             msg = messages.decode(record.data, record.protocol, monitor=True)
         except ProtocolError:
             return False
         monitor.feed(msg, record.t)
+    elif kind is CarriedRecord:
+        try:
+            msg = messages.decode(record.data, record.protocol, monitor=True)
+        except ProtocolError:
+            return True  # not counted as undecodable: that count is of the file's frames
+        handler = monitor.handlers.get(type(msg))
+        if handler is not None:
+            handler(msg, record.original)
     else:
         apply_event(monitor, record)
     return True

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import messages as m
-from .capture import CaptureReader, ConnectRecord, FrameRecord, Record
+from .capture import CaptureReader, CarriedRecord, ConnectRecord, FrameRecord, Record
 from .defaults import STANDIN_LISTEN
 from .discovery import build_reply
 from .errors import HandshakeError, IcetoolsError, ProtocolError, describe_os_error
@@ -274,6 +274,10 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
 def _frame_records(records: Iterable[Record]) -> Iterator[tuple[float, bytes, int]]:
     for record in records:
         if type(record) is FrameRecord:
+            yield record.t, record.data, record.protocol
+        elif type(record) is CarriedRecord:
+            # The state the recorded scheduler had given before the file began: a monitor
+            # that connects gets it first, as it would from the scheduler.
             yield record.t, record.data, record.protocol
         elif type(record) is ConnectRecord:
             continue  # the recorded scheduler restarted: its login MON_STATS follow as frames

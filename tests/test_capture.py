@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import threading
 from pathlib import Path
@@ -11,10 +12,13 @@ import pytest
 
 from icetools import messages as m
 from icetools.capture import (
+    FORMAT_VERSION,
+    KIND_CARRIED,
     KIND_FRAME,
     MAGIC,
     CaptureReader,
     CaptureWriter,
+    CarriedRecord,
     ConnectRecord,
     DisconnectRecord,
     EndRecord,
@@ -127,7 +131,7 @@ def test_not_a_capture_and_empty_and_newer(tmp_path: Path) -> None:
     with pytest.raises(CaptureError, match="is empty"):
         CaptureReader(empty)
     newer = tmp_path / "newer.icecap"
-    newer.write_bytes(MAGIC + struct.pack(">HI", 2, 2) + b"{}")
+    newer.write_bytes(MAGIC + struct.pack(">HI", FORMAT_VERSION + 1, 2) + b"{}")
     with pytest.raises(NewerFormatError, match="written by a newer icetools .* please upgrade"):
         CaptureReader(newer)
     with pytest.raises(CaptureError, match="no such file"):
@@ -202,8 +206,9 @@ def test_header_json_is_documented_keys(tmp_path: Path) -> None:
     assert raw.startswith(MAGIC)
     version, length = struct.unpack_from(">HI", raw, 8)
     header = json.loads(raw[14 : 14 + length])
-    assert version == 1
-    assert set(header) == {"protocol", "peer_version", "offered", "scheduler", "start", "icetools"}
+    assert version == 2
+    assert set(header) == {"protocol", "peer_version", "offered", "scheduler", "start", "icetools", "series", "part"}
+    assert re.fullmatch("[0-9a-f]{32}", header["series"]) and header["part"] == 0
 
 
 def test_both_readers_agree_on_every_damaged_record_header(tmp_path: Path) -> None:
@@ -239,3 +244,227 @@ def test_both_readers_agree_on_every_damaged_record_header(tmp_path: Path) -> No
                 assert iterated == pumped, (at, i, flip)
                 if iterated[0] == "read" and iterated[2]:
                     assert len(data) - iterated[2] == offsets[-1], (at, i, flip, iterated)
+
+
+# ---- format 2: series, part, netname, rotated connect records, carried frames ----------------
+
+CARRIED_STATS = m.encode(m.MonStats(1, "Name:node1\nIP:10.0.0.1\nMaxJobs:2\n"), 43)
+CARRIED_GET_CS = m.encode(m.MonGetCS(filename="a.c", lang=0, job_id=7, client_id=1), 43)
+CARRIED_BEGIN = m.encode(m.MonJobBegin(job_id=7, stime=0, host_id=1), 43)
+LIVE_DONE = m.encode(m.MonJobDone(job_id=7, exitcode=0), 43)
+
+
+def write_part(path: Path, *, series: str = "0123456789abcdef0123456789abcdef") -> None:
+    """A rotated part: header with series/part/netname, a rotated connect record at 0.5 s, three
+    carried frames received before the file began, then a frame received during it."""
+    with CaptureWriter(path, series=series, part=3, netname="farm") as w:
+        w.connected(43, 43, 44, "127.0.0.1:8765", t=0.5, rotated=True)
+        w.carried([(-12.25, CARRIED_STATS), (-3.0, CARRIED_GET_CS), (-2.5, CARRIED_BEGIN)])
+        w.frames([LIVE_DONE], t=1.0)
+
+
+def test_format_2_round_trip_of_carried_frames_and_new_header_keys(tmp_path: Path) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    header, records, reader = read_all(path)
+    assert reader.version == 2
+    assert (header.series, header.part, header.netname) == ("0123456789abcdef0123456789abcdef", 3, "farm")
+    assert records[0] == ConnectRecord(0.5, 43, 43, 44, "127.0.0.1:8765", False, True)
+    assert records[1:4] == [
+        CarriedRecord(0.5, -12.25, CARRIED_STATS, 43),
+        CarriedRecord(0.5, -3.0, CARRIED_GET_CS, 43),
+        CarriedRecord(0.5, -2.5, CARRIED_BEGIN, 43),
+    ]
+    assert records[4] == FrameRecord(1.0, LIVE_DONE, 43)
+    # Carried frames are not frames of this file: not counted as such, in the reader nor the
+    # end record.
+    assert reader.frames == 1 and reader.carried == 3
+    assert records[5] == EndRecord(1.0, 1, "closed")
+    # A new writer starts a new series at part 0.
+    other = tmp_path / "o.icecap"
+    with CaptureWriter(other) as w:
+        w.connected(43, 43, 44, "x:1")
+    first = CaptureReader(other).header
+    assert first.part == 0 and first.netname is None and re.fullmatch("[0-9a-f]{32}", first.series or "")
+    assert first.series != header.series
+
+
+def test_pump_applies_carried_frames_at_their_original_time_or_skips_them(tmp_path: Path) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    for carried in (True, False):
+        seen: list[tuple[str, float]] = []
+        events: list[object] = []
+        shown: list[CarriedRecord] = []
+        handlers = {
+            cls: (lambda msg, t, name=cls.__name__: seen.append((name, t)))
+            for cls in (m.MonStats, m.MonGetCS, m.MonJobBegin, m.MonJobDone)
+        }
+        with CaptureReader(path) as reader:
+            result = reader.pump(handlers, events.append, carried=carried, on_carried=shown.append)
+            assert (reader.frames, reader.carried) == (1, 3)
+        assert result.frames == 1 and result.undecodable == 0 and result.stopped == "end"
+        applied = [("MonStats", -12.25), ("MonGetCS", -3.0), ("MonJobBegin", -2.5)] if carried else []
+        assert seen == applied + [("MonJobDone", 1.0)]
+        assert [type(e) for e in events] == [ConnectRecord, EndRecord]
+        assert [(r.t, r.original, r.data) for r in shown] == [
+            (0.5, -12.25, CARRIED_STATS), (0.5, -3.0, CARRIED_GET_CS), (0.5, -2.5, CARRIED_BEGIN)
+        ]
+    # pump(until) before the carried records' time stops before them.
+    with CaptureReader(path) as reader:
+        seen = []
+        result = reader.pump({m.MonStats: lambda msg, t: seen.append(t)}, lambda r: None, until=0.25)
+        assert result.stopped == "until" and seen == [] and reader.carried == 0
+
+
+def test_version_1_files_still_read_without_the_new_keys() -> None:
+    for path in sorted((Path(__file__).resolve().parent.parent / "recordings").glob("*.icecap")):
+        with CaptureReader(path) as reader:
+            records = list(reader)
+        assert reader.version == 1, path
+        assert (reader.header.series, reader.header.part, reader.header.netname) == (None, None, None)
+        assert reader.carried == 0 and not any(type(r) is CarriedRecord for r in records)
+        assert not any(type(r) is ConnectRecord and r.rotated for r in records)
+
+
+def _with_header(path: Path, **changes: object) -> None:
+    raw = path.read_bytes()
+    (length,) = struct.unpack_from(">I", raw, 10)
+    header = json.loads(raw[14 : 14 + length])
+    header.update(changes)
+    new = json.dumps(header).encode()
+    path.write_bytes(raw[:10] + struct.pack(">I", len(new)) + new + raw[14 + length :])
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("series", "0123456789ABCDEF0123456789ABCDEF"), ("series", "0123"), ("series", 5), ("series", None),
+        ("part", -1), ("part", "1"), ("part", 1.0), ("part", True), ("part", None),
+        ("netname", 5), ("netname", ["farm"]), ("netname", None),
+    ],
+)
+def test_new_header_keys_are_strictly_typed(tmp_path: Path, key: str, value: object) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    _with_header(path, **{key: value})
+    with pytest.raises(CaptureError, match=f"header is not valid: '{key}' is"):
+        CaptureReader(path)
+
+
+def _carried_record(original_us: int, frame: bytes, us: int = 500_000) -> bytes:
+    body = struct.pack(">q", original_us) + frame
+    return struct.pack(">BIQ", KIND_CARRIED, len(body), us) + body
+
+
+def test_damaged_carried_records_and_rotated_connects_are_damage_for_both_readers(tmp_path: Path) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    data = path.read_bytes()
+    (length,) = struct.unpack_from(">I", data, 10)
+    connect_at = 14 + length
+    carried_at = connect_at + 13 + struct.unpack_from(">I", data, connect_at + 1)[0]
+    end_at = len(data) - 13 - len(b'{"frames":1,"reason":"closed"}')
+    assert data[end_at] == 0x04  # the end record
+    cases = {
+        # the frame's own length prefix disagrees with the carried record's length
+        "length prefix": data[:carried_at] + _carried_record(-1, CARRIED_STATS[:3] + b"\x00" + CARRIED_STATS[4:]) + data[carried_at:],
+        # received after it was carried
+        "after it was carried": data[:carried_at] + _carried_record(600_000, CARRIED_STATS) + data[carried_at:],
+        # too short to hold a frame
+        "of 12 bytes": data[:carried_at] + struct.pack(">BIQ", KIND_CARRIED, 12, 500_000) + bytes(12) + data[carried_at:],
+        # after the file's frames
+        "after frame records": data[:end_at] + _carried_record(-1, CARRIED_STATS, us=1_000_000) + data[end_at:],
+        "reconnection and a rotation": data.replace(b'"reconnect":false', b'"reconnect":true '),
+        "'rotated' is": data.replace(b'"rotated":true', b'"rotated":1   '),
+    }
+    for what, damaged in cases.items():
+        path.write_bytes(damaged)
+        for use_pump in (False, True):
+            with CaptureReader(path) as reader, pytest.raises(CaptureError, match=f"corrupt capture .*{re.escape(what)}"):
+                if use_pump:
+                    reader.pump({}, lambda r: None)
+                else:
+                    list(reader)
+
+
+def test_a_carried_record_cut_short_is_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    data = path.read_bytes()
+    (length,) = struct.unpack_from(">I", data, 10)
+    connect_at = 14 + length
+    starts = [connect_at + 13 + struct.unpack_from(">I", data, connect_at + 1)[0]]
+    for _ in range(3):
+        starts.append(starts[-1] + 13 + struct.unpack_from(">I", data, starts[-1] + 1)[0])
+    last = starts[2]  # the third carried record
+    for cut in range(last + 1, starts[3]):
+        path.write_bytes(data[:cut])
+        for use_pump in (False, True):
+            with CaptureReader(path) as reader:
+                if use_pump:
+                    reader.pump({}, lambda r: None)
+                else:
+                    list(reader)
+                assert reader.torn_bytes == cut - last and reader.carried == 2, cut
+    # ... unless what is there cannot be its start: a carried frame received after it was carried.
+    bad = data[:last] + _carried_record(600_000, CARRIED_BEGIN)[:25]
+    path.write_bytes(bad)
+    with CaptureReader(path) as reader, pytest.raises(CaptureError, match="received after it was carried, in a record cut short"):
+        list(reader)
+
+
+def test_salvage_resumes_at_a_carried_record(tmp_path: Path) -> None:
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    data = bytearray(path.read_bytes())
+    (length,) = struct.unpack_from(">I", data, 10)
+    connect_at = 14 + length
+    carried_at = connect_at + 13 + struct.unpack_from(">I", data, connect_at + 1)[0]
+    data[connect_at] = 0x33  # the connect record's kind: damage up to the first carried record
+    path.write_bytes(bytes(data))
+    with CaptureReader(path) as reader, pytest.raises(CaptureError, match="unknown record kind 0x33"):
+        list(reader)
+    with CaptureReader(path, salvage=True) as reader:
+        records = list(reader)
+    assert reader.damage == {connect_at: carried_at - connect_at}
+    assert [type(r) for r in records] == [CarriedRecord] * 3 + [FrameRecord, EndRecord]
+    with CaptureReader(path, salvage=True) as reader:
+        seen: list[float] = []
+        reader.pump({m.MonStats: lambda msg, t: seen.append(t)}, lambda r: None)
+        assert seen == [-12.25] and reader.carried == 3 and reader.frames == 1
+
+
+def test_reading_commands_show_or_apply_carried_frames(tmp_path: Path) -> None:
+    """dump marks carried frames, stats does not count them as frames, replay (fast and paced)
+    and jobs start from the state they give."""
+    import subprocess
+    import sys
+
+    def icetools(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "icetools", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and not result.stderr, result.stderr
+        return result.stdout
+
+    path = tmp_path / "p.icecap"
+    write_part(path)
+    lines = [json.loads(line) for line in icetools("dump", "--json", str(path)).splitlines()]
+    assert [(d["type"], d["t"], d.get("carried", False)) for d in lines] == [
+        ("connect", 0.5, False), ("MON_STATS", -12.25, True), ("MON_GET_CS", -3.0, True),
+        ("MON_JOB_BEGIN", -2.5, True), ("MON_JOB_DONE", 1.0, False), ("end", 1.0, False),
+    ]
+    assert lines[0]["rotated"] is True and lines[2]["filename"] == "a.c"
+    text = icetools("dump", str(path)).splitlines()
+    assert [("[carried]" in line) for line in text] == [False, True, True, True, False, False]
+    assert "rotated" in text[0] and "-12.250  MON_STATS" in text[1]
+    stats = json.loads(icetools("stats", "--json", str(path)))
+    assert stats["jobs"]["remote"] == 1 and [h["name"] for h in stats["hosts"]] == ["node1"], stats
+    for paced in ([], ["--speed", "1000"]):
+        state = json.loads(icetools("replay", *(paced or ["--fast"]), "--json", str(path)))
+        (host,) = state["hosts"]
+        assert host["name"] == "node1"
+        # the job requested and begun before the file began ended during it, on node1
+        assert state["totals"]["remote_done"] == 1 and host["counters"]["compiled"] == 1, state
+        assert state["totals"]["frames"] == 1  # the frames received during the file
+    (job,) = [json.loads(line) for line in icetools("jobs", "--json", str(path)).splitlines()]
+    assert (job["file"], job["requested"], job["started"], job["ended"], job["server"]) == ("a.c", -3.0, -2.5, 1.0, "node1")

@@ -82,6 +82,12 @@ HOSTILE = {
     "connect reconnect a number": capture(HEADER, record(2, CONNECT.replace(b'"reconnect":false', b'"reconnect":0'))),
     "disconnect reason a list": capture(HEADER, record(2, CONNECT), record(3, b'{"reason":["x"]}')),
     "record time 2^64-1": capture(HEADER, record(2, CONNECT), record(1, STATS, us=2**64 - 1)),
+    # format 2: the new header keys, the rotated connect record and carried frames
+    "header series uppercase": capture(HEADER[:-1] + b',"series":"0123456789ABCDEF0123456789ABCDEF"}', record(2, CONNECT)),
+    "header part a string": capture(HEADER[:-1] + b',"part":"1"}', record(2, CONNECT)),
+    "header netname null": capture(HEADER[:-1] + b',"netname":null}', record(2, CONNECT)),
+    "connect rotated a number": capture(HEADER, record(2, CONNECT[:-1] + b',"rotated":1}')),
+    "carried frame received after it was carried": capture(HEADER, record(2, CONNECT), record(5, struct.pack(">q", 6) + STATS)),
 }
 
 READING = [

@@ -140,3 +140,34 @@ def test_nothing_answered_counts_what_was_ignored() -> None:
     assert str(d.nothing_answered("NET", 0.5, 1)) == (
         "no scheduler for network 'NET' answered a broadcast within 0.5 s; "
         "ignored 1 datagram that was not a scheduler's answer")
+
+
+def test_a_flood_of_invented_netnames_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer that answers one request with a new netname per datagram (a scripted peer on
+    loopback: no real scheduler does this) fills at most MAX_REPLIES entries; the rest are
+    counted as ignored, not kept."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(d, "MAX_REPLIES", 5)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+
+    def answer() -> None:
+        request, asker = peer.recvfrom(64)
+        for i in range(20):
+            reply = d.build_reply(request, d.PROTOCOL_VERSION, 1_700_000_000, f"net{i}")
+            assert reply is not None
+            peer.sendto(reply, asker)
+            peer.sendto(reply, asker)  # the same answer twice is one scheduler, not two
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        found = d.collect(port=peer.getsockname()[1], window=1.0, addresses=["127.0.0.1"])
+    finally:
+        thread.join()
+        peer.close()
+    assert sorted(r.netname for r in found.replies) == [f"net{i}" for i in range(5)]
+    assert found.ignored == 30
