@@ -396,6 +396,10 @@ class WhyAnalysis(Publisher):
         #: With keep_boundary_waits: the submitters whose first build has closed. Each
         #: submitter's first build and the builds open at the end keep their waits (_Build.kept).
         self._closed_once: set[str] | None = set() if keep_boundary_waits else None
+        #: Hosts (by id) with an open build under "#id": they asked for jobs before their
+        #: report named them (a format 2 file's carried frames come in the order received,
+        #: so a running job's request comes before its host's latest report).
+        self._unnamed_submitters: set[int] = set()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -544,6 +548,8 @@ class WhyAnalysis(Publisher):
         else:
             h.report = host.statmsg  # type: ignore[union-attr]
             slots = host.remote_slots()  # type: ignore[union-attr]
+            if self._unnamed_submitters and host.id in self._unnamed_submitters and host.name:  # type: ignore[union-attr]
+                self._name_build(host.id, host.name)  # type: ignore[union-attr]
             if host.name and h.name != host.name:  # type: ignore[union-attr]
                 # Named only now (it was known by id from a job): its slots count under
                 # its name from here on (before its first report it offered none).
@@ -554,6 +560,16 @@ class WhyAnalysis(Publisher):
             h.advance(t)
             self._free += _free(slots, h.running) - _free(h.slots, h.running)
             h.slots = slots
+
+    def _name_build(self, host_id: int, name: str) -> None:
+        """A host that asked for jobs before its report named it: its open build goes on under
+        its name (unless that name has an open build of its own: then it stays "#id")."""
+        self._unnamed_submitters.discard(host_id)
+        build = self._builds.get(f"#{host_id}")
+        if build is not None and name not in self._builds:
+            del self._builds[build.submitter]
+            build.submitter = name
+            self._builds[name] = build
 
     def _integrate(self, t: float) -> None:
         """The time jobs waited, from the last event to ``t``: with a slot free or with none."""
@@ -595,6 +611,7 @@ class WhyAnalysis(Publisher):
         for h in self._hosts.values():
             h.advance(t)
         self._hosts.clear()
+        self._unnamed_submitters.clear()  # (ids start over)
         self._waiting = self._free = 0
 
     def _end(self, job_id: int, t: float, monitor: Monitor) -> None:
@@ -623,6 +640,8 @@ class WhyAnalysis(Publisher):
             if build is not None:
                 self._close(build)
             build = self._builds[name] = _Build(name, t)
+            if host is None or not host.name:
+                self._unnamed_submitters.add(client_id)
         build.in_flight += 1
         if t > build.active:
             build.active = t

@@ -48,8 +48,10 @@ from .capture import CaptureReader
 from .errors import IcetoolsError
 from .index import cache_dir
 from .jobs import host_name
-from .monitor import Event, EventKind, Host, HostCounters, Job, Monitor, Publisher, Totals
-from .replay import replay_file
+from .monitor import RERUN_WINDOW, Event, EventKind, Host, HostCounters, Job, Monitor, Publisher, Totals, _stem
+from . import messages as m
+from .capture import CarriedRecord, ConnectRecord
+from .replay import apply_record, replay_file
 from .stats import DEFAULT_GAP, HostStats, Waits, WhyAnalysis, _Build, percentile, report_json, why_json
 
 #: Changes whenever what a summary holds does: a cached summary of another version is rebuilt.
@@ -64,6 +66,18 @@ _ADDITIVE = (
 _COUNTER_FIELDS = ("compiled", "submitted", "local", "failed", "lost", "compile_msec", "in_bytes", "out_bytes")
 
 
+class _NotingDict(dict):  # type: ignore[type-arg]
+    """The Monitor's pending failures, noting every key ever set (a failure of this file)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noted: set[Any] = set()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.noted.add(key)
+        super().__setitem__(key, value)
+
+
 class _SummaryMonitor(Monitor):
     """The Monitor, noting what a summary needs from its edges: the first connect's time and,
     for each host name first counted in this file, the counters its host had before the name
@@ -75,6 +89,30 @@ class _SummaryMonitor(Monitor):
         self.first_connect: float | None = None
         self.rotated = False
         self.adopted: dict[str, HostCounters] = {}
+        #: Re-runs across the start (see Summary.reruns_open): the failures of this file by
+        #: (submitter id, stem) so far, and its local jobs that matched no failure here but
+        #: could match one of the file before (its first RERUN_WINDOW seconds, once per key).
+        self._failed_for_rerun = _NotingDict()
+        self.rerun_from: float | None = None  # (set once the carried frames are applied)
+        self.rerun_candidates: list[tuple[float, tuple[int | None, str]]] = []
+        self._candidate_keys: set[tuple[int | None, str]] = set()
+
+    def reset(self, t: float) -> None:
+        super().reset(t)
+        self.rerun_from = None  # (nothing before a reconnect can be re-run after it)
+
+    def _on_local_begin(self, msg: Any, t: float) -> None:
+        before = self.totals.reruns
+        super()._on_local_begin(msg, t)
+        start = self.rerun_from
+        if start is not None and self.totals.reruns == before and t - start <= RERUN_WINDOW:
+            host_id, _, _, file = msg
+            if file:
+                key = (host_id, _stem(file))
+                if key not in self._failed_for_rerun.noted and key not in self._candidate_keys:
+                    self._candidate_keys.add(key)
+                    self.rerun_candidates.append((t, key))
+
 
     def connected(self, protocol: int, t: float) -> None:
         if self.first_connect is None:
@@ -252,6 +290,14 @@ class Summary:
     transfer: dict[str, list[float]]
     builds: list[_Build]
     pending: list[_Pending]
+    #: What the file's carried frames added (None without any): see _Carried.
+    carried: _Carried | None = None
+    #: Failed remote jobs at the end not re-run yet: (submitter id, stem) -> (job id, time);
+    #: and local jobs of the first RERUN_WINDOW seconds that matched none here (time, key).
+    #: When the next file continues this one, its local job may re-run a failure of this one.
+    reruns_open: dict[tuple[int | None, str], tuple[int, float]] = dataclasses.field(default_factory=dict)
+    rerun_candidates: list[tuple[float, tuple[int | None, str]]] = dataclasses.field(default_factory=list)
+    rerun_failed: set[tuple[int | None, str]] = dataclasses.field(default_factory=set)  # every failure's key
 
     # -- merging ------------------------------------------------------------------------------
 
@@ -262,27 +308,46 @@ class Summary:
         as at a reconnect."""
         if nxt.gap != self.gap:
             raise ValueError("summaries made with different --gap values do not merge")
-        if continues:
-            raise NotImplementedError("continuing files (format 2) are not merged yet")
         o = nxt.start - self.start
-        reset_t = nxt.first_connect + o
-        # The gap: what was running and offered at the end goes on until the reconnect, which
-        # ends the jobs in flight, unfinished (WhyAnalysis._reset).
-        self._apply_pending()
-        dt = reset_t - self.end
-        if dt > 0:
-            for name, (offered, busy) in self.end_slots.items():
-                use = self.use.setdefault(name, [0.0, 0.0])
-                use[0] += offered * dt
-                use[1] += busy * dt
-            if self.end_waiting == 1:
-                self.held_s += dt
-            elif self.end_waiting == 2:
-                self.saturated_s += dt
+        if continues:
+            # One connection goes on: no reconnect. The jobs in flight here were carried into
+            # the next file and are counted there (their wait where they were requested, their
+            # run where they ended); those it did not carry stay in flight. What its carried
+            # frames added to its own figures was live here: it is taken back.
+            carried = nxt.carried
+            taken = carried.jobs if carried is not None else set()
+            self.pending = [p for p in self.pending if p.job.id not in taken]
+            if carried is not None:
+                _take_back(nxt, carried)
+            # A local job of the next file may re-run a failure of this one (Monitor:
+            # within RERUN_WINDOW seconds, the same submitter and file stem).
+            for t, key in nxt.rerun_candidates:
+                failed = self.reruns_open.pop(key, None)
+                if failed is not None and t + o - failed[1] <= RERUN_WINDOW:
+                    self.totals.reruns += 1
+            for key in nxt.rerun_failed:  # (a failure there replaced the one here)
+                self.reruns_open.pop(key, None)
+            self.reruns_open.update({k: (j, t + o) for k, (j, t) in nxt.reruns_open.items()})
+        else:
+            reset_t = nxt.first_connect + o
+            # The gap: what was running and offered at the end goes on until the reconnect,
+            # which ends the jobs in flight, unfinished (WhyAnalysis._reset).
+            self._apply_pending()
+            dt = reset_t - self.end
+            if dt > 0:
+                for name, (offered, busy) in self.end_slots.items():
+                    use = self.use.setdefault(name, [0.0, 0.0])
+                    use[0] += offered * dt
+                    use[1] += busy * dt
+                if self.end_waiting == 1:
+                    self.held_s += dt
+                elif self.end_waiting == 2:
+                    self.saturated_s += dt
+            self.totals.resets += 1  # the reconnect
+            self.reruns_open = {k: (j, t + o) for k, (j, t) in nxt.reruns_open.items()}
         t, n = self.totals, nxt.totals
         for name in _ADDITIVE:
             setattr(t, name, getattr(t, name) + getattr(n, name))
-        t.resets += 1  # the reconnect
         if t.first_host_seen is None and n.first_host_seen is not None:
             t.first_host_seen = n.first_host_seen + o
         # Host counters by name; a name already counted takes over a host that was known by id
@@ -299,7 +364,11 @@ class Summary:
         for name, adopted in nxt.adopted.items():
             self.adopted.setdefault(name, adopted)
         self.host_ids.update(nxt.host_ids)
-        self.unnamed = nxt.unnamed  # (the reset forgot the hosts of before)
+        if continues:  # the same hosts go on
+            ids = {host_id for host_id, _ in nxt.unnamed}
+            self.unnamed = [u for u in self.unnamed if u[0] not in ids] + nxt.unnamed
+        else:
+            self.unnamed = nxt.unnamed  # (the reset forgot the hosts of before)
         self.slowest = sorted(self.slowest + nxt.slowest, reverse=True)[: len_slowest()]
         for f in nxt.finishes:
             f.offset += o
@@ -335,7 +404,7 @@ class Summary:
         self.first_connect = self.first_connect  # (this summary's own first connect stays)
         self.end_slots = nxt.end_slots
         self.end_waiting = nxt.end_waiting
-        self.pending = nxt.pending
+        self.pending += nxt.pending
         self.netname, self.series, self.part = nxt.netname, nxt.series, nxt.part
         return self
 
@@ -417,6 +486,25 @@ class Summary:
                 submitter = self.submitter_waits[build.submitter] = Waits()
             submitter.merge(waits)
         self.pending = []
+
+
+def _take_back(s: Summary, carried: _Carried) -> None:
+    """Take what a file's carried frames added out of its summary's figures (see _Carried)."""
+    t = s.totals
+    for name in _ADDITIVE:
+        setattr(t, name, getattr(t, name) - getattr(carried.totals, name))
+    for name, counters in carried.counters.items():
+        mine = s.host_counters.get(name)
+        if mine is not None:
+            _add_counters(mine, counters, -1)
+        s.adopted.pop(name, None)  # (named by the carried frames: counted before, there)
+    for name, (offered, busy) in carried.use.items():
+        use = s.use.get(name)
+        if use is not None:
+            use[0] -= offered
+            use[1] -= busy
+    s.held_s -= carried.held_s
+    s.saturated_s -= carried.saturated_s
 
 
 def len_slowest() -> int:
@@ -501,13 +589,81 @@ def summarise(path: Path, gap: float = DEFAULT_GAP, salvage: bool = False, *,
         why = WhyAnalysis(gap, keep_boundary_waits=True)
         finishes = _FinishTimes()
         monitor = _SummaryMonitor([why, finishes])
+        carried = _carried_phase(reader, monitor, why)
         result = replay_file(monitor, reader, progress_stream=progress_stream)
-        return _summary_of(reader, monitor, why, finishes, result.undecodable)
+        summary = _summary_of(reader, monitor, why, finishes, result.undecodable)
+        summary.carried = carried
+        summary.reruns_open = dict(monitor._failed_for_rerun)
+        summary.rerun_candidates = monitor.rerun_candidates
+        summary.rerun_failed = monitor._failed_for_rerun.noted
+        return summary
 
 
-def _extra(reader: CaptureReader, key: str, kind: type) -> Any:
-    value = reader.header.extra.get(key)
-    return value if isinstance(value, kind) else None
+class _Carried:
+    """What a file's carried frames (format 2: the state before it began) added to its figures,
+    taken back when it is merged after the file it continues (where those frames were live):
+    the totals and the counters by host name as they stood after them, the host names they
+    named, the jobs they carried, and the slot-seconds and waiting time up to the file's start
+    (its first connect record)."""
+
+    __slots__ = ("totals", "counters", "names", "jobs", "use", "held_s", "saturated_s")
+
+    def __init__(self, monitor: _SummaryMonitor, why: WhyAnalysis, t0: float, jobs: set[int]) -> None:
+        self.totals = dataclasses.replace(monitor.totals)
+        self.counters = {name: _copy_counters(c) for name, c in monitor.host_counters.items()}
+        self.names = set(monitor.adopted)
+        self.jobs = jobs
+        # What WhyAnalysis would have summed by t0 (computed aside: the figures of the file
+        # alone are summed exactly as stats sums them).
+        self.use = {name: list(u) for name, u in why.use.items()}
+        for h in why._hosts.values():
+            dt = t0 - h.last
+            if dt > 0:
+                u = self.use[h.name]
+                u[0] += h.slots * dt
+                u[1] += (h.running if h.running < h.slots else h.slots) * dt
+        self.held_s, self.saturated_s = why.held_s, why.saturated_s
+        if why._waiting and why._last is not None and t0 > why._last:
+            if why._free:
+                self.held_s += t0 - why._last
+            else:
+                self.saturated_s += t0 - why._last
+
+
+_JOB_MESSAGES = (m.MonGetCS, m.MonJobBegin, m.MonLocalJobBegin)
+
+
+def _carried_phase(reader: CaptureReader, monitor: _SummaryMonitor, why: WhyAnalysis) -> _Carried | None:
+    """Apply the file's first connect record and its carried frames (as a replay does) and note
+    what they added; leave the reader at the first record after them. None without carried
+    frames."""
+    records = iter(reader)
+    first = next(records, None)
+    if type(first) is not ConnectRecord:
+        records.close()
+        reader.rewind()
+        return None
+    apply_record(monitor, first)
+    monitor.rotated = first.rotated
+    mark = (reader.position, reader.protocol, reader.frames)
+    jobs: set[int] = set()
+    for record in records:
+        if type(record) is not CarriedRecord:
+            break
+        apply_record(monitor, record)
+        try:
+            msg = m.decode(record.data, record.protocol, monitor=True)
+        except IcetoolsError:
+            msg = None
+        if isinstance(msg, _JOB_MESSAGES):
+            jobs.add(msg.job_id)
+        mark = (reader.position, reader.protocol, reader.frames)
+    records.close()
+    reader.seek(*mark)
+    monitor.rerun_from = first.t
+    if not reader.carried:
+        return None
+    return _Carried(monitor, why, first.t, jobs)
 
 
 def _summary_of(
@@ -544,9 +700,9 @@ def _summary_of(
         gap=why.gap,
         files=[str(reader.path)],
         scheduler=reader.header.scheduler,
-        netname=_extra(reader, "netname", str),
-        series=_extra(reader, "series", str),
-        part=_extra(reader, "part", int),
+        netname=reader.header.netname,
+        series=reader.header.series,
+        part=reader.header.part,
         rotated=monitor.rotated,
         end=t,
         first_connect=monitor.first_connect if monitor.first_connect is not None else 0.0,
@@ -611,6 +767,7 @@ def summary_path(capture: Path, gap: float, salvage: bool) -> Path:
 #: What a cached summary may contain: icetools' own classes and plain builtins, nothing else.
 _ALLOWED = {
     ("icetools.summary", "Summary"), ("icetools.summary", "_Finishes"), ("icetools.summary", "_Pending"),
+    ("icetools.summary", "_Carried"),
     ("icetools.stats", "Waits"), ("icetools.stats", "_Build"), ("icetools.monitor", "HostCounters"),
     ("icetools.monitor", "Totals"), ("icetools.monitor", "Job"), ("icetools.monitor", "JobState"),
     ("builtins", "set"), ("builtins", "frozenset"), ("copyreg", "_reconstructor"), ("builtins", "object"),

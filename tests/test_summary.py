@@ -20,7 +20,7 @@ import pytest
 
 from icetools import messages as m
 from icetools import summary as summary_mod
-from icetools.capture import CaptureReader, CaptureWriter
+from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord
 from icetools.monitor import Monitor
 from icetools.replay import apply_event
 from icetools.stats import WhyAnalysis, report
@@ -39,20 +39,30 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache / "icetools"
 
 
-def one_stream(paths: list[Path], gap: float = 30.0) -> dict[str, Any]:
+def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False) -> dict[str, Any]:
     """The reference: every file pumped into one Monitor and WhyAnalysis, times in seconds
     since the first file's start (a file's own times plus its start minus the first start).
-    Each file's first connect record is a reconnect there: the Monitor starts over."""
+    Each file's first connect record is a reconnect there: the Monitor starts over; or with
+    ``continued`` each file continues the one before: its first connect record and carried
+    frames are skipped (they were live in the file before)."""
     why = WhyAnalysis(gap)
     monitor = Monitor(publishers=[why])
     start0 = None
-    for path in paths:
+    for i, path in enumerate(paths):
         with CaptureReader(path) as reader:
             if start0 is None:
                 start0 = reader.header.start
             o = reader.header.start - start0
             handlers = {cls: (lambda h: lambda msg, t: h(msg, t + o))(h) for cls, h in monitor.handlers.items()}
-            result = reader.pump(handlers, lambda record: apply_event(monitor, record._replace(t=record.t + o)), fields=True)
+            skip = [bool(i and continued)]
+
+            def on_event(record: Any) -> None:
+                if skip[0] and isinstance(record, ConnectRecord):
+                    skip[0] = False
+                    return
+                apply_event(monitor, record._replace(t=record.t + o))
+
+            result = reader.pump(handlers, on_event, fields=True, carried=not (i and continued))
             if result.last_t is not None:
                 monitor.now = result.last_t + o
     why.finish(monitor)
@@ -346,3 +356,108 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+# ---- files that continue each other (format 2) --------------------------------------------------
+
+
+def _carried(frames: list[tuple[float, bytes]], protocol: int, before: float) -> list[tuple[float, bytes]]:
+    """What a rotation at ``before`` carries (docs/capture-format.md): each online host's latest
+    MON_STATS, each job not done its MON_GET_CS and MON_JOB_BEGIN, each running local job its
+    MON_LOCAL_JOB_BEGIN; in the order received."""
+    hosts: dict[int, tuple[int, float, bytes]] = {}
+    jobs: dict[int, list[tuple[int, float, bytes]]] = {}
+    local: dict[int, tuple[int, tuple[int, float, bytes]]] = {}
+    for seq, (t, data) in enumerate(frames):
+        if t > before:
+            break
+        msg = m.decode(data, protocol, monitor=True)
+        entry = (seq, t, data)
+        if isinstance(msg, m.MonStats):
+            if msg.offline:
+                hosts.pop(msg.host_id, None)
+                for job_id in [j for j, (h, _) in local.items() if h == msg.host_id]:
+                    del local[job_id]
+            else:
+                hosts[msg.host_id] = entry
+        elif isinstance(msg, m.MonGetCS):
+            jobs[msg.job_id] = [entry]
+        elif isinstance(msg, m.MonJobBegin):
+            jobs.setdefault(msg.job_id, []).append(entry)
+        elif isinstance(msg, m.MonJobDone):
+            jobs.pop(msg.job_id, None)
+        elif isinstance(msg, m.MonLocalJobBegin):
+            local[msg.job_id] = (msg.host_id, entry)
+        elif isinstance(msg, m.JobLocalDone):
+            local.pop(msg.job_id, None)
+    kept = [*hosts.values(), *(e for es in jobs.values() for e in es), *(e for _, e in local.values())]
+    return [(t - before, data) for _, t, data in sorted(kept)]
+
+
+def rotated(source: Path, folder: Path, at: list[float], start: float = 1795849595.25) -> tuple[Path, list[Path]]:
+    """``source``'s frames written unrotated and as a series rotated at the times ``at`` (each
+    part carries the state at its start), with ``start`` as the first start."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with CaptureReader(source) as reader:
+        protocol = reader.header.protocol
+        frames = [(r.t, r.data) for r in reader if isinstance(r, FrameRecord)]
+    end = frames[-1][0] + 1.0
+    whole = CaptureWriter(folder / "whole.icecap")
+    whole.start = start
+    whole.connected(protocol, protocol, protocol, "s:1", t=0.0)
+    for t, data in frames:
+        whole.frames([data], t=t)
+    whole.close("stopped", t=end)
+    series = "ab" * 16
+    parts = []
+    bounds = [0.0, *at, end]
+    for k in range(len(bounds) - 1):
+        lo, hi = bounds[k], bounds[k + 1]
+        writer = CaptureWriter(folder / f"part-{k}.icecap", series=series, part=k)
+        writer.start = start + lo
+        writer.connected(protocol, protocol, protocol, "s:1", t=0.0, rotated=k > 0)
+        if k:
+            writer.carried(_carried(frames, protocol, lo))
+        for t, data in frames:
+            if lo < t <= hi or (k == 0 and t == 0.0):
+                writer.frames([data], t=t - lo)
+        writer.close("rotated" if k < len(bounds) - 2 else "stopped", t=hi - lo)
+        parts.append(writer.path)
+    return whole.path, parts
+
+
+@pytest.mark.parametrize("name", ["demo", "daemon-dies", "builds", "failures-local"])
+def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, name: str) -> None:
+    """A series rotated three times while jobs run (each part starting with the carried state):
+    its merged summaries equal one stream of the parts (carried frames skipped) and the stats
+    of the same frames recorded in one file; each part alone is what stats says of it."""
+    source = RECORDINGS / f"{name}.icecap"
+    duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
+    whole, parts = rotated(source, tmp_path, [round(duration * f, 2) for f in (0.25, 0.5, 0.75)])
+    summaries_ = [summarise(p) for p in parts]
+    assert summaries_[0].carried is None and summaries_[-1].carried is not None
+    assert all(summaries_[k].continued_by(summaries_[k + 1]) for k in range(3))
+    for p, s in zip(parts, summaries_):
+        with CaptureReader(p) as reader:
+            from icetools.stats import analyse
+
+            assert report_from(s) == analyse(reader)[0]  # (a part alone: stats' own answer)
+    expected = one_stream(parts, continued=True)
+    got = report_from(merged(summaries_))
+    assert _rounded(got) == _rounded(expected)
+    assert _rounded(got) == _rounded(report_from(summarise(whole)))
+    assert got["reconnects"] == 0
+    # The jobs running at a rotation were counted once.
+    assert got["jobs"] == report_from(summarise(whole))["jobs"]
+
+
+def _rounded(report: dict[str, Any]) -> Any:
+    """The report with its sums of seconds to 2 decimals: a part's carried share is taken back
+    by subtraction, which can move a float sum by a few units in its last place."""
+    if isinstance(report, dict):
+        return {k: _rounded(v) for k, v in report.items()}
+    if isinstance(report, list):
+        return [_rounded(v) for v in report]
+    if isinstance(report, float):
+        return round(report, 2)
+    return report
