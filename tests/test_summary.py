@@ -461,3 +461,34 @@ def _rounded(report: dict[str, Any]) -> Any:
     if isinstance(report, float):
         return round(report, 2)
     return report
+
+
+def test_a_job_carried_before_its_submitter_s_report(tmp_path: Path) -> None:
+    """Carried frames come in the order received: here a running job's request before its
+    submitter's latest report, and a job waiting for the one slot. The next part alone names
+    the build after its submitter once the report comes (not "#1"), and merged after the part it
+    continues, the build goes on, the wait is counted once and the waiting time before the part
+    began is not counted twice."""
+    source = write(tmp_path / "source.icecap", 1_800_000_000.0, [
+        (0.0, m.MonStats(2, _host(2, 1))),
+        (0.5, m.MonStats(1, _host(1, 0))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.2, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.5, m.MonGetCS(filename="b.c", job_id=2, client_id=1)),  # waits: the slot is taken
+        (2.0, m.MonStats(1, _host(1, 0).replace("Load:10", "Load:20"))),  # node1's latest report
+        (4.0, m.MonJobDone(job_id=1, exitcode=0, real_msec=2500)),
+        (4.5, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
+        (5.0, m.MonJobDone(job_id=2, exitcode=0, real_msec=400)),
+    ], end=6.0)
+    whole, parts = rotated(source, tmp_path / "rotated", [3.0], start=1_800_000_000.0)
+    alone = report_from(summarise(parts[1]))
+    assert [b["submitter"] for b in alone["builds"]] == ["node1"]
+    got = report_from(merged([summarise(p) for p in parts]))
+    assert got == one_stream(parts, continued=True)
+    assert _rounded(got) == _rounded(report_from(summarise(whole)))
+    [build] = got["builds"]
+    assert (build["submitter"], build["jobs"], build["unfinished"], build["start"], build["end"]) == ("node1", 2, 0, 1.0, 5.0)
+    assert got["wait"]["cluster"] == {"count": 2, "p50_ms": 200, "p95_ms": 3000, "max_ms": 3000}
+    # Job 2 waited from 1.5 s to 4.0 s with no slot free, then until 4.5 s with one free (and
+    # job 1 for 0.2 s with the slot free).
+    assert (got["saturated_s"], got["waiting_with_free_slots_s"]) == (2.5, 0.7)
