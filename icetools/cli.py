@@ -637,12 +637,9 @@ def _in_time_order(files: tuple[Path, ...], salvage: bool) -> list[Path]:
     for file in files:
         with CaptureReader(file, salvage=salvage) as reader:
             header = reader.header
-            part = header.extra.get("part")
-            netname = header.extra.get("netname")
             seen.setdefault(
                 os.path.realpath(file),
-                (header.start, part if isinstance(part, int) else 0, file, header.scheduler,
-                 netname if isinstance(netname, str) else None),
+                (header.start, header.part or 0, file, header.scheduler, header.netname),
             )
     ordered = sorted(seen.values(), key=lambda x: (x[0], x[1]))
     first = ordered[0]
