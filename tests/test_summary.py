@@ -92,8 +92,9 @@ def one_after_another(tmp_path: Path, names: list[str], pauses: list[float]) -> 
     return paths
 
 
-def write(path: Path, start: float, frames: list[tuple[float, m.Message]], end: float, scheduler: str = "s:1") -> Path:
-    writer = CaptureWriter(path)
+def write(path: Path, start: float, frames: list[tuple[float, m.Message]], end: float, scheduler: str = "s:1",
+          netname: str | None = None) -> Path:
+    writer = CaptureWriter(path, netname=netname)
     writer.start = start
     writer.connected(43, 43, 44, scheduler, t=0.0)
     for t, message in frames:
@@ -294,6 +295,13 @@ def test_files_of_different_schedulers_are_refused(tmp_path: Path) -> None:
     result = icetools("stats", str(b), str(a))
     assert result.returncode == 1
     assert result.stderr == f"icetools: error: files from different schedulers: {a} (s:1), {b} (t:2)\n"
+    # The same address but another netname (when both files name one) is another scheduler.
+    c = write(tmp_path / "c.icecap", 1_800_000_020.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="A")
+    d = write(tmp_path / "d.icecap", 1_800_000_030.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="B")
+    result = icetools("stats", str(c), str(d))
+    assert result.returncode == 1
+    assert result.stderr == f"icetools: error: files from different schedulers: {c} (s:1), {d} (s:1)\n"
+    assert icetools("stats", str(a), str(c)).returncode == 0  # (one file names none)
 
 
 def _grown(tmp_path: Path, n: int, frames: int) -> list[Path]:
