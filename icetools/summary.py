@@ -298,6 +298,9 @@ class Summary:
     reruns_open: dict[tuple[int | None, str], tuple[int, float]] = dataclasses.field(default_factory=dict)
     rerun_candidates: list[tuple[float, tuple[int | None, str]]] = dataclasses.field(default_factory=list)
     rerun_failed: set[tuple[int | None, str]] = dataclasses.field(default_factory=set)  # every failure's key
+    #: The file ended with an end record: only such a summary is cached (a recording still
+    #: being written changes size at every run: its summaries would pile up in the cache).
+    complete: bool = True
 
     # -- merging ------------------------------------------------------------------------------
 
@@ -596,6 +599,7 @@ def summarise(path: Path, gap: float = DEFAULT_GAP, salvage: bool = False, *,
         summary.reruns_open = dict(monitor._failed_for_rerun)
         summary.rerun_candidates = monitor.rerun_candidates
         summary.rerun_failed = monitor._failed_for_rerun.noted
+        summary.complete = reader.ended
         return summary
 
 
@@ -804,7 +808,11 @@ def load(capture: Path, gap: float, salvage: bool) -> Summary | None:
 
 
 def save(capture: Path, summary: Summary, salvage: bool) -> None:
-    """Write the summary atomically (a reader never sees half of one); failing is harmless."""
+    """Write the summary atomically (a reader never sees half of one); failing is harmless.
+    A file without an end record (still being recorded, or its recorder was killed) is not
+    cached."""
+    if not summary.complete:
+        return
     try:
         path = summary_path(capture, summary.gap, salvage)
         path.parent.mkdir(parents=True, exist_ok=True)

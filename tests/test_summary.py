@@ -500,3 +500,18 @@ def test_a_job_carried_before_its_submitter_s_report(tmp_path: Path) -> None:
     # Job 2 waited from 1.5 s to 4.0 s with no slot free, then until 4.5 s with one free (and
     # job 1 for 0.2 s with the slot free).
     assert (got["saturated_s"], got["waiting_with_free_slots_s"]) == (2.5, 0.7)
+
+
+def test_a_file_still_being_recorded_is_not_cached(tmp_path: Path, _own_cache: Path) -> None:
+    writer = CaptureWriter(tmp_path / "growing.icecap")
+    writer.connected(43, 43, 44, "s:1", t=0.0)
+    writer.frames([m.encode(m.MonStats(1, _host(1, 1)), 43)], t=1.0)
+    try:
+        first = summaries([writer.path])[0]
+        assert not first.complete
+        assert not list(_own_cache.glob("*.sum"))  # (it grows: every run would add an entry)
+        writer.close("stopped", t=2.0)
+        assert summaries([writer.path])[0].complete
+        assert len(list(_own_cache.glob("*.sum"))) == 1
+    finally:
+        writer.close("stopped")
