@@ -294,10 +294,12 @@ class CaptureWriter:
             # writes, so its old end is bytes_written): a reader then finds whole records only.
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self.bytes_written)
-            raise CaptureError(
+            error = CaptureError(
                 f"cannot write {self.path}: {e.strerror} ({self.frames_written} frames recorded "
                 "before are kept)"
-            ) from None
+            )
+            error.strerror = e.strerror  # type: ignore[attr-defined]  (for a rotating writer's message)
+            raise error from None
         self.bytes_written += len(data)
 
     @staticmethod

@@ -25,7 +25,7 @@ from .defaults import SERVE_MAX_CLIENTS
 from .defaults import SERVE_PORT as DEFAULT_PORT
 from .defaults import STANDIN_LISTEN
 from .discovery import DEFAULT_PORT as DEFAULT_SCHEDULER_PORT
-from .discovery import DISCOVERY_WINDOW, locate_scheduler, parse_hostport
+from .discovery import DEFAULT_NETNAME, DISCOVERY_WINDOW, locate_scheduler, parse_hostport, scheduler_from_environment
 from .errors import IcetoolsError, OptionError
 from .messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from .monitor import DEFAULT_MAX_FINISHED, Monitor
@@ -33,6 +33,7 @@ from .progress import Progress
 from .render import TYPE_NAMES, Dumper, printable
 from .replay import paced, render_state, replay_file
 from .replay import replay as replay_records
+from .rotation import Rotation, RotatingWriter, is_pattern, output_pattern, parse_rotation
 from .index import open_at
 from .stats import DEFAULT_GAP, render_report
 
@@ -51,6 +52,8 @@ def warn(message: str) -> None:
 #: a problem as its one-line error with exit status 1; click's own checks would answer with a
 #: usage error (exit 2) instead, and only for some of the problems.
 PATH = click.Path(path_type=Path, readable=False)
+#: Where a recording goes: kept as typed (a Path would drop the '/' that says "a directory").
+OUTPUT = click.Path(path_type=str, readable=False)
 
 _salvage_option = click.option(
     "--salvage",
@@ -125,6 +128,80 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class RotationType(click.ParamType):
+    """--rotate: a duration (30m, 1h, 1d, 90s) or a size (64KB, 100MB, 1GiB)."""
+
+    name = "rotation"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, Rotation):
+            return value
+        try:
+            return parse_rotation(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _rotation_options(f):  # type: ignore[no-untyped-def]
+    """--rotate and --keep (record, serve --record)."""
+    f = click.option(
+        "--keep",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="With --rotate: keep the newest N files of this recording, deleting older ones "
+        "after each rotation (default: keep all).",
+    )(f)
+    f = click.option(
+        "--rotate",
+        type=RotationType(),
+        metavar="WHEN",
+        help="Go on in a new file every duration (30m, 1h, 1d, 90s) or once the file has a size "
+        "(64KB, 100MB, 1GB; KiB/MiB/GiB); each file stands on its own (it carries the hosts "
+        "and running jobs over). The output may then be a directory or a strftime pattern "
+        "(farm-%Y%m%d-%H%M.icecap).",
+    )(f)
+    return f
+
+
+def _looked_for(scheduler: str | None, netname: str | None) -> str | None:
+    """The netname a recording looks for (its header's ``netname``): None when it connects
+    by address (-s or ICECC_SCHEDULER), which is how locate_scheduler decides too."""
+    if scheduler or scheduler_from_environment(None):
+        return None
+    return netname or DEFAULT_NETNAME
+
+
+def _recording_sink(
+    output: str | None,
+    *,
+    rotate: Rotation | None,
+    keep: int | None,
+    overwrite: bool,
+    netname: str | None,
+) -> CaptureWriter | RotatingWriter:
+    """The capture a recording writes to: one file, or with ``rotate`` a rotating series
+    (after :func:`_check_recording_usage`)."""
+    if rotate is None:
+        if output is None:
+            output = time.strftime("icecream-%Y%m%d-%H%M%S") + FILE_SUFFIX
+        return CaptureWriter(Path(output), overwrite=overwrite, netname=netname)
+    return RotatingWriter(output_pattern(output), rotate, keep=keep, netname=netname)
+
+
+def _check_recording_usage(
+    output: str | None, *, rotate: Rotation | None, keep: int | None, overwrite: bool, option: str
+) -> None:
+    """Usage errors for what only goes with --rotate (``option`` names the output option),
+    before anything else happens."""
+    if rotate is None:
+        if keep is not None:
+            raise click.UsageError("--keep goes with --rotate")
+        if output is not None and is_pattern(output):
+            raise click.UsageError(f"{option} {output} is a strftime pattern, which goes with --rotate")
+    elif overwrite:
+        raise click.UsageError("--overwrite does not go with --rotate (a rotating recording never replaces a file)")
+
+
 def _web_options(f):  # type: ignore[no-untyped-def]
     """--allow-origin, --allow-host and --max-clients of the web server (serve, replay --serve)."""
     f = click.option(
@@ -172,8 +249,9 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
 @click.option(
     "-o",
     "--output",
-    type=PATH,
-    help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}).",
+    type=OUTPUT,
+    help=f"Capture file to write (default: icecream-YYYYmmdd-HHMMSS{FILE_SUFFIX}); with --rotate "
+    "also a directory or a strftime pattern.",
 )
 @click.option(
     "--overwrite",
@@ -191,36 +269,44 @@ def _scheduler_locator(scheduler: str | None, netname: str | None) -> tuple[tupl
     help="End the recording (exit 0) when the scheduler closes the connection, "
     "instead of reconnecting with backoff.",
 )
+@_rotation_options
 def record(
     scheduler: str | None,
     netname: str | None,
-    output: Path | None,
+    output: str | None,
     overwrite: bool,
     duration: float | None,
     count: int | None,
     protocol: int,
     no_reconnect: bool,
+    rotate: Rotation | None,
+    keep: int | None,
 ) -> None:
     """Log in to a scheduler as a monitor and record every frame it sends.
 
     The capture is append-only and written as frames arrive: stopping with Ctrl-C or SIGTERM
     writes an end record, and even a recorder killed outright keeps every complete frame.
     When the scheduler goes away, record reconnects with backoff and the recording goes on
-    (one file can span scheduler restarts).
+    (one file can span scheduler restarts). With --rotate it goes on in a new file every
+    duration or size, each file standing on its own; --keep deletes the oldest files of the
+    recording beyond N.
 
     \b
     Examples:
       icetools record -s scheduler.example:8765 -o build.icecap
       icetools record --duration 3600 --protocol 38    # as a protocol-38 monitor sees it
       ICECC_SCHEDULER=buildhost icetools record --count 10000
+      icetools record -o /var/lib/icetools/ --rotate 1d --keep 30
+      icetools record -o 'farm-%Y%m%d-%H%M.icecap' --rotate 100MB
     """
-    if output is None:
-        output = Path(time.strftime("icecream-%Y%m%d-%H%M%S") + FILE_SUFFIX)
     # Resolve the first address before creating the file, so a bad address leaves nothing behind.
     from .record import Recorder, run_recorder
 
+    _check_recording_usage(output, rotate=rotate, keep=keep, overwrite=overwrite, option="-o")
     _, locate = _scheduler_locator(scheduler, netname)
-    writer = CaptureWriter(output, overwrite=overwrite)
+    writer = _recording_sink(
+        output, rotate=rotate, keep=keep, overwrite=overwrite, netname=_looked_for(scheduler, netname)
+    )
     interactive = sys.stderr.isatty()
     recorder = Recorder(
         writer,
@@ -239,9 +325,10 @@ def record(
         # With nothing recorded the writer leaves no file behind (and an old one in place).
         writer.close(reason)
     if not interactive:
+        where = f"{writer.path}" if isinstance(writer, CaptureWriter) else f"{writer.parts} files (the last {writer.path})"
         click.echo(
             f"icetools: recorded {writer.frames_written} frames ({writer.bytes_written} bytes) "
-            f"to {output}, stopped by {reason}",
+            f"to {printable(where)}, stopped by {reason}",
             err=True,
         )
 
@@ -663,23 +750,27 @@ def _in_time_order(files: tuple[Path, ...], salvage: bool) -> list[Path]:
 @click.option(
     "--record",
     "record_to",
-    type=PATH,
+    type=OUTPUT,
     metavar="FILE",
-    help="Also record everything the scheduler sends to FILE.",
+    help="Also record everything the scheduler sends to FILE (with --rotate also a directory "
+    "or a strftime pattern).",
 )
 @click.option(
     "--overwrite",
     is_flag=True,
     help="With --record: replace FILE if it exists (once the scheduler has answered).",
 )
+@_rotation_options
 @_protocol_option
 @_web_options
 def serve(
     scheduler: str | None,
     netname: str | None,
     listen: str,
-    record_to: Path | None,
+    record_to: str | None,
     overwrite: bool,
+    rotate: Rotation | None,
+    keep: int | None,
     protocol: int,
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -696,6 +787,7 @@ def serve(
     Examples:
       icetools serve -s buildhost                     # then open http://127.0.0.1:8770/
       icetools serve -s buildhost --listen 0.0.0.0:8770 --record today.icecap
+      icetools serve -s buildhost --record /var/lib/icetools/ --rotate 1d --keep 30
     """
     import asyncio
 
@@ -703,9 +795,16 @@ def serve(
 
     if overwrite and record_to is None:
         raise click.UsageError("--overwrite goes with --record")
+    if (rotate is not None or keep is not None) and record_to is None:
+        raise click.UsageError("--rotate and --keep go with --record")
+    _check_recording_usage(record_to, rotate=rotate, keep=keep, overwrite=overwrite, option="--record")
     host, port = _listen_address(listen)
     first, locate = _scheduler_locator(scheduler, netname)
-    writer = CaptureWriter(record_to, overwrite=overwrite) if record_to is not None else None
+    writer = None
+    if record_to is not None:
+        writer = _recording_sink(
+            record_to, rotate=rotate, keep=keep, overwrite=overwrite, netname=_looked_for(scheduler, netname)
+        )
     monitor = Monitor()
     status = Status(mode="live")
 

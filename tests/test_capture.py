@@ -468,3 +468,25 @@ def test_reading_commands_show_or_apply_carried_frames(tmp_path: Path) -> None:
         assert state["totals"]["frames"] == 1  # the frames received during the file
     (job,) = [json.loads(line) for line in icetools("jobs", "--json", str(path)).splitlines()]
     assert (job["file"], job["requested"], job["started"], job["ended"], job["server"]) == ("a.c", -3.0, -2.5, 1.0, "node1")
+
+
+def test_anonymize_keeps_a_part_a_part(tmp_path: Path) -> None:
+    """Carried frames stay carried (and are anonymized like frames), the connect record stays
+    rotated, the header keeps its series, part and netname."""
+    import subprocess
+    import sys
+
+    path, copy = tmp_path / "p.icecap", tmp_path / "anon.icecap"
+    write_part(path)
+    result = subprocess.run([sys.executable, "-m", "icetools", "anonymize", str(path), str(copy)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    header, records, reader = read_all(copy)
+    assert (header.series, header.part, header.netname) == ("0123456789abcdef0123456789abcdef", 3, "farm")
+    assert records[0].rotated is True  # type: ignore[union-attr]
+    carried = [r for r in records if type(r) is CarriedRecord]
+    assert [(r.t, r.original) for r in carried] == [(0.5, -12.25), (0.5, -3.0), (0.5, -2.5)]
+    stats = m.decode(carried[0].data, 43)
+    assert isinstance(stats, m.MonStats) and "node1" not in stats.statmsg and "Name:" in stats.statmsg
+    assert carried[2].data == CARRIED_BEGIN  # nothing to hide in it
+    assert reader.frames == 1 and reader.carried == 3

@@ -145,7 +145,7 @@ def test_unit_runs_the_installed_command_and_reads_the_scheduler_from_its_enviro
     (exec_start,) = unit_settings("ExecStart")
     argv = shlex.split(systemd_unescape(exec_start))
     assert argv[:2] == ["/bin/sh", "-c"] and argv[2].startswith(f"exec {UNIT_ICETOOLS} serve ")
-    assert "--record" in argv[2]
+    assert '--record "$STATE_DIRECTORY/" --rotate 1d --keep 30' in argv[2]
     assert unit_settings("EnvironmentFile") == ["-/etc/default/icetools-serve"]
     env = unit_environment()
     assert env["ICECC_SCHEDULER"] and env["ICETOOLS_LISTEN"] == "127.0.0.1:8770"
