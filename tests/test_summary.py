@@ -515,3 +515,49 @@ def test_a_file_still_being_recorded_is_not_cached(tmp_path: Path, _own_cache: P
         assert len(list(_own_cache.glob("*.sum"))) == 1
     finally:
         writer.close("stopped")
+
+
+def test_stats_over_a_series_written_by_the_rotating_recorder(tmp_path: Path) -> None:
+    """The rotating recorder itself (icetools.rotation.RotatingWriter, on a clock that follows
+    the recording) writes demo's frames as a series rotated by size while jobs run; `stats`
+    over its files equals `stats` of the same frames in one file, and the first file alone
+    equals stats of that file."""
+    from icetools.rotation import RotatingWriter, Rotation
+
+    with CaptureReader(RECORDINGS / "demo.icecap") as reader:
+        header = reader.header
+        frames = [(r.t, r.data) for r in reader if isinstance(r, FrameRecord)]
+    now = [0.0]
+    start = 1_800_000_000.0
+    series = RotatingWriter(str(tmp_path / "rotated" / "part-%H%M%S.icecap"), Rotation(size=20_000),
+                            clock=lambda: now[0], wall=lambda: start)
+    whole = CaptureWriter(tmp_path / "whole.icecap")
+    whole.start = start
+    for sink in (series, whole):
+        sink.connected(header.protocol, header.peer_version, header.offered, header.scheduler, 0.0)
+    for t, data in frames:
+        now[0] = t
+        series.frames([data])
+        whole.frames([data], t=t)
+    now[0] = frames[-1][0] + 1.0
+    series.close("stopped")
+    whole.close("stopped", t=now[0])
+    parts = sorted((tmp_path / "rotated").glob("*.icecap"), key=lambda p: CaptureReader(p).header.part)
+    assert len(parts) >= 4
+    with_carried = [p for p in parts if CaptureReader(p).header.part and _carried_count(p)]
+    assert len(with_carried) >= 3  # (jobs ran across the rotations)
+    expected = one_stream(parts, continued=True)
+    result = icetools("stats", "--json", *map(str, parts))
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got == report_from(merged([summarise(p) for p in parts]))
+    assert _rounded(got) == _rounded(expected)
+    assert _rounded(got) == _rounded(report_from(summarise(whole.path)))
+    assert got["reconnects"] == 0 and got["jobs"] == report_from(summarise(whole.path))["jobs"]
+
+
+def _carried_count(path: Path) -> int:
+    with CaptureReader(path) as reader:
+        for _ in reader:
+            pass
+        return reader.carried
