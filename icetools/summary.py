@@ -169,7 +169,7 @@ class _Finishes:
             reverse=True,
         )
         self.ranked = zlib.compress(array("q", itertools.chain.from_iterable(ranked)).tobytes(), 1)
-        self._us: list[int] | None = us
+        self._us: Sequence[int] | None = us
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.offset, self.blob, self.ranked, self.first, self.last)
@@ -189,12 +189,12 @@ class _Finishes:
         ranked.frombytes(zlib.decompress(self.ranked))
         return ranked
 
-    def times_us(self) -> list[int]:
+    def times_us(self) -> Sequence[int]:
         us = self._us
         if us is None:
             deltas = array("q")
             deltas.frombytes(zlib.decompress(self.blob))
-            us = self._us = list(itertools.accumulate(deltas))
+            us = self._us = array("q", itertools.accumulate(deltas))  # (8 bytes a job)
         return us
 
     def _first_at(self, second: int) -> int:
@@ -562,15 +562,14 @@ def _merged_peak(parts: list[_Finishes]) -> tuple[int, int | None]:
         if n > best or (n == best and n and (best_second is None or second < best_second)):
             best, best_second = n, second
 
-    # A second that holds jobs of two files holds the last of one and the first of the next.
-    for i, r in enumerate(ranges):
-        if r is not None:
-            consider(r[0], i)
-            consider(r[1], i)
+    # File by file (only two files' times decoded at once). A second that holds jobs of two
+    # files holds the last of one and the first of the next: those are counted first.
     for i, p in enumerate(parts):
         r = ranges[i]
         if r is None:
             continue
+        consider(r[0], i)
+        consider(r[1], i)
         ranked = p.candidates()
         for k in range(0, len(ranked), 2):
             bound, s = ranked[k], ranked[k + 1]
@@ -579,6 +578,10 @@ def _merged_peak(parts: list[_Finishes]) -> tuple[int, int | None]:
                 break
             for second in p.seconds_of(s):
                 consider(second, i)
+        if i:
+            parts[i - 1]._us = None  # (done with it: memory stays that of two files' times)
+    for p in parts:
+        p._us = None
     return best, best_second
 
 
@@ -738,10 +741,24 @@ def _summary_of(
 # ---- the answer ---------------------------------------------------------------------------------
 
 
+def _for_report(summary: Summary) -> Summary:
+    """A copy of ``summary`` whose pending jobs can be applied without changing it: a copy of
+    what they change (builds, waits, transfer), the rest shared."""
+    s = copy.copy(summary)
+    s.builds = [copy.copy(b) for b in summary.builds]
+    for b in s.builds:
+        if b.kept is not None:
+            b.kept = copy.deepcopy(b.kept)
+    s.submitter_waits = {name: copy.deepcopy(w) for name, w in summary.submitter_waits.items()}
+    s.unattributed_waits = copy.deepcopy(summary.unattributed_waits)
+    s.transfer = {name: list(sums) for name, sums in summary.transfer.items()}
+    return s
+
+
 def report_from(summary: Summary) -> dict[str, Any]:
     """What ``icetools stats --json`` prints for the file(s) of ``summary`` (the summary is
     left as it was)."""
-    s = copy.deepcopy(summary) if summary.pending else summary
+    s = _for_report(summary) if summary.pending else summary
     if s.peak < 0:  # (worked out once: the summary keeps it)
         summary.peak, summary.peak_second = s.peak, s.peak_second = _merged_peak(s.finishes)
     s._apply_pending()
