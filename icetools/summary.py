@@ -4,7 +4,7 @@ What ``stats`` needs from a capture (the Monitor's aggregates and WhyAnalysis' f
 icetools/stats.py) is kept as a :class:`Summary`: counts, histograms, per-host aggregates,
 slot-seconds, builds, transfer, the frame and decode counts, plus what the file's edges need
 so that summaries of consecutive files merge into exactly the figures of reading the files as
-one stream (docs/analysis.md, "Summaries"):
+one stream (docs/analysis.md, "Many files: cached summaries"):
 
 * at the end: the jobs still in flight (their effect, as unfinished, is *pending*: applied
   when the file is the last one or a gap follows, dropped when the next file continues it and
@@ -14,7 +14,8 @@ one stream (docs/analysis.md, "Summaries"):
 * at the start: each submitter's first build with its waits, the counters a host had before
   its name was known (lost when the name was already counted before), the time of the first
   connect record (where a gap's reconnect resets the model);
-* the times jobs finished (the peak second depends on where the next file's seconds fall).
+* the times jobs finished (the peak second depends on where the next file's seconds fall);
+* what a file's carried frames (format 2) added, taken back when it continues the file before.
 
 :func:`summarise` reads one file; :meth:`Summary.merge` appends the next; :func:`report_from`
 gives what ``stats --json`` prints. :func:`summaries` finds them in icetools' cache (beside the
@@ -35,7 +36,6 @@ import os
 import pickle
 import signal
 import stat
-import sys
 import tempfile
 import zlib
 from array import array
@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from .capture import CaptureReader
+from . import messages as m
+from .capture import CaptureReader, CarriedRecord, ConnectRecord
 from .errors import IcetoolsError
 from .index import cache_dir
 from .jobs import host_name
-from .monitor import RERUN_WINDOW, Event, EventKind, Host, HostCounters, Job, Monitor, Publisher, Totals, _stem
-from . import messages as m
-from .capture import CarriedRecord, ConnectRecord
+from .monitor import (
+    RERUN_WINDOW, SLOWEST_JOBS, Event, EventKind, Host, HostCounters, Job, Monitor, Publisher, Totals, _stem,
+)
 from .replay import apply_record, replay_file
 from .stats import DEFAULT_GAP, HostStats, Waits, WhyAnalysis, _Build, percentile, report_json, why_json
 
@@ -372,7 +373,7 @@ class Summary:
             self.unnamed = [u for u in self.unnamed if u[0] not in ids] + nxt.unnamed
         else:
             self.unnamed = nxt.unnamed  # (the reset forgot the hosts of before)
-        self.slowest = sorted(self.slowest + nxt.slowest, reverse=True)[: len_slowest()]
+        self.slowest = sorted(self.slowest + nxt.slowest, reverse=True)[:SLOWEST_JOBS]
         for f in nxt.finishes:
             f.offset += o
         self.finishes += nxt.finishes
@@ -404,7 +405,6 @@ class Summary:
                     mine_t[i] += sums[i]
         self._merge_builds(nxt, o)
         self.end = nxt.end + o
-        self.first_connect = self.first_connect  # (this summary's own first connect stays)
         self.end_slots = nxt.end_slots
         self.end_waiting = nxt.end_waiting
         self.pending += nxt.pending
@@ -508,12 +508,6 @@ def _take_back(s: Summary, carried: _Carried) -> None:
             use[1] -= busy
     s.held_s -= carried.held_s
     s.saturated_s -= carried.saturated_s
-
-
-def len_slowest() -> int:
-    from .monitor import SLOWEST_JOBS
-
-    return SLOWEST_JOBS
 
 
 def _first_builds(builds: list[_Build]) -> dict[str, int]:
