@@ -561,3 +561,16 @@ def _carried_count(path: Path) -> int:
         for _ in reader:
             pass
         return reader.carried
+
+
+def test_one_file_to_read_pays_for_no_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = one_after_another(tmp_path, ["build", "builds", "demo"], [5.0, 5.0])
+    summaries(paths[:2])  # (two files: in parallel)
+
+    class NoPool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("a pool for one file")
+
+    monkeypatch.setattr(summary_mod.concurrent.futures, "ProcessPoolExecutor", NoPool)
+    got = summaries(paths)  # two cached, one to read: read here
+    assert report_from(merged(got)) == one_stream(paths)
