@@ -151,7 +151,7 @@ class _Finishes:
     __slots__ = ("offset", "blob", "ranked", "first", "last", "_us")
 
     def __init__(self, times: list[float]) -> None:
-        self.offset = 0.0  # seconds from the summary's start to this file's start
+        self.offset = 0  # µs from the summary's start to this file's start (see _offset_us)
         us = [round(t * 1_000_000) for t in times]
         deltas = array("q", [us[0]] if us else [])
         deltas.extend(b - a for a, b in zip(us, us[1:]))
@@ -183,7 +183,7 @@ class _Finishes:
         """The first and last second of the merged stream in which jobs of this file finished."""
         if self.first is None or self.last is None:
             return None
-        return int(self.first + self.offset), int(self.last + self.offset)
+        return _shift(self.first, self.offset) // 1_000_000, _shift(self.last, self.offset) // 1_000_000
 
     def candidates(self) -> array[int]:
         ranked = array("q")
@@ -198,22 +198,12 @@ class _Finishes:
             us = self._us = array("q", itertools.accumulate(deltas))  # (8 bytes a job)
         return us
 
-    def _first_at(self, second: int) -> int:
-        """The least µs time u with u / 1e6 + offset >= second: the stream's own float sum,
-        which is monotonic in u, so this bounds its seconds exactly."""
-        o = self.offset
-        u = math.ceil((second - o) * 1_000_000)
-        while (u - 1) / 1_000_000 + o >= second:
-            u -= 1
-        while u / 1_000_000 + o < second:
-            u += 1
-        return u
-
     def count(self, second: int) -> int:
-        """Jobs of this file that finished in ``second`` of the merged stream (whose times are
-        this file's, µs / 1e6 as the reader makes them, plus ``offset``: the stream's floats)."""
+        """Jobs of this file that finished in ``second`` of the merged stream, whose times are
+        (µs + offset) / 1e6: whole µs, so its seconds begin at exact µs (below 2^33 s)."""
         us = self.times_us()
-        return bisect.bisect_left(us, self._first_at(second + 1)) - bisect.bisect_left(us, self._first_at(second))
+        o = self.offset
+        return bisect.bisect_left(us, (second + 1) * 1_000_000 - o) - bisect.bisect_left(us, second * 1_000_000 - o)
 
     def seconds_of(self, file_second: int) -> set[int]:
         """The seconds of the merged stream that the jobs finished in ``file_second`` of this
@@ -222,7 +212,7 @@ class _Finishes:
         lo = bisect.bisect_left(us, file_second * 1_000_000)
         hi = bisect.bisect_left(us, (file_second + 1) * 1_000_000)
         o = self.offset
-        return {int(us[lo] / 1_000_000 + o), int(us[hi - 1] / 1_000_000 + o)}
+        return {(us[lo] + o) // 1_000_000, (us[hi - 1] + o) // 1_000_000}
 
 
 def _copy_counters(c: HostCounters) -> HostCounters:
@@ -312,7 +302,7 @@ class Summary:
         as at a reconnect."""
         if nxt.gap != self.gap:
             raise ValueError("summaries made with different --gap values do not merge")
-        o = nxt.start - self.start
+        o = _offset_us(self.start, nxt.start)
         if continues:
             # One connection goes on: no reconnect. The jobs in flight here were carried into
             # the next file and are counted there (their wait where they were requested, their
@@ -327,13 +317,13 @@ class Summary:
             # within RERUN_WINDOW seconds, the same submitter and file stem).
             for t, key in nxt.rerun_candidates:
                 failed = self.reruns_open.pop(key, None)
-                if failed is not None and t + o - failed[1] <= RERUN_WINDOW:
+                if failed is not None and _at(t, o) - failed[1] <= RERUN_WINDOW:
                     self.totals.reruns += 1
             for key in nxt.rerun_failed:  # (a failure there replaced the one here)
                 self.reruns_open.pop(key, None)
-            self.reruns_open.update({k: (j, t + o) for k, (j, t) in nxt.reruns_open.items()})
+            self.reruns_open.update({k: (j, _at(t, o)) for k, (j, t) in nxt.reruns_open.items()})
         else:
-            reset_t = nxt.first_connect + o
+            reset_t = _at(nxt.first_connect, o)
             # The gap: what was running and offered at the end goes on until the reconnect,
             # which ends the jobs in flight, unfinished (WhyAnalysis._reset).
             self._apply_pending()
@@ -348,12 +338,12 @@ class Summary:
                 elif self.end_waiting == 2:
                     self.saturated_s += dt
             self.totals.resets += 1  # the reconnect
-            self.reruns_open = {k: (j, t + o) for k, (j, t) in nxt.reruns_open.items()}
+            self.reruns_open = {k: (j, _at(t, o)) for k, (j, t) in nxt.reruns_open.items()}
         t, n = self.totals, nxt.totals
         for name in _ADDITIVE:
             setattr(t, name, getattr(t, name) + getattr(n, name))
         if t.first_host_seen is None and n.first_host_seen is not None:
-            t.first_host_seen = n.first_host_seen + o
+            t.first_host_seen = _at(n.first_host_seen, o)
         # Host counters by name; a name already counted takes over a host that was known by id
         # only until then: what that host had counted before is dropped (Monitor._counters).
         for name, counters in nxt.host_counters.items():
@@ -404,7 +394,7 @@ class Summary:
                 for i in range(3):
                     mine_t[i] += sums[i]
         self._merge_builds(nxt, o)
-        self.end = nxt.end + o
+        self.end = _at(nxt.end, o)
         self.end_slots = nxt.end_slots
         self.end_waiting = nxt.end_waiting
         self.pending += nxt.pending
@@ -419,15 +409,15 @@ class Summary:
             and nxt.part == self.part + 1 and nxt.rotated
         )
 
-    def _merge_builds(self, nxt: Summary, o: float) -> None:
+    def _merge_builds(self, nxt: Summary, o: int) -> None:
         """A submitter's first build in ``nxt`` goes on with its last build here when it began
         less than the gap after that one's last activity (WhyAnalysis._build: after a reset
         nothing of it is in flight)."""
         last = _last_builds(self.builds)
         for b in nxt.builds:
-            b.start += o
-            b.end += o
-            b.active += o
+            b.start = _at(b.start, o)
+            b.end = _at(b.end, o)
+            b.active = _at(b.active, o)
         where: dict[int, int] = {}  # nxt's build index -> its index here
         for submitter, bi in _first_builds(nxt.builds).items():
             mine = last.get(submitter)
@@ -489,6 +479,23 @@ class Summary:
                 submitter = self.submitter_waits[build.submitter] = Waits()
             submitter.merge(waits)
         self.pending = []
+
+
+def _offset_us(first_start: float, start: float) -> int:
+    """A file's offset in a recording of several files: its start minus the first file's, in
+    whole µs (icetools.recordings: a time there is (its µs in the file + this) / 1e6, the float
+    one file would give, not a sum off in its last digit)."""
+    return round((start - first_start) * 1_000_000)
+
+
+def _shift(t: float, offset_us: int) -> int:
+    """A time of a file (its µs / 1e6, as the reader made it) in µs of the recording."""
+    return round(t * 1_000_000) + offset_us
+
+
+def _at(t: float, offset_us: int) -> float:
+    """A time of a file in seconds of the recording (see _offset_us)."""
+    return _shift(t, offset_us) / 1_000_000
 
 
 def _take_back(s: Summary, carried: _Carried) -> None:

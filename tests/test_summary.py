@@ -41,7 +41,8 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False) -> dict[str, Any]:
     """The reference: every file pumped into one Monitor and WhyAnalysis, times in seconds
-    since the first file's start (a file's own times plus its start minus the first start).
+    since the first file's start (a file's own times plus its start minus the first start, in
+    whole µs as icetools.recordings adds them).
     Each file's first connect record is a reconnect there: the Monitor starts over; or with
     ``continued`` each file continues the one before: its first connect record and carried
     frames are skipped (they were live in the file before)."""
@@ -52,19 +53,24 @@ def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False)
         with CaptureReader(path) as reader:
             if start0 is None:
                 start0 = reader.header.start
-            o = reader.header.start - start0
-            handlers = {cls: (lambda h: lambda msg, t: h(msg, t + o))(h) for cls, h in monitor.handlers.items()}
+            # (icetools.recordings' times: the offset in whole µs, added before the division)
+            o = round((reader.header.start - start0) * 1_000_000)
+
+            def at(t: float, o: int = o) -> float:
+                return (round(t * 1_000_000) + o) / 1_000_000
+
+            handlers = {cls: (lambda h: lambda msg, t: h(msg, at(t)))(h) for cls, h in monitor.handlers.items()}
             skip = [bool(i and continued)]
 
             def on_event(record: Any) -> None:
                 if skip[0] and isinstance(record, ConnectRecord):
                     skip[0] = False
                     return
-                apply_event(monitor, record._replace(t=record.t + o))
+                apply_event(monitor, record._replace(t=at(record.t)))
 
             result = reader.pump(handlers, on_event, fields=True, carried=not (i and continued))
             if result.last_t is not None:
-                monitor.now = result.last_t + o
+                monitor.now = at(result.last_t)
     why.finish(monitor)
     return report(monitor, why)
 
