@@ -11,7 +11,9 @@ command with its own empty cache folder:
 * single file: `stats` of one of the files, uncached (today's single-file rate, measured in the
   same run so that a loaded machine affects both alike);
 * first pass: `stats` of all the files, nothing cached: a process per core;
-* cached: the same command again: every summary comes from the cache.
+* cached: the same command again: every summary comes from the cache;
+* rounds of one file alone then as many files as cores at once, back to back: the speed-up where
+  the machine's load has no time to change.
 
 It prints the figures and the ratio of the first pass's rate to the single-file rate beside its
 target (0.8 x cores), and removes the files. Nothing here asserts a timing. run.py runs it.
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recordings" / "demo.icecap"
 CACHED_TARGET_S = 2.0
 PARALLEL_TARGET = 0.8  # x cores x the single-file rate
+PAIRED_ROUNDS = 3
 _PREAMBLE = struct.Struct(">8sHI")
 
 
@@ -114,12 +117,21 @@ def bench(frames: int, files: int, work: Path) -> str:
     single = (before[0] + after[0]) / 2
     single_cpu = (before[2] + after[2]) / 2
     single_rate = frames / single
+    # The same speed-up measured where the load has no time to change: rounds of one file
+    # alone then `cores` files at once, back to back, nothing cached.
+    cores = os.cpu_count() or 1
+    rounds = []
+    for i in range(PAIRED_ROUNDS):
+        alone = _run([*stats, paths[0]], fresh_cache(f"cache-round-{i}-a"))
+        together = _run([*stats, *paths[:cores]], fresh_cache(f"cache-round-{i}-b"))
+        rounds.append((cores * frames / together[0]) / (frames / alone[0]))
+        log(f"summaries: round {i + 1}: one file {alone[0]:.2f} s, {cores} files at once {together[0]:.2f} s: "
+            f"{rounds[-1]:.2f}x")
     cached_runs = [_run([*stats, *paths], cache) for _ in range(2)]
     cached = min(s for s, _, _ in cached_runs)
     log(f"summaries: cached {cached:.2f} s")
     if any(out != first_out for _, out, _ in cached_runs):
         raise SystemExit("the cached pass printed another report than the first pass")
-    cores = os.cpu_count() or 1
     ratio = first_rate / single_rate
     target = PARALLEL_TARGET * cores
     total = files * frames
@@ -136,6 +148,9 @@ def bench(frames: int, files: int, work: Path) -> str:
         f"{PARALLEL_TARGET} x cores). The base is the mean of one file read just before and just "
         f"after the first pass ({frames / before[0]:,.0f} and {frames / after[0]:,.0f} frames/s): "
         "the machine may be shared, so the speed-up is measured as a ratio in one run.",
+        f"  {cores} files at once vs one file, back to back ({PAIRED_ROUNDS} rounds): "
+        + ", ".join(f"{r:.2f}x" for r in rounds) + f"; median {sorted(rounds)[len(rounds) // 2]:.2f}x "
+        f"(target {target:.1f}x).",
         f"  CPU per file: {single_cpu:.2f} s alone, {first_cpu / files:.2f} s in the first pass "
         f"(the pool's own cost: {100 * (first_cpu / files / single_cpu - 1):+.0f} %); 'cores used' "
         "= CPU s / wall s, what the machine gave the command.",
