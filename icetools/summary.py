@@ -289,6 +289,10 @@ class Summary:
     reruns_open: dict[tuple[int | None, str], tuple[int, float]] = dataclasses.field(default_factory=dict)
     rerun_candidates: list[tuple[float, tuple[int | None, str]]] = dataclasses.field(default_factory=list)
     rerun_failed: set[tuple[int | None, str]] = dataclasses.field(default_factory=set)  # every failure's key
+    #: Where nothing was recorded: (end of a file, start of the next) for each next file that
+    #: does not continue the one before, in seconds of the recording (icetools.recordings'
+    #: GapRecord).
+    gaps: list[tuple[float, float]] = dataclasses.field(default_factory=list)
     #: The file ended with an end record: only such a summary is cached (a recording still
     #: being written changes size at every run: its summaries would pile up in the cache).
     complete: bool = True
@@ -323,6 +327,7 @@ class Summary:
                 self.reruns_open.pop(key, None)
             self.reruns_open.update({k: (j, _at(t, o)) for k, (j, t) in nxt.reruns_open.items()})
         else:
+            self.gaps.append((self.end, max(self.end, o / 1_000_000)))
             reset_t = _at(nxt.first_connect, o)
             # The gap: what was running and offered at the end goes on until the reconnect,
             # which ends the jobs in flight, unfinished (WhyAnalysis._reset).
@@ -769,7 +774,13 @@ def report_from(summary: Summary) -> dict[str, Any]:
     why = why_json(
         s.use, s.submitter_waits, s.unattributed_waits, s.held_s, s.saturated_s, s.gap, s.builds, s.transfer
     )
-    return report_json(s.end, s.totals, s.peak, s.peak_second, hosts, s.slowest, why)
+    report = report_json(s.end, s.totals, s.peak, s.peak_second, hosts, s.slowest, why)
+    if len(s.files) > 1:
+        # Several files read as one: where nothing was recorded (as icetools.recordings says).
+        report["gaps"] = [
+            {"t": round(t, 3), "until": round(until, 3), "seconds": round(until - t, 3)} for t, until in s.gaps
+        ]
+    return report
 
 
 # ---- the cache ----------------------------------------------------------------------------------

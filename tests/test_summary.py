@@ -49,12 +49,16 @@ def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False)
     why = WhyAnalysis(gap)
     monitor = Monitor(publishers=[why])
     start0 = None
+    gaps = []
     for i, path in enumerate(paths):
         with CaptureReader(path) as reader:
             if start0 is None:
                 start0 = reader.header.start
             # (icetools.recordings' times: the offset in whole µs, added before the division)
             o = round((reader.header.start - start0) * 1_000_000)
+            if i and not continued:  # where nothing was recorded: the last record to the start
+                gaps.append({"t": round(monitor.now, 3), "until": round(max(monitor.now, o / 1e6), 3),
+                             "seconds": round(max(monitor.now, o / 1e6) - monitor.now, 3)})
 
             def at(t: float, o: int = o) -> float:
                 return (round(t * 1_000_000) + o) / 1_000_000
@@ -72,7 +76,10 @@ def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False)
             if result.last_t is not None:
                 monitor.now = at(result.last_t)
     why.finish(monitor)
-    return report(monitor, why)
+    out = report(monitor, why)
+    if len(paths) > 1:
+        out["gaps"] = gaps
+    return out
 
 
 def with_start(source: Path, target: Path, start: float) -> Path:
@@ -203,6 +210,7 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     expected = one_stream([a, b])
     got = report_from(merged([summarise(a), summarise(b)]))
     assert got == expected
+    assert got["gaps"] == [{"t": 9.9, "until": 9.95, "seconds": 0.05}]  # nothing recorded there
     # Worked out by hand: 3 jobs in second 9 of the first file and 2 at 9.96 and 9.97.
     assert (got["peak_jobs_per_second"], got["peak_second"]) == (5, 9)
     assert (report_from(summarise(a))["peak_jobs_per_second"], report_from(summarise(b))["peak_jobs_per_second"]) == (3, 2)
@@ -460,7 +468,7 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
     got = report_from(merged(summaries_))
     assert _rounded(got) == _rounded(expected)
     assert _rounded(got) == _rounded(report_from(summarise(whole)))
-    assert got["reconnects"] == 0
+    assert got["reconnects"] == 0 and got["gaps"] == []
     # The jobs running at a rotation were counted once.
     assert got["jobs"] == report_from(summarise(whole))["jobs"]
 
@@ -468,8 +476,8 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
 def _rounded(report: dict[str, Any]) -> Any:
     """The report with its sums of seconds to 2 decimals: a part's carried share is taken back
     by subtraction, which can move a float sum by a few units in its last place."""
-    if isinstance(report, dict):
-        return {k: _rounded(v) for k, v in report.items()}
+    if isinstance(report, dict):  # (and without the gaps: a file read alone has none)
+        return {k: _rounded(v) for k, v in report.items() if k != "gaps"}
     if isinstance(report, list):
         return [_rounded(v) for v in report]
     if isinstance(report, float):
