@@ -903,16 +903,18 @@ def summaries(
             if cache:
                 save(paths[i], found[i], salvage)
     else:
-        found.update(_in_parallel(paths, missing, gap, salvage, n, cache))
+        found.update(_in_parallel(paths, missing, gap, salvage, n, cache, progress_stream))
     return [found[i] for i in range(len(paths))]
 
 
 def _in_parallel(
-    paths: Sequence[Path], missing: list[int], gap: float, salvage: bool, workers: int, cache: bool
+    paths: Sequence[Path], missing: list[int], gap: float, salvage: bool, workers: int, cache: bool,
+    progress_stream: TextIO | None = None,
 ) -> dict[int, Summary]:
     def on_term(signum: int, frame: object) -> None:
         raise _Interrupted
 
+    tty = progress_stream is not None and progress_stream.isatty()
     old = signal.signal(signal.SIGTERM, on_term)
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_worker_init)
     done: dict[int, Summary] = {}
@@ -926,8 +928,16 @@ def _in_parallel(
                 raise IcetoolsError(f"{paths[i]}: the process reading it ended unexpectedly") from None
             if cache:
                 save(paths[i], done[i], salvage)
+            if tty:  # (one line, rewritten: how many files are read)
+                progress_stream.write(f"\ricetools: read {len(done)} of {len(missing)} files ({workers} processes)")  # type: ignore[union-attr]
+                progress_stream.flush()  # type: ignore[union-attr]
+        if tty:
+            progress_stream.write("\r\x1b[K")  # type: ignore[union-attr]
+            progress_stream.flush()  # type: ignore[union-attr]
     except BaseException as e:
         # An error, Ctrl-C or SIGTERM: stop the other workers now (they are ours, by pid).
+        if tty:
+            progress_stream.write("\r\x1b[K")  # type: ignore[union-attr]
         for process in list((pool._processes or {}).values()):  # noqa: SLF001
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
