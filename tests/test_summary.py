@@ -266,6 +266,7 @@ def test_a_damaged_or_foreign_cache_entry_is_rebuilt(tmp_path: Path, _own_cache:
         assert load(path, 30.0, False) is None
         assert report_from(summaries([path])[0]) == expected
         assert entry.read_bytes() != bad  # rebuilt
+    assert not Path("/tmp/icetools-summary-was-unpickled").exists()  # (_Boom never ran)
     # Another file's entry under this file's name is foreign too.
     other = with_start(RECORDINGS / "builds.icecap", tmp_path / "builds.icecap", 1795849595.25)
     summaries([other])
