@@ -3,6 +3,7 @@
     python bench/run.py              # N = 1M and 5M frames (a few minutes)
     python bench/run.py --quick      # N = 200k frames only
     python bench/run.py --frames 2M,10M --keep
+    python bench/run.py --no-summaries  # without stats over 30 files (bench/summaries.py)
 
 For each size N it grows recordings/demo.icecap into an N-frame capture (bench/grow.py), extracts
 the raw frame stream for the C++ reference reader (bench/reference/icecc_read, icecream's own
@@ -252,7 +253,12 @@ PY = sys.executable
 ICETOOLS = [PY, "-m", "icetools"]
 
 
-def cli_figure(runner: Runner, args: list[str], capture: Path, frames: int) -> Figure:
+def cli_figure(runner: Runner, args: list[str], capture: Path, frames: int, *, uncached: bool = False) -> Figure:
+    if uncached:
+        # stats caches what it needs from a file (a summary, beside the seek index): every run
+        # measured here reads the whole file (bench/summaries.py measures the cache).
+        for entry in runner.cache.glob("icetools/*.sum"):
+            entry.unlink()
     r = runner.run([*ICETOOLS, *args, str(capture)])
     if r.rc != 0:
         return Figure(error=r.error())
@@ -365,7 +371,7 @@ def bench_size(runner: Runner, n: int, ref_skip: str | None) -> SizeResult:
                              "replay --fast")
     figs["dump"] = measure(lambda: cli_figure(runner, ["dump", "--json"], capture, n),
                            "dump --json")
-    figs["stats"] = measure(lambda: cli_figure(runner, ["stats"], capture, n), "stats")
+    figs["stats"] = measure(lambda: cli_figure(runner, ["stats"], capture, n, uncached=True), "stats")
     figs["jobs"] = measure(lambda: cli_figure(runner, ["jobs", "--json"], capture, n), "jobs --json")
     figs["trace"] = measure(lambda: cli_figure(runner, ["trace", "-o", "-"], capture, n), "trace")
     if ref_skip is not None:
@@ -690,6 +696,9 @@ def main() -> None:
                         help=f"only N={QUICK_FRAMES[0]:,} (overrides --frames)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the generated captures and frame streams (path printed)")
+    parser.add_argument("--no-summaries", action="store_true",
+                        help="skip stats over many files (bench/summaries.py: 30 files of 1M frames, "
+                        "4 of 200k with --quick)")
     args = parser.parse_args()
     global KEEP
     KEEP = args.keep
@@ -708,12 +717,24 @@ def main() -> None:
             log(ref_skip)
         startup = measure_startup(runner)
         results = [bench_size(runner, n, ref_skip) for n in sizes]
+        many = None
+        if not args.no_summaries:
+            from summaries import bench as bench_summaries  # (bench/summaries.py, beside this file)
+
+            folder = work / "summaries"
+            folder.mkdir()
+            files, frames = (4, QUICK_FRAMES[0]) if args.quick else (30, 1_000_000)
+            many = bench_summaries(frames, files, folder)
+            shutil.rmtree(folder, ignore_errors=True)  # (about 2 GB at 30 x 1M)
         elapsed = time.perf_counter() - started
         print(header)
         print(f"run: {' '.join(['bench/run.py', *sys.argv[1:]])}, {elapsed:.0f} s, "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
         print()
         print(render(results, ref_skip, startup))
+        if many is not None:
+            print()
+            print(many)
     finally:
         if KEEP:
             log(f"kept the generated files in {work}")

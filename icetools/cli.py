@@ -38,7 +38,7 @@ from .replay import replay as replay_records
 from .rotation import Rotation, RotatingWriter, is_pattern, output_pattern, parse_rotation
 from .index import recording_at
 from .recordings import Recording, open_recording, parse_time, to_seconds
-from .stats import DEFAULT_GAP, analyse, render_report
+from .stats import DEFAULT_GAP, render_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
 # by the commands that use them: every command pays for what is imported here at start-up, and
@@ -749,21 +749,35 @@ def stats(files: tuple[Path, ...], as_json: bool, gap: float, salvage: bool) -> 
     host. Definitions: docs/analysis.md. Over several files (a directory, a glob) it also lists
     the gaps between them, where nothing was recorded.
 
+    Several files are read as one recording, in order of their start. What stats needs from
+    each file is cached (beside the seek index): a file already seen is not read again, and
+    files not seen yet are read in parallel, a process per core. See docs/analysis.md.
+
     \b
     Examples:
       icetools stats build.icecap
+      icetools stats farm-*.icecap
       icetools stats /var/lib/icetools/ --json | jq .gaps
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
       icetools stats day.icecap --json --gap 60 | jq '.builds[] | {submitter, wall_s, parallelism}'
     """
+    from .summary import merged, report_from, summaries
+
     _text_output()
-    with _open_capture(files, salvage) as reader:
-        report, result = analyse(reader, gap=gap, progress_stream=sys.stderr)
-        if as_json:
-            click.echo(json.dumps(report, indent=1))
-        else:
-            click.echo(render_report(report))
-        _finish_reading(reader, result.undecodable)
+    # The files in time order, of one scheduler (their headers checked before any work);
+    # then each file's summary, from the cache or read a process per core, merged in order.
+    with _open_capture(files, salvage) as recording:
+        paths = [f.path for f in recording.files]
+    summary = merged(summaries(paths, gap, salvage, progress_stream=sys.stderr))
+    report = report_from(summary)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        click.echo(render_report(report))
+    for warning in summary.warnings:
+        warn(warning)
+    if summary.undecodable:
+        warn(f"{summary.undecodable} frames of {summary.frames} could not be decoded (skipped)")
 
 
 class _InOrder(click.Option):

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from .capture import CaptureReader
 from .recordings import GapRecord, format_duration
 from .jobs import host_name
-from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher
+from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher, Totals
 from .render import printable
 from .replay import ReplayResult, replay, replay_file
 
@@ -80,12 +80,28 @@ def host_stats(monitor: Monitor) -> list[HostStats]:
 def report(monitor: Monitor, why: WhyAnalysis | None = None) -> dict[str, Any]:
     """The answer to "what happened", from a Monitor that replayed a recording; with ``why``
     (attached to that Monitor and finished) also the answer to "why was it slow"."""
-    hosts = host_stats(monitor)
-    busiest = sorted(hosts, key=lambda h: (-h.counters.compiled, h.name))[:BUSIEST_HOSTS]
     t = monitor.totals
+    return report_json(
+        monitor.now, t, t.peak_jobs_per_second, t.peak_second, host_stats(monitor), monitor.slowest,
+        why.to_json() if why is not None else {},
+    )
+
+
+def report_json(
+    now: float,
+    t: Totals,
+    peak: int,
+    peak_second: int | None,
+    hosts: list[HostStats],
+    slowest: list[tuple[int, int, str, str]],
+    why: dict[str, Any],
+) -> dict[str, Any]:
+    """The report from its parts: the Monitor's (see :func:`report`) or a summary's (see
+    icetools.summary.report_from)."""
+    busiest = sorted(hosts, key=lambda h: (-h.counters.compiled, h.name))[:BUSIEST_HOSTS]
     first = t.first_host_seen or 0.0
     return {
-        "duration": round(monitor.now - first, 3),  # to the end of the recording
+        "duration": round(now - first, 3),  # to the end of the recording
         "jobs": {
             "remote": t.remote_done,
             "local": t.local_started,
@@ -94,8 +110,8 @@ def report(monitor: Monitor, why: WhyAnalysis | None = None) -> dict[str, Any]:
             "rerun_locally": t.reruns,
             "unseen": t.unseen,
         },
-        "peak_jobs_per_second": t.peak_jobs_per_second,
-        "peak_second": t.peak_second,
+        "peak_jobs_per_second": peak,
+        "peak_second": peak_second,
         "reconnects": t.resets,
         "hosts": [h.to_json() for h in hosts],
         "busiest_hosts": [
@@ -103,9 +119,9 @@ def report(monitor: Monitor, why: WhyAnalysis | None = None) -> dict[str, Any]:
         ],
         "slowest_files": [
             {"file": file, "real_msec": msec, "job_id": job_id, "host": host}
-            for msec, job_id, file, host in sorted(monitor.slowest, reverse=True)
+            for msec, job_id, file, host in sorted(slowest, reverse=True)
         ],
-        **(why.to_json() if why is not None else {}),
+        **why,
     }
 
 
@@ -303,7 +319,7 @@ class _Build:
 
     __slots__ = (
         "submitter", "start", "end", "active", "in_flight", "remote", "local", "failed", "lost",
-        "unfinished", "run_ms", "waits", "wait_p95", "slowest", "slowest_file",
+        "unfinished", "run_ms", "waits", "wait_p95", "slowest", "slowest_file", "kept",
     )
 
     def __init__(self, submitter: str, at: float) -> None:
@@ -318,6 +334,9 @@ class _Build:
         self.wait_p95: int | None = None
         self.slowest = -1.0
         self.slowest_file: str | None = None
+        #: Its waits after it closed, kept only where a summary needs them (icetools.summary:
+        #: a submitter's first and last build of a file may join a build of the next file).
+        self.kept: Waits | None = None
 
     def to_json(self) -> dict[str, Any]:
         wall = self.end - self.start
@@ -368,7 +387,7 @@ class WhyAnalysis(Publisher):
 
     kinds = frozenset(EventKind)
 
-    def __init__(self, gap: float = DEFAULT_GAP) -> None:
+    def __init__(self, gap: float = DEFAULT_GAP, *, keep_boundary_waits: bool = False) -> None:
         if not gap > 0:
             raise ValueError("the gap between builds must be positive")
         self.gap = gap
@@ -390,6 +409,13 @@ class WhyAnalysis(Publisher):
         self._builds: dict[str, _Build] = {}  # the open build of each submitter
         self.builds: list[_Build] = []  # closed builds
         self._requests = 0
+        #: With keep_boundary_waits: the submitters whose first build has closed. Each
+        #: submitter's first build and the builds open at the end keep their waits (_Build.kept).
+        self._closed_once: set[str] | None = set() if keep_boundary_waits else None
+        #: Hosts (by id) with an open build under "#id": they asked for jobs before their
+        #: report named them (a format 2 file's carried frames come in the order received,
+        #: so a running job's request comes before its host's latest report).
+        self._unnamed_submitters: set[int] = set()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -538,6 +564,8 @@ class WhyAnalysis(Publisher):
         else:
             h.report = host.statmsg  # type: ignore[union-attr]
             slots = host.remote_slots()  # type: ignore[union-attr]
+            if self._unnamed_submitters and host.id in self._unnamed_submitters and host.name:  # type: ignore[union-attr]
+                self._name_build(host.id, host.name)  # type: ignore[union-attr]
             if host.name and h.name != host.name:  # type: ignore[union-attr]
                 # Named only now (it was known by id from a job): its slots count under
                 # its name from here on (before its first report it offered none).
@@ -548,6 +576,16 @@ class WhyAnalysis(Publisher):
             h.advance(t)
             self._free += _free(slots, h.running) - _free(h.slots, h.running)
             h.slots = slots
+
+    def _name_build(self, host_id: int, name: str) -> None:
+        """A host that asked for jobs before its report named it: its open build goes on under
+        its name (unless that name has an open build of its own: then it stays "#id")."""
+        self._unnamed_submitters.discard(host_id)
+        build = self._builds.get(f"#{host_id}")
+        if build is not None and name not in self._builds:
+            del self._builds[build.submitter]
+            build.submitter = name
+            self._builds[name] = build
 
     def _integrate(self, t: float) -> None:
         """The time jobs waited, from the last event to ``t``: with a slot free or with none."""
@@ -589,6 +627,7 @@ class WhyAnalysis(Publisher):
         for h in self._hosts.values():
             h.advance(t)
         self._hosts.clear()
+        self._unnamed_submitters.clear()  # (ids start over)
         self._waiting = self._free = 0
 
     def _end(self, job_id: int, t: float, monitor: Monitor) -> None:
@@ -617,6 +656,8 @@ class WhyAnalysis(Publisher):
             if build is not None:
                 self._close(build)
             build = self._builds[name] = _Build(name, t)
+            if host is None or not host.name:
+                self._unnamed_submitters.add(client_id)
         build.in_flight += 1
         if t > build.active:
             build.active = t
@@ -701,11 +742,16 @@ class WhyAnalysis(Publisher):
             waits = self.submitter_waits[submitter] = Waits()
         return waits
 
-    def _close(self, build: _Build) -> None:
-        """A build is over: its waits join its submitter's, and only its figures are kept."""
+    def _close(self, build: _Build, *, last: bool = False) -> None:
+        """A build is over: its waits join its submitter's, and only its figures are kept
+        (and its waits, if it is a boundary build a summary needs: see keep_boundary_waits)."""
         if build.waits is not None:
             build.wait_p95 = percentile(build.waits.histogram, 95)
             self._submitter_waits(build.submitter).merge(build.waits)
+            closed = self._closed_once
+            if closed is not None and (last or build.submitter not in closed):
+                closed.add(build.submitter)
+                build.kept = build.waits
             build.waits = None
         self.builds.append(build)
 
@@ -729,44 +775,61 @@ class WhyAnalysis(Publisher):
         self._last = t
         self._reset(t, monitor)
         for build in self._builds.values():
-            self._close(build)
+            self._close(build, last=True)
         self._builds.clear()
 
     # -- the answer ---------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        use = self.use
-        offered = sum(u[0] for u in use.values())
-        busy = sum(u[1] for u in use.values())
-        cluster = Waits()
-        for waits in (*self.submitter_waits.values(), self.unattributed_waits):
-            cluster.merge(waits)
-        return {
-            "wait": {
-                "cluster": cluster.to_json(),
-                "submitters": [
-                    {"name": name, **waits.to_json()} for name, waits in sorted(self.submitter_waits.items())
-                ],
-            },
-            "utilisation": {
-                "cluster": _use(offered, busy),
-                "hosts": [{"name": name, **_use(*u)} for name, u in sorted(use.items()) if u[0] > 0],
-            },
-            "waiting_with_free_slots_s": round(self.held_s, 3),
-            "saturated_s": round(self.saturated_s, 3),
-            "build_gap_s": self.gap,
-            "builds": [b.to_json() for b in sorted(self.builds, key=lambda b: (b.start, b.submitter))],
-            "transfer": [
-                {
-                    "name": name,
-                    "jobs": int(jobs),
-                    "run_s": round(run / 1000, 3),
-                    "compile_s": round(real / 1000, 3),
-                    "transfer_s": round(max(0.0, run - real) / 1000, 3),
-                }
-                for name, (jobs, run, real) in sorted(self.transfer.items())
+        return why_json(
+            self.use, self.submitter_waits, self.unattributed_waits, self.held_s, self.saturated_s,
+            self.gap, self.builds, self.transfer,
+        )
+
+
+def why_json(
+    use: dict[str, list[float]],
+    submitter_waits: dict[str, Waits],
+    unattributed_waits: Waits,
+    held_s: float,
+    saturated_s: float,
+    gap: float,
+    builds: list[_Build],
+    transfer: dict[str, list[float]],
+) -> dict[str, Any]:
+    """The "why slow" keys of the report, from WhyAnalysis' figures (or a summary's: see
+    icetools.summary)."""
+    offered = sum(u[0] for u in use.values())
+    busy = sum(u[1] for u in use.values())
+    cluster = Waits()
+    for waits in (*submitter_waits.values(), unattributed_waits):
+        cluster.merge(waits)
+    return {
+        "wait": {
+            "cluster": cluster.to_json(),
+            "submitters": [
+                {"name": name, **waits.to_json()} for name, waits in sorted(submitter_waits.items())
             ],
-        }
+        },
+        "utilisation": {
+            "cluster": _use(offered, busy),
+            "hosts": [{"name": name, **_use(*u)} for name, u in sorted(use.items()) if u[0] > 0],
+        },
+        "waiting_with_free_slots_s": round(held_s, 3),
+        "saturated_s": round(saturated_s, 3),
+        "build_gap_s": gap,
+        "builds": [b.to_json() for b in sorted(builds, key=lambda b: (b.start, b.submitter))],
+        "transfer": [
+            {
+                "name": name,
+                "jobs": int(jobs),
+                "run_s": round(run / 1000, 3),
+                "compile_s": round(real / 1000, 3),
+                "transfer_s": round(max(0.0, run - real) / 1000, 3),
+            }
+            for name, (jobs, run, real) in sorted(transfer.items())
+        ],
+    }
 
 
 def _use(offered: float, busy: float) -> dict[str, float | None]:
