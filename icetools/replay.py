@@ -31,6 +31,16 @@ class ReplayResult:
     pending: Record | None = None
 
 
+#: What a gap between files (days, maybe) takes in a paced replay: this many seconds of wall
+#: time at most, whatever the speed; nothing happened in it, so nobody wants to wait it out.
+GAP_PAUSE = 1.0
+
+
+def skipped_by_gap(gap: GapRecord, speed: float) -> float:
+    """The recorded seconds a paced replay skips at ``gap``: all of it but GAP_PAUSE of wall time."""
+    return max(0.0, (gap.until - gap.t) - GAP_PAUSE * speed)
+
+
 def paced(
     records: Iterable[Record],
     speed: float,
@@ -38,12 +48,16 @@ def paced(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Record]:
-    """Yield each record once ``record.t / speed`` seconds have passed since the first one."""
+    """Yield each record once ``record.t / speed`` seconds have passed since the first one,
+    gaps between files shortened to GAP_PAUSE."""
     start: float | None = None
+    skipped = 0.0
     for record in records:
+        if type(record) is GapRecord:
+            skipped += skipped_by_gap(record, speed)
         if start is None:
             start = clock() - record.t / speed
-        delay = start + record.t / speed - clock()
+        delay = start + (record.t - skipped) / speed - clock()
         if delay > 0:
             sleep(delay)
         yield record

@@ -39,7 +39,7 @@ from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 
 from . import messages
-from .capture import CaptureReader, CaptureWriter, Record
+from .capture import CaptureWriter, Record
 from .connection import AsyncConnection
 from .defaults import SERVE_LISTEN, SERVE_MAX_CLIENTS, SERVE_PORT
 from .errors import CaptureError, IcetoolsError, ProtocolError, describe_os_error
@@ -47,8 +47,8 @@ from .index import recording_at
 from .metrics import WAIT_BUCKETS, DurationHistogram, metrics_text
 from .monitor import Event, EventKind, JobState, Monitor, Publisher
 from .record import RecordStatus, follow_scheduler
-from .recordings import open_recording
-from .replay import apply_record
+from .recordings import GapRecord, open_recording
+from .replay import apply_record, skipped_by_gap
 
 DEFAULT_PORT = SERVE_PORT
 DEFAULT_LISTEN = SERVE_LISTEN
@@ -936,9 +936,12 @@ class ReplayDriver:
         start_t = self.status.position or 0.0
         speed = self.status.speed or 1.0
         pending: list[Record] = []
+        skipped = 0.0  # recorded seconds of gaps between files not waited out
         for record in records:
             pending = [record]
-            due = start_wall + (record.t - start_t) / speed
+            if type(record) is GapRecord:
+                skipped += skipped_by_gap(record, speed)
+            due = start_wall + (record.t - start_t - skipped) / speed
             while (delay := due - clock()) > 0:
                 self._wake.clear()
                 # asyncio.timeout, not wait_for, which on 3.11 can swallow the cancellation
@@ -948,7 +951,9 @@ class ReplayDriver:
                         await self._wake.wait()
                 if self.status.state != "playing" or self._seek_to is not None or self.status.speed != speed:
                     # Paused, seeking or a new speed: keep this record for later.
-                    self.status.position = monitor.now = max(monitor.now, start_t + (clock() - start_wall) * speed)
+                    self.status.position = monitor.now = max(
+                        monitor.now, start_t + skipped + (clock() - start_wall) * speed
+                    )
                     return itertools.chain([record], records)
             pending = []
             apply_record(monitor, record)

@@ -20,14 +20,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from . import messages as m
-from .capture import CaptureReader, CarriedRecord, ConnectRecord, FrameRecord, Record
+from .capture import CarriedRecord, ConnectRecord, FrameRecord, Record
 from .defaults import STANDIN_LISTEN
 from .discovery import build_reply
 from .errors import HandshakeError, IcetoolsError, ProtocolError, describe_os_error
 from .index import recording_at
 from .monitor import Monitor
 from .protocol import NEED_DATA, Channel, Frame, Negotiated
-from .recordings import open_recording
+from .recordings import GapRecord, open_recording
+from .replay import skipped_by_gap
 
 DEFAULT_LISTEN = STANDIN_LISTEN
 #: Like the scheduler's SO_SNDBUF of 65536 for monitors: a monitor that lets this much pile up
@@ -263,7 +264,7 @@ class StandIn:
                     yield start, m.encode(stats, reader.protocol), reader.protocol
             else:
                 records = iter(reader)
-            yield from _frame_records(records)
+            yield from _frame_records(records, self.speed)
         finally:
             reader.close()
 
@@ -274,14 +275,19 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
             pass
 
 
-def _frame_records(records: Iterable[Record]) -> Iterator[tuple[float, bytes, int]]:
+def _frame_records(records: Iterable[Record], speed: float) -> Iterator[tuple[float, bytes, int]]:
+    """(time to send at, frame, protocol): the record's time less the gaps between files that
+    are not waited out (see replay.skipped_by_gap)."""
+    skipped = 0.0
     for record in records:
         if type(record) is FrameRecord:
-            yield record.t, record.data, record.protocol
+            yield record.t - skipped, record.data, record.protocol
         elif type(record) is CarriedRecord:
             # The state the recorded scheduler had given before the file began: a monitor
             # that connects gets it first, as it would from the scheduler.
-            yield record.t, record.data, record.protocol
+            yield record.t - skipped, record.data, record.protocol
+        elif type(record) is GapRecord:
+            skipped += skipped_by_gap(record, speed)
         elif type(record) is ConnectRecord:
             continue  # the recorded scheduler restarted: its login MON_STATS follow as frames
 

@@ -3,6 +3,7 @@ parts with CaptureWriter, as a restarted `record` leaves them, read back by ever
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -411,6 +412,42 @@ def test_replay_serve_and_stand_in_over_many_files(tmp_path: Path) -> None:
         later = [r for r in reader if type(r) is FrameRecord and r.t + cuts[0] + 100 > cuts[0] + 100 + 1.0]
     # The hosts as they stood at T (from part 1 alone), then part 1's frames after T.
     assert [f[1] for f in frames[len(frames) - len(later):]] == [r.data for r in later]
+
+
+def test_paced_replays_do_not_wait_out_the_gaps(tmp_path: Path) -> None:
+    """A gap of ten days between two files costs the browser replay and the stand-in about
+    GAP_PAUSE of wall time (speed 1000: without the skip, the browser replay would take 864 s)."""
+    import asyncio
+
+    from icetools.monitor import Monitor
+    from icetools.replay import GAP_PAUSE
+    from icetools.server import Hub, ReplayDriver, Status
+    from icetools.standin import StandIn
+
+    source = RECORDINGS / "build.icecap"
+    gap = 10 * 86400.0
+    parts = split(source, tmp_path, cuts_of(source, 2), gap=gap)
+    status = Status(mode="replay")
+    driver = ReplayDriver(parts, status, Hub(Monitor(), status), speed=1000)
+
+    async def play() -> None:
+        task = asyncio.create_task(driver.run())
+        try:
+            async with asyncio.timeout(60):
+                while status.state != "ended":
+                    await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(play())
+    assert status.position == pytest.approx(status.duration) and status.duration > gap
+
+    standin = StandIn(parts, speed=1000)
+    times = [t for t, _, _ in standin._frames(0.0, True)]
+    steps = [b - a for a, b in zip(times, times[1:])]
+    assert GAP_PAUSE * 1000 <= max(steps) < GAP_PAUSE * 1000 + 60 and sum(steps) < gap / 2
 
 
 def test_trace_marks_the_gaps(tmp_path: Path) -> None:

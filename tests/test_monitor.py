@@ -250,3 +250,25 @@ def test_a_head_scheduler_with_misnumbered_type_words_gives_the_same_model() -> 
     head_recs = [head(r) for r in recs]
     assert sum(isinstance(r, FrameRecord) and r.data[7] == 0x47 for r in head_recs) == 442
     assert run(head_recs).snapshot() == run(recs).snapshot()
+
+
+def test_paced_replay_skips_the_gaps_between_files() -> None:
+    """Over several files read as one, a gap (here 3 hours with nothing recorded) costs a paced
+    replay GAP_PAUSE of wall time, not its length; the recorded time around it is kept."""
+    from icetools.recordings import GapRecord
+    from icetools.replay import GAP_PAUSE
+
+    recs = records("build.icecap")
+    last = recs[-1].t
+    later = [r._replace(t=r.t + last + 3 * 3600) for r in recs]
+    stream = [*recs, GapRecord(last, last + 3 * 3600), *later]
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    out = list(paced(stream, 2.0, clock=lambda: now[0], sleep=sleep))
+    assert out == stream
+    assert sum(slept) == pytest.approx(2 * (last - recs[0].t) / 2.0 + recs[0].t / 2.0 + GAP_PAUSE)
