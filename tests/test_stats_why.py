@@ -24,7 +24,7 @@ from icetools import messages as m
 from icetools.capture import CaptureReader, ConnectRecord, FrameRecord, Record
 from icetools.monitor import Monitor
 from icetools.replay import replay
-from icetools.stats import WhyAnalysis, analyse, report
+from icetools.stats import WhyAnalysis, _wait_bucket, analyse, report
 
 from . import realcluster
 from .build_sessions import BuildRun, overlapping_builds, warm_up
@@ -290,8 +290,10 @@ def _stats(path: Path, *args: str) -> dict[str, Any]:
 
 
 def _nearest_rank(values: list[int], pct: int) -> int:
+    """The nearest-rank percentile as stats reports it: waits of 10 s and more are kept to four
+    significant digits (docs/analysis.md), so the rank's value is shown rounded down to them."""
     ordered = sorted(values)
-    return ordered[max(1, -(-len(ordered) * pct // 100)) - 1]
+    return _wait_bucket(ordered[max(1, -(-len(ordered) * pct // 100)) - 1])
 
 
 def check_against_jobs(stats: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -351,7 +353,10 @@ def check_builds(stats: dict[str, Any], rows: list[dict[str, Any]], runs: list[t
     # More jobs than slots: the overlapping builds waited, for lack of slots part of the time.
     assert stats["wait"]["cluster"]["max_ms"] > 0
     assert builds[0]["wait_p95_ms"] > 0 or builds[1]["wait_p95_ms"] > 0
-    assert stats["saturated_s"] > 0
+    # Waiting for want of any free slot is what the overlap is for, but whether the builds (slow
+    # on a loaded machine) ever asked for more than the free slots at once is up to timing: they
+    # waited, with or without a free slot.
+    assert stats["saturated_s"] + stats["waiting_with_free_slots_s"] > 0
     # Every host that accepts remote jobs (one slot each) offered it for the whole recording,
     # from its login report within the first second; less if it lost the scheduler meanwhile.
     for host in stats["utilisation"]["hosts"]:
@@ -369,6 +374,7 @@ def test_the_shipped_recording_of_overlapping_builds() -> None:
     runs = [(submitter, [f"builds/{tag}/{tag}_{i}.c" for i in range(4)], f"builds/{tag}/{tag}.o")
             for submitter, tag in (("node1", "alpha"), ("node2", "beta"), ("node1", "gamma"))]
     check_builds(stats, rows, runs)
+    assert stats["saturated_s"] > 0  # this session's overlap did ask for more than the slots
     assert {h["name"] for h in stats["utilisation"]["hosts"]} == {"node2", "node3"}
     # With a gap longer than the pause, node1's two builds are one.
     joined = _stats(path, "--gap", "60")["builds"]
