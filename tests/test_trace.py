@@ -16,7 +16,7 @@ from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameR
 from icetools.jobs import JobsPublisher, json_line
 from icetools.monitor import Monitor
 from icetools.replay import replay
-from icetools.trace import TracePublisher, write_trace
+from icetools.trace import TracePublisher, event_text, write_trace
 
 from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
@@ -179,7 +179,7 @@ def _stream(frames: list[tuple[float, m.Message]], reconnect_at: float) -> list[
 def traced(frames: list[tuple[float, m.Message]], *, reconnect_at: float) -> list[dict[str, Any]]:
     """The trace events of a scripted stream (checked against the format)."""
     events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
     monitor = Monitor(publishers=[publisher])
     replay(monitor, _stream(frames, reconnect_at=reconnect_at))
     publisher.finish(monitor)
@@ -326,7 +326,7 @@ def traced_with_rows(frames: list[tuple[float, m.Message]]) -> tuple[list[dict[s
     them) of the same replay."""
     events: list[dict[str, Any]] = []
     rows: list[tuple[Any, ...]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
     jobs = JobsPublisher(rows.append)
     monitor = Monitor(publishers=[publisher, jobs])
     replay(monitor, _stream(frames, reconnect_at=99.0))
