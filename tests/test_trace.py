@@ -538,3 +538,17 @@ def test_a_full_disk_is_the_same_error_with_and_without_the_formatter(grown: Pat
     assert_one_line_error(small, "cannot write /dev/full: No space left on device")
     assert_one_line_error(big, "cannot write /dev/full: No space left on device")
     assert _processes_naming(str(grown)) == []
+
+
+def test_a_failing_formatter_is_one_error(grown: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from icetools import trace
+    from icetools.errors import IcetoolsError
+
+    def broken(self: Any, items: list[Any]) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trace._TraceText, "write", broken)  # (the forked formatter has it too)
+    with CaptureReader(grown) as reader, open(tmp_path / "t.json", "w") as out:
+        with pytest.raises(IcetoolsError, match=r"^the trace's formatter failed: RuntimeError: boom$"):
+            write_trace(reader, out, pipeline=True)
+    assert _processes_naming(str(grown)) == [] and not [p for p in Path("/proc").glob(f"{os.getpid()}/task/*/children") if p.read_text().strip()]
