@@ -10,6 +10,8 @@ host's load. The mapping is documented in docs/analysis.md.
 Like ``jobs`` it reads the Monitor's change events and streams: each event is written when it
 is complete (a job's slice when the job ends), so memory holds only the jobs in flight and the
 lanes of each host. Events are therefore not in time order; the format does not ask for it.
+On two cores a big capture's text is made and written by a second process (see _Pipeline):
+this one replays and keeps the lanes and counters; the output is the same either way.
 """
 
 from __future__ import annotations
