@@ -19,8 +19,8 @@ from __future__ import annotations
 import heapq
 import io
 import json
-import os
 import marshal
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
