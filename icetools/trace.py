@@ -10,20 +10,27 @@ host's load. The mapping is documented in docs/analysis.md.
 Like ``jobs`` it reads the Monitor's change events and streams: each event is written when it
 is complete (a job's slice when the job ends), so memory holds only the jobs in flight and the
 lanes of each host. Events are therefore not in time order; the format does not ask for it.
+On two cores a big capture's text is made and written by a second process (see _Pipeline):
+this one replays and keeps the lanes and counters; the output is the same either way.
 """
 
 from __future__ import annotations
 
 import heapq
+import io
 import json
+import marshal
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import CaptureReader
+from .errors import IcetoolsError
 from .jobs import _DONE, _FAILED, _LANGS, host_name, job_row, json_line
 from .monitor import Event, EventKind, Job, Monitor, Publisher
-from .output import replaced
+from .output import replaced, terminated_as_exit
 from .progress import Progress
 from .replay import ReplayResult, replay_fast
 
@@ -46,6 +53,22 @@ _JOB_STARTED = EventKind.JOB_STARTED
 _JOB_FINISHED = EventKind.JOB_FINISHED
 #: The head of a flow arrow, on the job's slice (its tail is on the wait slice).
 _FLOW_IN = ',"bind_id":%d,"flow_in":true'
+
+# The publisher hands on an event either as its JSON text (the rare ones) or, for the frequent
+# ones, as a tuple of primitives tagged by its first item, which event_text() turns into the
+# text: so the text can be made in another process (see _Pipeline).
+#: A job's slice: (_JOB, kind, file, pid, tid, start, end, flow, id, lang, submitter, server,
+#: outcome, rerun_of, request_ts or None, real, user, sys, in_bytes, out_bytes, exit_code).
+_JOB = 0
+#: A wait slice: (_WAIT, file, pid, tid, start, end, flow, id, server or None).
+_WAIT = 1
+#: A host's load counter: (_LOAD, pid, ts, load).
+_LOAD = 2
+#: The cluster's counters: (_BUSY, ts, busy), (_WAITING, ts, waiting).
+_BUSY = 3
+_WAITING = 4
+#: What the publisher writes: an event's text, or one of the tuples above.
+Item = str | tuple[Any, ...]
 
 
 class _Texts(dict):  # type: ignore[type-arg]
@@ -155,12 +178,13 @@ class _InFlight:
 
 
 class TracePublisher(Publisher):
-    """Writes trace events for the Monitor's changes through ``write`` (one JSON object text
-    per call). Call :meth:`finish` after the last record."""
+    """Writes trace events for the Monitor's changes through ``write``: one event per call, as
+    its JSON text or as a tuple that :func:`event_text` makes into it (see _JOB). Call
+    :meth:`finish` after the last record."""
 
     kinds = frozenset(EventKind)
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(self, write: Callable[[Item], None]) -> None:
         self._write = write
         self._pids: dict[str, int] = {}  # host name (or #id) -> pid
         self._pid_of_id: dict[int, int] = {}  # the Monitor's host id -> pid (until a reset)
@@ -232,9 +256,9 @@ class TracePublisher(Publisher):
             ts = self._counter_ts
             before = self._counted or (-1, -1)  # (both are written at the first instant)
             if now[0] != before[0]:
-                self._write(f'{{"ph":"C","name":"busy slots","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"busy":{now[0]}}}}}')
+                self._write((_BUSY, ts, now[0]))
             if now[1] != before[1]:
-                self._write(f'{{"ph":"C","name":"jobs waiting","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"waiting":{now[1]}}}}}')
+                self._write((_WAITING, ts, now[1]))
             self._counted = now
 
     # -- events -------------------------------------------------------------------------------
@@ -311,11 +335,7 @@ class TracePublisher(Publisher):
             file = job.file  # type: ignore[union-attr]
             start = flight.request_ts
             wait_pid = flight.wait_pid
-            self._write(
-                f'{{"ph":"X","cat":"wait","name":{_titles[file]},"pid":{wait_pid},"tid":{flight.wait_tid},'
-                f'"ts":{start},"dur":{ts - start},"bind_id":{flow},"flow_out":true,"args":{{"id":{job.id},'  # type: ignore[union-attr]
-                f'"file":{_strings[file]},"server":{"null" if server is None else _strings[server]}}}}}'
-            )
+            self._write((_WAIT, file, wait_pid, flight.wait_tid, start, ts, flow, job.id, server))  # type: ignore[union-attr]
             _heappush(self._waits[wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
             flight.wait_pid = flight.wait_tid = 0
         elif flight.pid:
@@ -362,22 +382,14 @@ class TracePublisher(Publisher):
         self._busy -= 1
         flow = flight.flow
         file = job.file  # type: ignore[union-attr]
-        rerun_of = job.rerun_of  # type: ignore[union-attr]
-        kind = "local" if job.local else "remote"  # type: ignore[union-attr]
-        self._write(
-            f'{{"ph":"X","cat":"{kind}","name":{_titles[file]},"pid":{pid},"tid":{tid},"ts":{start},'
-            f'"dur":{ts - start if ts > start else 0}{_FLOW_IN % flow if flow else ""},"args":{{'
-            f'"id": {job_id}, "file": {_strings[file]}, "lang": {_langs[job.lang]}, '  # type: ignore[union-attr]
-            f'"submitter": {_strings[submitter]}, "server": {_strings[server]}, "kind": "{kind}", '
-            f'"outcome": "{"ok" if state is _DONE else "lost" if job.lost else "failed"}", '  # type: ignore[union-attr]
-            f'"rerun_of": {"null" if rerun_of is None else rerun_of}, '
-            f'"requested": {"null" if flight.requested is None else _times[flight.request_ts]}, '
-            f'"started": {_times[start]}, "ended": {_times[ts]}, '
-            f'"wait_ms": {"null" if flight.requested is None else _millis[start - flight.request_ts]}, '
-            f'"run_ms": {_millis[ts - start]}, "real_msec": {job.real_msec}, "user_msec": {job.user_msec}, '  # type: ignore[union-attr]
-            f'"sys_msec": {job.sys_msec}, "in_bytes": {job.in_uncompressed}, '  # type: ignore[union-attr]
-            f'"out_bytes": {job.out_uncompressed}, "exit_code": {job.exit_code}}}}}'  # type: ignore[union-attr]
-        )
+        self._write((
+            _JOB, "local" if job.local else "remote", file, pid, tid, start, ts, flow, job_id,  # type: ignore[union-attr]
+            job.lang, submitter, server,  # type: ignore[union-attr]
+            "ok" if state is _DONE else "lost" if job.lost else "failed",  # type: ignore[union-attr]
+            job.rerun_of, None if flight.requested is None else flight.request_ts,  # type: ignore[union-attr]
+            job.real_msec, job.user_msec, job.sys_msec, job.in_uncompressed,  # type: ignore[union-attr]
+            job.out_uncompressed, job.exit_code,  # type: ignore[union-attr]
+        ))
         self.jobs += 1
 
     def _on_host(self, event: Event, monitor: Monitor) -> None:
@@ -392,7 +404,7 @@ class TracePublisher(Publisher):
         load = host.reported_load()  # type: ignore[union-attr]
         if self._loads.get(pid) != load:
             self._loads[pid] = load
-            self._write(f'{{"ph":"C","name":"load","pid":{pid},"tid":0,"ts":{ts},"args":{{"load":{load}}}}}')
+            self._write((_LOAD, pid, ts, load))
 
     def _on_offline(self, event: Event, monitor: Monitor) -> None:
         _, t, host, _ = event
@@ -473,49 +485,228 @@ def _short(path: str) -> str:
     return path.rsplit("/", 1)[-1] or "(no file)"
 
 
+# ---- the text of the events --------------------------------------------------------------
+
+
+def event_texts(items: list[Item]) -> list[str]:
+    """The JSON texts of the publisher's items, in their order (the same in either process)."""
+    texts: list[str] = []
+    add = texts.append
+    titles, strings, times, millis, langs = _titles, _strings, _times, _millis, _langs
+    for item in items:
+        if item.__class__ is str:
+            add(item)  # type: ignore[arg-type]
+            continue
+        tag = item[0]
+        if tag == _JOB:
+            (_, kind, file, pid, tid, start, end, flow, job_id, lang, submitter, server, outcome,
+             rerun_of, request_ts, real, user, sys_, in_bytes, out_bytes, exit_code) = item
+            # (the args are the job's jobs row, in json_line's words; see _times for the times)
+            add(
+                f'{{"ph":"X","cat":"{kind}","name":{titles[file]},"pid":{pid},"tid":{tid},"ts":{start},'
+                f'"dur":{end - start if end > start else 0}{_FLOW_IN % flow if flow else ""},"args":{{'
+                f'"id": {job_id}, "file": {strings[file]}, "lang": {langs[lang]}, '
+                f'"submitter": {strings[submitter]}, "server": {strings[server]}, "kind": "{kind}", '
+                f'"outcome": "{outcome}", "rerun_of": {"null" if rerun_of is None else rerun_of}, '
+                f'"requested": {"null" if request_ts is None else times[request_ts]}, '
+                f'"started": {times[start]}, "ended": {times[end]}, '
+                f'"wait_ms": {"null" if request_ts is None else millis[start - request_ts]}, '
+                f'"run_ms": {millis[end - start]}, "real_msec": {real}, "user_msec": {user}, '
+                f'"sys_msec": {sys_}, "in_bytes": {in_bytes}, "out_bytes": {out_bytes}, "exit_code": {exit_code}}}}}'
+            )
+        elif tag == _LOAD:
+            add(f'{{"ph":"C","name":"load","pid":{item[1]},"tid":0,"ts":{item[2]},"args":{{"load":{item[3]}}}}}')
+        elif tag == _WAIT:
+            _, file, pid, tid, start, end, flow, job_id, server = item
+            add(
+                f'{{"ph":"X","cat":"wait","name":{titles[file]},"pid":{pid},"tid":{tid},'
+                f'"ts":{start},"dur":{end - start},"bind_id":{flow},"flow_out":true,"args":{{"id":{job_id},'
+                f'"file":{strings[file]},"server":{"null" if server is None else strings[server]}}}}}'
+            )
+        elif tag == _BUSY:
+            add(f'{{"ph":"C","name":"busy slots","pid":{CLUSTER_PID},"tid":0,"ts":{item[1]},"args":{{"busy":{item[2]}}}}}')
+        else:
+            add(f'{{"ph":"C","name":"jobs waiting","pid":{CLUSTER_PID},"tid":0,"ts":{item[1]},"args":{{"waiting":{item[2]}}}}}')
+    return texts
+
+
+def event_text(item: Item) -> str:
+    """The JSON text of one item of the publisher."""
+    return event_texts([item])[0]
+
+
 # ---- writing the file -----------------------------------------------------------------------
 
 
-class _EventStream:
-    """The JSON object form, written as events come: ``{"traceEvents":[`` ... ``]}``. The
-    publisher appends each event's text to ``lines`` (a list's own append: no call of ours per
-    event), and :meth:`flush` writes what has come, in one piece, between steps of the replay."""
+class _TraceText:
+    """The JSON object form, written as batches of events come: ``{"traceEvents":[`` ...
+    ``]}``, each batch's texts in one piece."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.lines: list[str] = []
         self.first = True
         out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
 
-    def flush(self) -> None:
-        if self.lines:
+    def write(self, items: list[Item]) -> None:
+        if items:
             if not self.first:
                 self.out.write(",\n")
             self.first = False
-            self.out.write(",\n".join(self.lines))
-            self.lines.clear()
+            self.out.write(",\n".join(event_texts(items)))
 
     def close(self) -> None:
-        self.flush()
         self.out.write("\n]}\n")
 
 
-#: Frames replayed between two writes of a trace's events: about 1,500 events, 0.4 MB of text.
+class _Pipeline:
+    """The text of the events made and written by a second process (the formatter), while this
+    one replays and keeps the lanes and counters: turning events into text is nearly half of
+    trace's own time, so on two cores the two halves overlap.
+
+    Batches of items go down a pipe marshalled (items are tuples of numbers and strings, which
+    marshal writes a little faster than pickle and reads back in two thirds of its time; a file
+    name repeated in a batch is written once); an empty message ends the trace, and the
+    formatter answers with None or the exception it met. Closing the pipe without that end
+    (an error or an interrupt here) makes it stop without writing the rest, and it is killed in
+    any case before this process goes on, so no formatter outlives the command and the atomic
+    writer (output.py) can remove its temporary file.
+
+    The formatter is forked: it needs nothing but this module's functions and ``out``'s file
+    descriptor, which a fork gives it at no cost, where forkserver or spawn would start a new
+    interpreter and import icetools (about 0.1 s, an eighth of the time saved on 1M frames) and
+    would have to be handed the descriptor. The command has no other thread at that point (the
+    replay has not begun), which is what makes a fork safe."""
+
+    def __init__(self, out: TextIO) -> None:
+        import multiprocessing
+
+        # Nothing buffered may be left to be written twice (by both processes).
+        for stream in (out, sys.stdout, sys.stderr):
+            stream.flush()
+        context = multiprocessing.get_context("fork")
+        receive, self._send = context.Pipe(duplex=False)
+        _widen(self._send.fileno())
+        self._answer, answer = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_formatter, args=(out, receive, self._send, answer), name="icetools trace formatter", daemon=True
+        )
+        self.process.start()
+        receive.close()
+        answer.close()
+
+    def write(self, items: list[Item]) -> None:
+        try:
+            self._send.send_bytes(marshal.dumps(items))
+        except OSError:  # (the formatter is gone: finish() says why)
+            self.finish()
+            raise TraceFormatterError("the trace's formatter process stopped early") from None
+
+    def finish(self) -> None:
+        """Wait for the formatter to write the end of the trace; its failure raised here."""
+        try:
+            self._send.send_bytes(b"")
+        except OSError:
+            pass
+        try:
+            error = self._answer.recv()
+        except (EOFError, OSError):
+            self.process.join()
+            raise TraceFormatterError(f"the trace's formatter process died (exit code {self.process.exitcode})") from None
+        finally:
+            self.close()
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Stop the formatter (if it still runs) and wait for it to be gone."""
+        self._send.close()
+        self._answer.close()
+        if self.process.exitcode is None:
+            self.process.kill()
+        self.process.join()
+
+
+#: Bytes a pipe to the formatter holds (Linux' default limit for a user): a batch is
+#: about 100 kB, more than a pipe's default 64 kB, so without it this process would wait for the
+#: formatter to finish the batch before at every send instead of running ahead.
+_PIPE_BYTES = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Make the pipe hold _PIPE_BYTES if the system lets it (Linux; elsewhere it stays as is)."""
+    import fcntl
+
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:
+            pass
+
+
+class TraceFormatterError(IcetoolsError):
+    """The formatter process failed in a way that is not a problem with the output file."""
+
+
+def _formatter(out: TextIO, receive: Any, send: Any, answer: Any) -> None:
+    """The formatter process: the trace's text from the batches, into ``out``."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C reaches both: the replay's side stops it)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not terminated_as_exit's: just end)
+    send.close()  # (else the end of the pipe would never be seen)
+    loads = marshal.loads
+    try:
+        text = _TraceText(out)
+        while data := receive.recv_bytes():
+            text.write(loads(data))
+        text.close()
+        out.flush()
+    except EOFError:  # the replay stopped: write no more
+        os._exit(1)
+    except BaseException as e:  # noqa: BLE001 - handed to the replay's side, which raises it
+        if not isinstance(e, OSError):
+            e = TraceFormatterError(f"the trace's formatter failed: {type(e).__name__}: {e}")
+        try:
+            answer.send(e)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+        os._exit(1)
+    answer.send(None)
+
+
+#: Frames replayed between two batches of a trace's events: about 1,500 events.
 TRACE_FRAMES = 2048
+#: Captures from this size on (bytes, about 30k frames) are traced with a formatter process when
+#: there are two cores: below it, starting the process costs about what it saves.
+PIPELINE_FROM = 2_000_000
+
+
+def _pipelined(reader: CaptureReader, out: TextIO) -> bool:
+    """Whether to make the text in a formatter process: two cores, a system that forks, a big
+    capture, and an output with a file descriptor the formatter can write to."""
+    if (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):  # (one core, or Windows)
+        return False
+    try:
+        out.fileno()
+        # (several files read as one: their sizes together)
+        size = sum(os.path.getsize(path) for path in getattr(reader, "paths", [reader.path]))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return size >= PIPELINE_FROM
 
 
 #: The cluster process's lane for the gaps between files read as one recording.
 GAP_TID = 1
 
 
-def _write_gaps(stream: _EventStream, gaps: Any) -> None:
+def _write_gaps(items: list[Item], gaps: Any) -> None:
     """Several files read as one (icetools.recordings): each gap between them as a slice
     "no recording" on a lane of the cluster process, so the hole is seen, not guessed."""
     for i, gap in enumerate(gaps):
         if i == 0:
-            stream.lines.append(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
+            items.append(_json({"ph": "M", "name": "thread_name", "pid": CLUSTER_PID, "tid": GAP_TID, "args": {"name": "recording"}}))
         start, stop = _us(gap.t), _us(gap.until)
-        stream.lines.append(_json({
+        items.append(_json({
             "ph": "X", "name": "no recording", "cat": "gap", "pid": CLUSTER_PID, "tid": GAP_TID,
             "ts": start, "dur": stop - start, "args": {"from_s": round(gap.t, 6), "until_s": round(gap.until, 6)},
         }))
@@ -526,24 +717,51 @@ def write_trace(
     out: TextIO,
     *,
     progress_stream: TextIO | None = None,
+    pipeline: bool | None = None,
 ) -> tuple[TracePublisher, ReplayResult]:
-    """Replay the capture as fast as possible and write its trace to ``out``."""
-    stream = _EventStream(out)
-    publisher = TracePublisher(stream.lines.append)
-    monitor = Monitor(publishers=[publisher])
-    if progress_stream is None:
-        result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=stream.flush)
-    else:
-        with Progress(reader, progress_stream) as progress:  # (as replay_file shows it)
+    """Replay the capture as fast as possible and write its trace to ``out``: with a formatter
+    process (see _Pipeline) if ``pipeline`` (by default: when it pays, see _pipelined); the
+    text is the same either way."""
+    if pipeline is None:
+        pipeline = _pipelined(reader, out)
+    with terminated_as_exit():  # (standard output: the formatter is stopped on SIGTERM too)
+        return _write_trace(reader, out, progress_stream, pipeline)
 
-            def between() -> None:
-                stream.flush()
-                progress.update()
 
-            result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
-    publisher.finish(monitor)
-    _write_gaps(stream, getattr(reader, "gaps", ()))
-    stream.close()
+def _write_trace(
+    reader: CaptureReader, out: TextIO, progress_stream: TextIO | None, pipeline: bool
+) -> tuple[TracePublisher, ReplayResult]:
+    sink: _TraceText | _Pipeline = _Pipeline(out) if pipeline else _TraceText(out)
+    try:
+        items: list[Item] = []
+
+        def flush() -> None:
+            if items:
+                sink.write(items[:])
+                items.clear()
+
+        publisher = TracePublisher(items.append)
+        monitor = Monitor(publishers=[publisher])
+        if progress_stream is None:
+            result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=flush)
+        else:
+            with Progress(reader, progress_stream) as progress:  # (as replay_file shows it)
+
+                def between() -> None:
+                    flush()
+                    progress.update()
+
+                result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
+        publisher.finish(monitor)
+        _write_gaps(items, getattr(reader, "gaps", ()))
+        flush()
+        if isinstance(sink, _Pipeline):
+            sink.finish()
+        else:
+            sink.close()
+    finally:
+        if isinstance(sink, _Pipeline):
+            sink.close()
     return publisher, result
 
 

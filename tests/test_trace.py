@@ -6,6 +6,11 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameR
 from icetools.jobs import JobsPublisher, json_line
 from icetools.monitor import Monitor
 from icetools.replay import replay
-from icetools.trace import TracePublisher, write_trace
+from icetools.trace import TracePublisher, _pipelined, event_text, write_trace
 
 from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
@@ -179,7 +184,7 @@ def _stream(frames: list[tuple[float, m.Message]], reconnect_at: float) -> list[
 def traced(frames: list[tuple[float, m.Message]], *, reconnect_at: float) -> list[dict[str, Any]]:
     """The trace events of a scripted stream (checked against the format)."""
     events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
     monitor = Monitor(publishers=[publisher])
     replay(monitor, _stream(frames, reconnect_at=reconnect_at))
     publisher.finish(monitor)
@@ -326,7 +331,7 @@ def traced_with_rows(frames: list[tuple[float, m.Message]]) -> tuple[list[dict[s
     them) of the same replay."""
     events: list[dict[str, Any]] = []
     rows: list[tuple[Any, ...]] = []
-    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
+    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
     jobs = JobsPublisher(rows.append)
     monitor = Monitor(publishers=[publisher, jobs])
     replay(monitor, _stream(frames, reconnect_at=99.0))
@@ -383,3 +388,167 @@ def test_names_in_a_remote_jobs_args_are_exact() -> None:
     assert {(e["args"]["submitter"], e["args"]["server"]) for e in jobs} == {(f"{evil}1", f"{evil}\udcff2")}
     assert {e["args"]["server"] for e in waits} == {f"{evil}\udcff2"}
     assert [e["args"] for e in jobs] == rows
+
+
+# ---- the formatter process (the text made by a second process on big captures) ---------------
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400k-frame capture grown from demo: big enough for the formatter process and for a run
+    that a signal can reach half-way (about 1.5 s)."""
+    from bench.grow import grow
+
+    path = tmp_path_factory.mktemp("grown") / "grown-400k.icecap"
+    grow(RECORDINGS / "demo.icecap", path, 400_000)
+    return path
+
+
+def _evil_capture(path: Path) -> Path:
+    """A capture whose names hold terminal escapes, quotes and an undecodable byte."""
+    evil = "evil\x1b]0;pwned\x07\"\\"
+    with CaptureWriter(path) as writer:
+        writer.connected(43, 43, 44, "x:1")
+        writer.frames([m.encode(m.MonStats(1, f"Name:{evil}1\nIP:10.0.0.1\nMaxJobs:4\n"), 43)], 0.0)
+        writer.frames([m.encode(m.MonStats(2, f"Name:{evil}\udcff2\nIP:10.0.0.2\nMaxJobs:4\n"), 43)], 0.0)
+        for i, file in enumerate([f"src/{evil}\na\udcff.c", f"{evil}/\x01\t.c", "/"] * 2):
+            for t, msg in _remote_job(float(i + 1), i + 1, file):
+                writer.frames([m.encode(msg, 43)], round(t, 6))
+    return path
+
+
+def _trace_bytes(path: Path, out: Path, *, pipeline: bool) -> bytes:
+    with CaptureReader(path) as reader, open(out, "w", encoding="utf-8", errors="backslashreplace") as f:
+        write_trace(reader, f, pipeline=pipeline)
+    return out.read_bytes()
+
+
+def test_the_formatter_process_writes_the_same_bytes(grown: Path, tmp_path: Path) -> None:
+    captures = [*CAPTURES, _evil_capture(tmp_path / "evil.icecap"), grown]
+    for path in captures:
+        alone = _trace_bytes(path, tmp_path / "alone.json", pipeline=False)
+        assert _trace_bytes(path, tmp_path / "piped.json", pipeline=True) == alone, path.name
+    assert len(alone) > 50_000_000 and alone.count(b'"cat":"remote"') > 100_000
+    # The command takes the formatter process for the big capture, to a file and to standard output.
+    with CaptureReader(grown) as reader, open(tmp_path / "x", "w") as f:
+        assert _pipelined(reader, f)
+    result = icetools("trace", str(grown), "-o", str(tmp_path / "cli.json"))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert (tmp_path / "cli.json").read_bytes() == alone
+    to_stdout = subprocess.run([sys.executable, "-m", "icetools", "trace", str(grown), "-o", "-"], capture_output=True, timeout=120)
+    assert to_stdout.returncode == 0 and to_stdout.stdout == alone and not to_stdout.stderr
+
+
+def test_small_outputs_and_streams_without_a_descriptor_stay_in_one_process(grown: Path, tmp_path: Path) -> None:
+    with CaptureReader(RECORDINGS / "demo.icecap") as reader, open(tmp_path / "x", "w") as f:
+        assert not _pipelined(reader, f)
+    with CaptureReader(grown) as reader:
+        assert not _pipelined(reader, io.StringIO())
+
+
+def _processes_naming(marker: str) -> list[int]:
+    """Processes whose command line holds ``marker`` (a path unique to the test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _trace_until_half_way(capture: Path, out: Path) -> tuple[subprocess.Popen[str], int]:
+    """``icetools trace capture -o out`` started (in its own session, as from a terminal), once
+    its formatter process has written some of the trace: the command and the formatter's pid."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "icetools", "trace", str(capture), "-o", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        children = _children(process.pid)
+        temps = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+        if children and temps and temps[0].stat().st_size > 1_000_000:
+            return process, children[0]
+        time.sleep(0.005)
+    process.kill()
+    raise AssertionError(f"no formatter at work: {process.communicate()}")
+
+
+def _assert_nothing_left(out: Path, formatter: int, marker: str) -> None:
+    assert out.read_text() == "previous"
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")] == []
+    assert not Path(f"/proc/{formatter}").exists()
+    assert _processes_naming(marker) == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "formatter killed"])
+def test_stopped_half_way_leaves_no_file_and_no_process(how: str, grown: Path, tmp_path: Path) -> None:
+    capture = tmp_path / "stopped.icecap"
+    capture.symlink_to(grown)
+    out = tmp_path / "t.json"
+    out.write_text("previous")
+    process, formatter = _trace_until_half_way(capture, out)
+    if how == "SIGTERM":
+        os.kill(process.pid, signal.SIGTERM)
+    elif how == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # (a terminal sends it to both processes)
+    else:
+        os.kill(formatter, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    if how == "SIGTERM":
+        assert (process.returncode, stderr) == (143, "")
+    elif how == "Ctrl-C":
+        assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
+    else:
+        assert process.returncode == 1
+        assert stderr.splitlines() == ["icetools: error: the trace's formatter process died (exit code -9)"]
+    _assert_nothing_left(out, formatter, str(capture))
+
+
+def test_a_damaged_big_capture_stops_the_formatter(grown: Path, tmp_path: Path) -> None:
+    data = bytearray(grown.read_bytes())
+    middle = len(data) * 6 // 10
+    data[middle : middle + 64] = b"\xff" * 64
+    capture = tmp_path / "damaged-big.icecap"
+    capture.write_bytes(bytes(data))
+    out = tmp_path / "t.json"
+    out.write_text("previous")
+    with CaptureReader(capture) as reader, open(tmp_path / "x", "w") as f:
+        assert _pipelined(reader, f)
+    assert_one_line_error(icetools("trace", str(capture), "-o", str(out)), "corrupt capture")
+    assert out.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".t.json")] == []
+    assert _processes_naming(str(capture)) == []
+
+
+def test_a_full_disk_is_the_same_error_with_and_without_the_formatter(grown: Path) -> None:
+    small = icetools("trace", str(RECORDINGS / "demo.icecap"), "-o", "/dev/full")
+    big = icetools("trace", str(grown), "-o", "/dev/full")
+    assert_one_line_error(small, "cannot write /dev/full: No space left on device")
+    assert_one_line_error(big, "cannot write /dev/full: No space left on device")
+    assert _processes_naming(str(grown)) == []
+
+
+def test_a_failing_formatter_is_one_error(grown: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from icetools import trace
+    from icetools.errors import IcetoolsError
+
+    def broken(self: Any, items: list[Any]) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(trace._TraceText, "write", broken)  # (the forked formatter has it too)
+    with CaptureReader(grown) as reader, open(tmp_path / "t.json", "w") as out:
+        with pytest.raises(IcetoolsError, match=r"^the trace's formatter failed: RuntimeError: boom$"):
+            write_trace(reader, out, pipeline=True)
+    assert _processes_naming(str(grown)) == [] and not [p for p in Path("/proc").glob(f"{os.getpid()}/task/*/children") if p.read_text().strip()]
