@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -1251,6 +1252,14 @@ def main() -> None:
         # /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except OSError as e:
+        # Every file icetools opens itself fails as an IcetoolsError naming it: what is left is
+        # the output it was handed (`icetools jobs x > /dev/full`, a full disk under a redirect).
+        where = f"cannot write {e.filename}" if e.filename else "cannot write the output"
+        click.echo(f"icetools: error: {where}: {e.strerror or e}", err=True)
+        with contextlib.suppress(OSError):  # (so the interpreter's last flush fails no more)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -499,3 +499,16 @@ def test_web_options() -> None:
     assert result.returncode == 2 and "go with --serve" in result.stderr
     result = icetools("serve", "--max-clients", "0", "-s", "127.0.0.1:1")
     assert result.returncode == 2 and "--max-clients" in result.stderr
+
+
+@pytest.mark.parametrize("args", [("dump",), ("dump", "--json"), ("stats",), ("jobs", "--csv"), ("trace", "-o", "-")])
+def test_a_full_standard_output_is_one_line_not_a_traceback(args: tuple[str, ...]) -> None:
+    """`icetools jobs x > /dev/full`: the output it was handed cannot be written (a full disk
+    under a redirect): one line, exit 1 (it was a traceback)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "icetools", *args, str(RECORDINGS / "demo.icecap")],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr == "icetools: error: cannot write the output: No space left on device\n"
