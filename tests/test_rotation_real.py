@@ -237,6 +237,25 @@ def test_a_rotated_recording_equals_an_unrotated_one_of_the_same_session(rotatio
         assert result.returncode == 0, result.stderr
         state = json.loads(result.stdout)
         assert {h["name"] for h in state["hosts"]} == {"node1", "node2", "node3"}, (path, state["hosts"])
+    # All the parts together read as one recording: the session's jobs as the unrotated
+    # recording has them (times aside: the two recorders stamp frames a little apart), and the
+    # cluster at the end the same.
+    def run(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "icetools", *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def jobs_of(where: Path) -> list[tuple[Any, ...]]:
+        rows = [json.loads(line) for line in run("jobs", "--json", str(where)).splitlines()]
+        return [(r["id"], r["file"], r["kind"], r["outcome"], r["submitter"], r["server"], r["exit_code"]) for r in rows]
+
+    assert jobs_of(rotated) == jobs_of(plain) and len(jobs_of(plain)) == 17
+    together, alone = json.loads(run("stats", "--json", str(rotated))), json.loads(run("stats", "--json", str(plain)))
+    assert together["jobs"] == alone["jobs"] and together["gaps"] == []
+    end_state = [json.loads(run("replay", "--fast", "--json", str(where))) for where in (rotated, plain)]
+    assert [sorted((h["name"], h["online"]) for h in state["hosts"]) for state in end_state] == [
+        sorted((h["name"], h["online"]) for h in end_state[1]["hosts"])] * 2
+    assert end_state[0]["totals"]["remote_done"] == end_state[1]["totals"]["remote_done"] == 16
     # dump marks the carried frames.
     last = max(rotated.iterdir(), key=lambda p: read_parts(p)[0][0].part or 0)
     dump = subprocess.run([sys.executable, "-m", "icetools", "dump", "--json", str(last)], capture_output=True, text=True, timeout=60, cwd=ROOT)
