@@ -32,7 +32,7 @@ from .jobs import COLUMNS, JobsPublisher, Row
 from .monitor import Event, EventKind, Monitor, Publisher
 from .output import replaced
 from .replay import ReplayResult, replay_file
-from .stats import WhyAnalysis
+from .stats import WhyAnalysis, gaps_json
 from .stats import report as stats_report
 
 #: Buckets of the time series (busy, offered, waiting): at most this many, at least half.
@@ -223,7 +223,11 @@ def collect(reader: CaptureReader, *, progress_stream: TextIO | None = None) -> 
     jobs.finish(monitor)
     figures.finish(monitor)
     why.finish(monitor)
-    return figures.figures(stats_report(monitor, why)), result
+    stats = stats_report(monitor, why)
+    if len(getattr(reader, "files", ())) > 1:
+        # Several files read as one: where nothing was recorded, as stats --json says it.
+        stats["gaps"] = gaps_json(reader.gaps)  # type: ignore[attr-defined]
+    return figures.figures(stats), result
 
 
 # ---- the page -------------------------------------------------------------------------------

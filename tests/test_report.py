@@ -361,3 +361,30 @@ def test_hostile_names_are_text_in_the_report(tmp_path: Path, report_of: Any, ta
     tab.page.wait_for_timeout(300)  # an injected image's error event would fire asynchronously
     assert tab.js("() => window.__xss") is None
     tab.assert_clean()
+
+
+def test_a_report_of_several_files_shows_the_gaps(tmp_path: Path, tab: Tab) -> None:  # noqa: F811
+    """Two files of one scheduler an hour apart: the report reads them as one recording, says
+    there is one gap and shades it on the slots chart, and its figures (gaps included) are
+    those of `stats --json` over the same files."""
+    from .test_many_files import split
+
+    source = RECORDINGS / "build.icecap"
+    with CaptureReader(source) as reader:
+        times = [r.t for r in reader]
+    middle = times[len(times) // 2]
+    parts = split(source, tmp_path / "parts", [middle], gap=3600.0)
+    out = tmp_path / "two.html"
+    result = icetools("report", str(parts[0].parent), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    data = embedded(out.read_text())
+    stats = stats_json(parts[0].parent)
+    assert len(stats["gaps"]) == 1 and stats["gaps"][0]["seconds"] > 3000
+    assert data["stats"]["gaps"] == stats["gaps"]
+    assert data["stats"]["jobs"] == stats["jobs"] and data["stats"]["utilisation"] == stats["utilisation"]
+    open_report(tab, out)
+    assert figures(tab)["gaps"] == "1"
+    assert tab.js("() => document.querySelectorAll('#series-chart rect.band.gap').length") == 1
+    title = tab.js("() => document.querySelector('#series-chart rect.band.gap title').textContent")
+    assert title.startswith("no recording from ")
+    tab.assert_clean()

@@ -75,6 +75,11 @@ function renderSummary() {
     figure(el, "waiting_with_free_slots_s", s.waiting_with_free_slots_s.toFixed(1), "s waiting with free slots", "bad");
   }
   if (typeof s.saturated_s === "number") figure(el, "saturated_s", s.saturated_s.toFixed(1), "s saturated");
+  // several files read as one: where nothing was recorded
+  if (Array.isArray(s.gaps) && s.gaps.length) {
+    const total = s.gaps.reduce((sum, g) => sum + g.seconds, 0);
+    figure(el, "gaps", String(s.gaps.length), `gaps without a recording (${fmtClock(total)} m:s)`, "bad");
+  }
 }
 
 function renderSeries() {
@@ -84,6 +89,11 @@ function renderSeries() {
   lineChart(byId("series-chart"), {
     t,
     xDomain: [0, reportData.end],
+    bands: (reportStats.gaps || []).map((g) => ({
+      from: g.t,
+      to: g.until,
+      label: `no recording from ${fmtClock(g.t)} to ${fmtClock(g.until)}`,
+    })),
     lines: [
       { key: "offered", label: "offered slots", cls: "offered", values: series.offered },
       { key: "busy", label: "busy slots", cls: "busy", values: series.busy },

@@ -55,6 +55,21 @@ export function lineChart(container, spec) {
     .attr("class", "axis y")
     .attr("transform", `translate(${MARGIN.left},0)`)
     .call(d3.axisLeft(y).ticks(4).tickFormat(d3.format("~s")));
+  // Stretches where nothing was recorded (several files read as one): shaded, named on hover.
+  for (const band of spec.bands || []) {
+    const a = x(Math.max(band.from, x0));
+    const b = x(Math.min(band.to, x1));
+    if (!(b > a)) continue;
+    svg
+      .append("rect")
+      .attr("class", "band gap")
+      .attr("x", a)
+      .attr("width", b - a)
+      .attr("y", MARGIN.top)
+      .attr("height", height - MARGIN.top - MARGIN.bottom)
+      .append("title")
+      .text(band.label);
+  }
   const line = d3
     .line()
     .defined((d) => isFinite(d[1]))
