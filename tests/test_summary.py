@@ -1,6 +1,6 @@
 """Cached summaries (icetools/summary.py): one file's summary gives stats' own report; merged
-summaries of several files give exactly the report of reading them as one stream (with the
-Monitor starting over at each next file, as at a reconnect); the cache is used, and rebuilt
+summaries of several files give exactly the report of reading them as one recording
+(icetools.stats.analyse over icetools.recordings.open_recording: gaps, continuations); the cache is used, and rebuilt
 when it is damaged or foreign; `stats` over several files in parallel, with one clear line for
 an error or a stop."""
 
@@ -20,10 +20,9 @@ import pytest
 
 from icetools import messages as m
 from icetools import summary as summary_mod
-from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord
-from icetools.monitor import Monitor
-from icetools.replay import apply_event
-from icetools.stats import WhyAnalysis, report
+from icetools.capture import CaptureReader, CaptureWriter, FrameRecord
+from icetools.recordings import open_recording
+from icetools.stats import analyse
 from icetools.summary import SUMMARY_MAGIC, load, merged, report_from, save, summaries, summarise, summary_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,47 +38,13 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache / "icetools"
 
 
-def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False) -> dict[str, Any]:
-    """The reference: every file pumped into one Monitor and WhyAnalysis, times in seconds
-    since the first file's start (a file's own times plus its start minus the first start, in
-    whole µs as icetools.recordings adds them).
-    Each file's first connect record is a reconnect there: the Monitor starts over; or with
-    ``continued`` each file continues the one before: its first connect record and carried
-    frames are skipped (they were live in the file before)."""
-    why = WhyAnalysis(gap)
-    monitor = Monitor(publishers=[why])
-    start0 = None
-    gaps = []
-    for i, path in enumerate(paths):
-        with CaptureReader(path) as reader:
-            if start0 is None:
-                start0 = reader.header.start
-            # (icetools.recordings' times: the offset in whole µs, added before the division)
-            o = round((reader.header.start - start0) * 1_000_000)
-            if i and not continued:  # where nothing was recorded: the last record to the start
-                gaps.append({"t": round(monitor.now, 3), "until": round(max(monitor.now, o / 1e6), 3),
-                             "seconds": round(max(monitor.now, o / 1e6) - monitor.now, 3)})
-
-            def at(t: float, o: int = o) -> float:
-                return (round(t * 1_000_000) + o) / 1_000_000
-
-            handlers = {cls: (lambda h: lambda msg, t: h(msg, at(t)))(h) for cls, h in monitor.handlers.items()}
-            skip = [bool(i and continued)]
-
-            def on_event(record: Any) -> None:
-                if skip[0] and isinstance(record, ConnectRecord):
-                    skip[0] = False
-                    return
-                apply_event(monitor, record._replace(t=at(record.t)))
-
-            result = reader.pump(handlers, on_event, fields=True, carried=not (i and continued))
-            if result.last_t is not None:
-                monitor.now = at(result.last_t)
-    why.finish(monitor)
-    out = report(monitor, why)
-    if len(paths) > 1:
-        out["gaps"] = gaps
-    return out
+def one_stream(paths: list[Path], gap: float = 30.0) -> dict[str, Any]:
+    """The reference: the streaming read of the same files as one recording,
+    ``icetools.stats.analyse(open_recording(paths))`` (icetools.recordings: a file that does not
+    continue the one before follows a gap, where the Monitor forgets hosts and jobs; one that
+    continues it skips its connect record and carried frames)."""
+    with open_recording(paths) as recording:
+        return analyse(recording, gap=gap)[0]
 
 
 def with_start(source: Path, target: Path, start: float) -> Path:
@@ -154,8 +119,10 @@ def test_merged_summaries_equal_one_stream(tmp_path: Path, names: list[str], pau
     paths = one_after_another(tmp_path, names, pauses)
     expected = one_stream(paths)
     assert report_from(merged([summarise(p) for p in paths])) == expected
-    assert expected["reconnects"] == len(paths) - 1 + sum(json.loads(
+    # A gap is no reconnect (icetools.recordings): only each file's own reconnects count.
+    assert expected["reconnects"] == sum(json.loads(
         (RECORDINGS / f"{n}.stats.json").read_text())["reconnects"] for n in names)
+    assert len(expected["gaps"]) == len(paths) - 1
 
 
 def test_builds_go_on_across_a_short_pause_and_not_a_long_one(tmp_path: Path) -> None:
@@ -175,7 +142,7 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     first file named turns up in the second by id before its report names it (what it did
     before is not counted under the name, as in one stream); a job in flight at the end of the
     first file ends there, unfinished, in a build that goes on in the second; the slots the
-    host offered run on to the reconnect."""
+    host offered stop at the end of the first file (the gap's start: nothing counts in a gap)."""
     start = 1_800_000_000.0
     a = write(tmp_path / "a.icecap", start, [
         (0.0, m.MonStats(1, _host(1, 0))),
@@ -222,9 +189,10 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     assert report_from(summarise(b))["hosts"][1]["compiled"] == 3  # (alone, node2 took them over)
     [build] = got["builds"]
     assert (build["start"], build["end"], build["jobs"], build["unfinished"]) == (1.0, 12.95, 7, 1)
-    # node2's 4 slots from 0 s to the reconnect at 9.95 s, then from its report at 10.95 s to
-    # the end at 13.95 s.
-    assert got["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(4 * 9.95 + 4 * 3.0)
+    # node2's 4 slots from 0 s to the end of the first file at 9.9 s (the gap starts there: the
+    # model forgot the hosts), then from its report at 10.95 s to the end at 13.95 s; no reconnect.
+    assert got["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(4 * 9.9 + 4 * 3.0)
+    assert got["reconnects"] == 0
 
 
 # ---- the cache ----------------------------------------------------------------------------------
@@ -309,13 +277,13 @@ def test_files_of_different_schedulers_are_refused(tmp_path: Path) -> None:
     b = write(tmp_path / "b.icecap", 1_800_000_010.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, scheduler="t:2")
     result = icetools("stats", str(b), str(a))
     assert result.returncode == 1
-    assert result.stderr == f"icetools: error: files from different schedulers: {a} (s:1), {b} (t:2)\n"
+    assert result.stderr == f"icetools: error: will not read as one recording files from different schedulers: {a} (s:1), {b} (t:2)\n"
     # The same address but another netname (when both files name one) is another scheduler.
     c = write(tmp_path / "c.icecap", 1_800_000_020.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="A")
     d = write(tmp_path / "d.icecap", 1_800_000_030.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="B")
     result = icetools("stats", str(c), str(d))
     assert result.returncode == 1
-    assert result.stderr == f"icetools: error: files from different schedulers: {c} (s:1), {d} (s:1)\n"
+    assert result.stderr == f"icetools: error: will not read as one recording files from different schedulers: {c} (s:1, netname A), {d} (s:1, netname B)\n"
     assert icetools("stats", str(a), str(c)).returncode == 0  # (one file names none)
 
 
@@ -458,14 +426,14 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
     duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
     whole, parts = rotated(source, tmp_path, [round(duration * f, 2) for f in (0.25, 0.5, 0.75)])
     summaries_ = [summarise(p) for p in parts]
-    assert summaries_[0].carried is None and summaries_[-1].carried is not None
+    assert summaries_[0].carried == 0 and summaries_[-1].carried > 0
     assert all(summaries_[k].continued_by(summaries_[k + 1]) for k in range(3))
     for p, s in zip(parts, summaries_):
         with CaptureReader(p) as reader:
             from icetools.stats import analyse
 
             assert report_from(s) == analyse(reader)[0]  # (a part alone: stats' own answer)
-    expected = one_stream(parts, continued=True)
+    expected = one_stream(parts)
     got = report_from(merged(summaries_))
     assert _rounded(got) == _rounded(expected)
     assert _rounded(got) == _rounded(report_from(summarise(whole)))
@@ -507,7 +475,7 @@ def test_a_job_carried_before_its_submitter_s_report(tmp_path: Path) -> None:
     alone = report_from(summarise(parts[1]))
     assert [b["submitter"] for b in alone["builds"]] == ["node1"]
     got = report_from(merged([summarise(p) for p in parts]))
-    assert got == one_stream(parts, continued=True)
+    assert got == one_stream(parts)
     assert _rounded(got) == _rounded(report_from(summarise(whole)))
     [build] = got["builds"]
     assert (build["submitter"], build["jobs"], build["unfinished"], build["start"], build["end"]) == ("node1", 2, 0, 1.0, 5.0)
@@ -561,7 +529,7 @@ def test_stats_over_a_series_written_by_the_rotating_recorder(tmp_path: Path) ->
     assert len(parts) >= 4
     with_carried = [p for p in parts if CaptureReader(p).header.part and _carried_count(p)]
     assert len(with_carried) >= 3  # (jobs ran across the rotations)
-    expected = one_stream(parts, continued=True)
+    expected = one_stream(parts)
     result = icetools("stats", "--json", *map(str, parts))
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
