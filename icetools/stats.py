@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .recordings import GapRecord, format_duration
+from .recordings import GapRecord, format_duration, gap_text
 from .jobs import host_name
 from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher, Totals
 from .render import printable
@@ -125,8 +125,9 @@ def report_json(
     }
 
 
-def render_report(report: dict[str, Any]) -> str:
-    """The report as text for people; names and files escaped (see :func:`printable`)."""
+def render_report(report: dict[str, Any], start: float | None = None) -> str:
+    """The report as text for people; names and files escaped (see :func:`printable`).
+    ``start``: the recording's start (Unix time), for the gaps' wall-clock times."""
     jobs = report["jobs"]
     lines = [
         f"{report['duration']:.1f} s: {jobs['remote']} remote jobs ({jobs['failed']} failed, "
@@ -153,20 +154,25 @@ def render_report(report: dict[str, Any]) -> str:
     if "wait" in report:
         lines += render_why(report)
     if "gaps" in report:
-        lines += render_gaps(report)
+        lines += render_gaps(report, start)
     return "\n".join(lines)
 
 
-def render_gaps(report: dict[str, Any]) -> list[str]:
-    """The gaps between files (``stats`` over several files), as text."""
+def render_gaps(report: dict[str, Any], start: float | None = None) -> list[str]:
+    """The gaps between files (``stats`` over several files), as text: each as ``dump`` shows
+    it (icetools.recordings.gap_text: its length and wall-clock times, given ``start``), after
+    its seconds since the recording began."""
     gaps = report["gaps"]
     if not gaps:
         return ["", "gaps: none (the files follow one another)"]
     total = sum(g["seconds"] for g in gaps)
     lines = ["", f"gaps: {len(gaps)} without a recording, {format_duration(total)} in all"]
-    lines += [
-        f"  {g['t']:>12.3f} s to {g['until']:>12.3f} s  ({format_duration(g['seconds'])})" for g in gaps
-    ]
+    for g in gaps:
+        text = (
+            gap_text(GapRecord(g["t"], g["until"]), start) if start is not None
+            else f"--- no recording for {format_duration(g['seconds'])} ---"
+        )
+        lines.append(f"  {g['t']:>12.3f} s  {text}")
     return lines
 
 
