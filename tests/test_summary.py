@@ -557,3 +557,140 @@ def test_one_file_to_read_pays_for_no_pool(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(summary_mod.concurrent.futures, "ProcessPoolExecutor", NoPool)
     got = summaries(paths)  # two cached, one to read: read here
     assert report_from(merged(got)) == one_stream(paths)
+
+
+# ---- a file's own time range; gaps with carried frames ----------------------------------------
+
+
+def _rotated_by_the_recorder(source: Path, folder: Path, seconds: float) -> tuple[Path, list[Path]]:
+    """``source``'s frames written by icetools.rotation.RotatingWriter rotating every
+    ``seconds`` (on a clock that follows the recording), and the same frames in one file."""
+    from icetools.rotation import RotatingWriter, Rotation
+
+    with CaptureReader(source) as reader:
+        header = reader.header
+        frames = [(r.t, r.data) for r in reader if isinstance(r, FrameRecord)]
+    now = [0.0]
+    start = 1_800_000_000.0
+    series = RotatingWriter(str(folder / "rotated" / "part-%H%M%S.icecap"), Rotation(seconds=seconds),
+                            clock=lambda: now[0], wall=lambda: start + now[0])
+    whole = CaptureWriter(folder / "whole.icecap")
+    whole.start = start
+    for sink in (series, whole):
+        sink.connected(header.protocol, header.peer_version, header.offered, header.scheduler, 0.0)
+    for t, data in frames:
+        now[0] = t
+        series.frames([data])
+        whole.frames([data], t=t)
+    now[0] = frames[-1][0] + 1.0
+    series.close("stopped")
+    whole.close("stopped", t=now[0])
+    parts = sorted((folder / "rotated").glob("*.icecap"), key=lambda p: CaptureReader(p).header.part)
+    return whole.path, parts
+
+
+def _alone(path: Path) -> dict[str, Any]:
+    with CaptureReader(path) as reader:
+        return analyse(reader)[0]
+
+
+def test_a_part_alone_reports_its_own_time_range(tmp_path: Path) -> None:
+    """demo rotated every 20 s: each part alone (carried frames going back before its start)
+    counts duration, slot-seconds and waiting from its first connect record, a carried job's
+    wait only if it starts in the part, and no carried request or local job as its own: its
+    summary and the streaming stats agree, and the parts' additive figures add up to the whole
+    (before: parts of 30-48 s and 3001 offered slot-seconds against 2319 for the whole)."""
+    whole_path, parts = _rotated_by_the_recorder(RECORDINGS / "demo.icecap", tmp_path, 20.0)
+    assert len(parts) >= 4
+    assert sum(1 for p in parts if _carried_count(p)) >= 3  # (jobs and hosts carried across)
+    whole = _alone(whole_path)
+    alone = []
+    for p in parts:
+        report = _alone(p)
+        assert report_from(summarise(p)) == report  # one mechanism: the summary is the stream's
+        with CaptureReader(p) as reader:
+            records = list(reader)
+        # Its own time range: from its first connect record (time 0) to its last record.
+        assert report["duration"] <= round(records[-1].t - records[0].t, 3) + 0.001
+        alone.append(report)
+
+    def total(key: Any) -> float:
+        return round(sum(key(r) for r in alone), 3)
+
+    for key in ("remote", "local", "failed", "lost", "unseen"):
+        assert total(lambda r: r["jobs"][key]) == whole["jobs"][key], key
+    # (A local re-run of a compile that failed in the part before is seen only merged.)
+    assert total(lambda r: r["jobs"]["rerun_locally"]) < whole["jobs"]["rerun_locally"]
+    assert total(lambda r: r["duration"]) == pytest.approx(whole["duration"], abs=0.01)
+    for key in ("offered_slot_s", "busy_slot_s"):
+        assert total(lambda r: r["utilisation"]["cluster"][key]) == pytest.approx(
+            whole["utilisation"]["cluster"][key], abs=0.01), key
+    for key in ("waiting_with_free_slots_s", "saturated_s"):
+        assert total(lambda r: r[key]) == pytest.approx(whole[key], abs=0.01), key
+    assert sum(r["wait"]["cluster"]["count"] for r in alone) == whole["wait"]["cluster"]["count"]
+    for name in {h["name"] for h in whole["hosts"]}:
+        for key in ("compiled", "submitted", "local", "failed"):
+            assert sum(h[key] for r in alone for h in r["hosts"] if h["name"] == name) == next(
+                h[key] for h in whole["hosts"] if h["name"] == name), (name, key)
+    # And merged, the series is the whole recording, as the streaming read of the files says.
+    got = report_from(merged([summarise(p) for p in parts]))
+    assert got == one_stream(parts)
+    assert _rounded(got) == _rounded(whole)
+
+
+def test_a_missing_part_is_a_gap_and_the_next_part_starts_from_its_carried_state(tmp_path: Path) -> None:
+    """A rotated series with a part missing: the part after it follows a gap (its carried
+    frames clamped to its connect record, as icetools.recordings reads it). Its merged
+    summaries equal the streaming read key for key: the gap starts where the part before
+    ended, nothing counts in it, it is no reconnect; and `stats --json` over the files (the
+    cached summaries, a process per file) gives the same report, as does its text."""
+    source = RECORDINGS / "demo.icecap"
+    duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
+    at = [round(duration * f, 2) for f in (0.2, 0.4, 0.6, 0.8)]
+    _, parts = rotated(source, tmp_path, at)
+    kept = [parts[0], parts[1], parts[3], parts[4]]  # part 2 is missing
+    assert _carried_count(parts[3]) > 0
+    expected = one_stream(kept)
+    assert expected["gaps"] == [{"t": at[1], "until": at[2], "seconds": round(at[2] - at[1], 3)}]
+    assert expected["reconnects"] == 0
+    got = report_from(merged([summarise(p) for p in kept]))
+    assert got == expected
+    # Nothing counted in the gap: the slots offered are those of the two pieces around it.
+    pieces = one_stream(kept[:2])["utilisation"]["cluster"]["offered_slot_s"] + one_stream(kept[2:])["utilisation"]["cluster"]["offered_slot_s"]
+    assert expected["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(pieces, abs=0.002)
+    result = icetools("stats", "--json", *map(str, reversed(kept)))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
+    cached = icetools("stats", "--json", *map(str, kept))
+    assert json.loads(cached.stdout) == expected
+
+
+def test_a_job_carried_after_a_gap_waits_from_the_connect(tmp_path: Path) -> None:
+    """After a gap, a job requested before the part began (a carried request) and started in
+    it: the streaming read clamps its request to the part's connect record, so its wait and its
+    build start there; the merged summaries say the same (the part is read again clamped)."""
+    source = write(tmp_path / "source.icecap", 1_800_000_000.0, [
+        (0.0, m.MonStats(2, _host(2, 1))),
+        (0.5, m.MonStats(1, _host(1, 0))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.2, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.5, m.MonGetCS(filename="b.c", job_id=2, client_id=1)),  # waits: the slot is taken
+        (2.5, m.MonJobDone(job_id=1, exitcode=0, real_msec=1000)),
+        (3.0, m.MonGetCS(filename="c.c", job_id=3, client_id=1)),
+        (6.5, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
+        (7.0, m.MonJobDone(job_id=2, exitcode=0, real_msec=400)),
+        (7.5, m.MonJobBegin(job_id=3, stime=0, host_id=2)),
+        (8.0, m.MonJobDone(job_id=3, exitcode=0, real_msec=400)),
+    ], end=9.0)
+    _, parts = rotated(source, tmp_path / "rotated", [2.0, 6.0], start=1_800_000_000.0)
+    kept = [parts[0], parts[2]]  # the part from 2 s to 6 s is missing
+    expected = one_stream(kept)
+    got = report_from(merged([summarise(p) for p in kept]))
+    assert got == expected
+    assert expected["gaps"] == [{"t": 2.0, "until": 6.0, "seconds": 4.0}]
+    # Jobs 2 and 3 (requested at 1.5 and 3.0 s) wait from the connect at 6.0 s: 500 and 1500 ms;
+    # job 1's wait (200 ms) in the first part.
+    assert expected["wait"]["cluster"] == {"count": 3, "p50_ms": 500, "p95_ms": 1500, "max_ms": 1500}
+    # Alone, the last part counts the waits from the requests (5000 and 4500 ms).
+    assert _alone(parts[2])["wait"]["cluster"]["max_ms"] == 5000
+    assert report_from(summarise(parts[2])) == _alone(parts[2])
