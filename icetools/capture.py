@@ -856,6 +856,7 @@ class CaptureReader:
                         self.position = base + pos
                         last_t = (us + offset_us) / 1_000_000
                         if on_settled is not None:
+                            settle_at = None
                             if pos >= end:
                                 settle_at = last_t  # (the next block tells)
                             elif data[pos] != 5:  # the last carried frame: the state is given

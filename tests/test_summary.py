@@ -22,7 +22,7 @@ from icetools import messages as m
 from icetools import summary as summary_mod
 from icetools.capture import CaptureReader, CaptureWriter, FrameRecord
 from icetools.recordings import open_recording
-from icetools.stats import analyse
+from icetools.stats import analyse, render_report
 from icetools.summary import SUMMARY_MAGIC, load, merged, report_from, save, summaries, summarise, summary_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -430,7 +430,7 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
     assert all(summaries_[k].continued_by(summaries_[k + 1]) for k in range(3))
     for p, s in zip(parts, summaries_):
         with CaptureReader(p) as reader:
-            from icetools.stats import analyse
+            from icetools.stats import analyse, render_report
 
             assert report_from(s) == analyse(reader)[0]  # (a part alone: stats' own answer)
     expected = one_stream(parts)
@@ -609,6 +609,8 @@ def test_a_part_alone_reports_its_own_time_range(tmp_path: Path) -> None:
         report = _alone(p)
         assert report_from(summarise(p)) == report  # one mechanism: the summary is the stream's
         with CaptureReader(p) as reader:
+            assert analyse(reader, fast=False)[0] == report  # (record by record: the same)
+        with CaptureReader(p) as reader:
             records = list(reader)
         # Its own time range: from its first connect record (time 0) to its last record.
         assert report["duration"] <= round(records[-1].t - records[0].t, 3) + 0.001
@@ -663,6 +665,24 @@ def test_a_missing_part_is_a_gap_and_the_next_part_starts_from_its_carried_state
     assert json.loads(result.stdout) == expected
     cached = icetools("stats", "--json", *map(str, kept))
     assert json.loads(cached.stdout) == expected
+    text = icetools("stats", *map(str, kept))
+    with CaptureReader(kept[0]) as reader:
+        assert text.stdout == render_report(expected, reader.header.start) + "\n"
+
+
+@pytest.mark.parametrize("block", [55, 95, 209, 1045, 4096])  # (the first four end one right after it)
+def test_carried_frames_settle_wherever_the_read_blocks_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             block: int) -> None:
+    """pump() settles the carried frames once, after the last one, whether that one ends a
+    read block, straddles two or is followed by a record in the same block."""
+    from icetools import capture
+
+    source = RECORDINGS / "demo.icecap"
+    duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
+    _, parts = rotated(source, tmp_path, [round(duration * 0.5, 2)])
+    expected = _alone(parts[1])
+    monkeypatch.setattr(capture, "READ_BLOCK", block)
+    assert _alone(parts[1]) == expected
 
 
 def test_a_job_carried_after_a_gap_waits_from_the_connect(tmp_path: Path) -> None:
