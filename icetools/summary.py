@@ -2,20 +2,20 @@
 
 What ``stats`` needs from a capture (the Monitor's aggregates and WhyAnalysis' figures, see
 icetools/stats.py) is kept as a :class:`Summary`: counts, histograms, per-host aggregates,
-slot-seconds, builds, transfer, the frame and decode counts, plus what the file's edges need
-so that summaries of consecutive files merge into exactly the figures of reading the files as
-one stream (docs/analysis.md, "Many files: cached summaries"):
+slot-seconds, builds, transfer, the frame and decode counts of the file read alone (its
+carried frames the state at its start, counting nothing: Monitor.carried_settled), plus what
+the file's edges need so that summaries of consecutive files merge into exactly the figures of
+reading the files as one recording with icetools.recordings (docs/analysis.md, "Many files:
+cached summaries"):
 
 * at the end: the jobs still in flight (their effect, as unfinished, is *pending*: applied
-  when the file is the last one or a gap follows, dropped when the next file continues it and
-  carries them), the slots each host offered and used then and whether jobs were waiting (a
-  gap extends them up to the next file's reconnect), each submitter's last build with its
-  waits (it may go on in the next file);
+  when the file is the last one or a gap follows, which forgets them at its start; when the
+  next file continues this one and carries them, only the wait of those that had begun here),
+  each submitter's last build with its waits (it may go on in the next file);
 * at the start: each submitter's first build with its waits, the counters a host had before
   its name was known (lost when the name was already counted before), the time of the first
-  connect record (where a gap's reconnect resets the model);
-* the times jobs finished (the peak second depends on where the next file's seconds fall);
-* what a file's carried frames (format 2) added, taken back when it continues the file before.
+  connect record, the jobs its carried frames gave;
+* the times jobs finished (the peak second depends on where the next file's seconds fall).
 
 :func:`summarise` reads one file; :meth:`Summary.merge` appends the next; :func:`report_from`
 gives what ``stats --json`` prints. :func:`summaries` finds them in icetools' cache (beside the
@@ -273,7 +273,7 @@ class Summary:
     part: int | None
     rotated: bool  # (of the first file) its first connect record continues the previous part
     end: float  # the Monitor's clock at the end (the last record)
-    first_connect: float  # the first connect record (where a gap before this file resets)
+    first_connect: float  # the first connect record (where its own time range begins)
     frames: int
     undecodable: int
     warnings: list[str]
@@ -321,8 +321,9 @@ class Summary:
     def merge(self, nxt: Summary, continues: bool) -> Summary:
         """Append the summary of the file that follows (``nxt`` is consumed). ``continues``:
         it continues this one (same series, next part, a rotated connect: its carried frames
-        were live here), else there is a gap and the Monitor starts over at its first connect,
-        as at a reconnect."""
+        were live here), else there is a gap (icetools.recordings, Monitor.gap): the model
+        forgets hosts and jobs where this file ends, counts nothing until the next file's first
+        connect, and counts no reconnect."""
         if nxt.gap != self.gap:
             raise ValueError("summaries made with different --gap values do not merge")
         o = _offset_us(self.start, nxt.start)
