@@ -697,6 +697,7 @@ class CaptureReader:
         on_undecodable: Callable[[FrameRecord], object] | None = None,
         carried: bool = True,
         on_carried: Callable[[CarriedRecord], object] | None = None,
+        on_settled: Callable[[float], object] | None = None,
     ) -> PumpResult:
         """Decode the frames from where iteration would start and hand each message to the
         handler of its class, with its time; hand connect, disconnect and end records to
@@ -721,12 +722,14 @@ class CaptureReader:
         state at its start; with ``carried=False`` they are not. Either way they are counted in
         ``carried``, not in ``frames`` (nor in ``PumpResult.frames`` and ``undecodable``: those
         count what was received during this file), and handed as a :class:`CarriedRecord` to
-        ``on_carried`` if given (``dump`` shows them so).
+        ``on_carried`` if given (``dump`` shows them so). Once the last carried frame of the file
+        has been handed out (``carried=True``), ``on_settled`` is called with its record's time
+        (the first connect record's: see Monitor.carried_settled).
 
         Damage raises :class:`CaptureDamage`; a salvaging reader skips it (see
         :meth:`_skip_damage`) and goes on, and the result counts what was read on both sides.
         """
-        carry = (carried, on_carried)
+        carry = (carried, on_carried, on_settled if carried else None)
         if not self.salvage:
             return self._pump(handlers, on_event, until, max_frames, fields, on_undecodable, carry)
         frames = undecodable = 0
@@ -757,7 +760,7 @@ class CaptureReader:
         max_frames: int | None,
         fields: bool,
         on_undecodable: Callable[[FrameRecord], object] | None,
-        carry: tuple[bool, Callable[[CarriedRecord], object] | None] = (True, None),
+        carry: tuple[bool, Callable[[CarriedRecord], object] | None, Callable[[float], object] | None] = (True, None, None),
     ) -> PumpResult:
         """pump() without salvaging."""
         if self.follow:
@@ -785,6 +788,8 @@ class CaptureReader:
         last_us = 0
         pos = 0
         stopped = "end"
+        on_settled = carry[2]
+        settle_at: float | None = None  # the carried frames' time, until a record of another kind
         try:
             while not self.ended:
                 chunk = read(READ_BLOCK)
@@ -793,6 +798,9 @@ class CaptureReader:
                 data = tail + chunk if tail else chunk
                 end = len(data)
                 pos = 0
+                if settle_at is not None and data[0] != 5:  # (a block began after the last carried frame)
+                    on_settled(settle_at)  # type: ignore[misc]
+                    settle_at = None
                 while pos + record_header_size <= end:
                     if pos + frame_header_size <= end:
                         kind, length, us, frame_length, type_word = frame_record(data, pos)
@@ -847,6 +855,12 @@ class CaptureReader:
                         pos = stop
                         self.position = base + pos
                         last_t = (us + offset_us) / 1_000_000
+                        if on_settled is not None:
+                            settle_at = None
+                            if pos >= end:
+                                settle_at = last_t  # (the next block tells)
+                            elif data[pos] != 5:  # the last carried frame: the state is given
+                                on_settled(last_t)
                         continue
                     self._check_event_record(base + pos, kind, length, us, last_us)
                     if stop > end:
@@ -873,6 +887,8 @@ class CaptureReader:
                     break  # stopped inside the block: resume at ``pos``
                 tail = data[pos:]
                 base += pos
+            if settle_at is not None and stopped == "end":  # (the file ended after its carried frames)
+                on_settled(settle_at)  # type: ignore[misc]
             if stopped == "end" and not self.ended and tail:
                 self.frames = frames
                 self._check_tail(tail, base, last_us)  # a torn record, not damage
@@ -948,12 +964,12 @@ class CaptureReader:
         dispatch: dict[int, tuple[Any, Any]],
         handlers: Mapping[type[Message], Callable[[Any, float], object]],
         fields: bool,
-        carry: tuple[bool, Callable[[CarriedRecord], object] | None],
+        carry: tuple[bool, Callable[[CarriedRecord], object] | None, Callable[[float], object] | None],
     ) -> None:
         """pump()'s handling of one whole carried-frame record at ``data[body - 13:stop]``."""
         original = self._carried_time(self._carried_original(data, body, stop - body, us, where), us)
         self.carried += 1
-        apply, on_carried = carry
+        apply, on_carried, _ = carry
         frame = body + 8
         if apply:
             type_word = _BE32.unpack_from(data, frame + 4)[0]

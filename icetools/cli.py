@@ -774,7 +774,7 @@ def stats(files: tuple[Path, ...], as_json: bool, gap: float, salvage: bool) -> 
     if as_json:
         click.echo(json.dumps(report, indent=1))
     else:
-        click.echo(render_report(report))
+        click.echo(render_report(report, summary.start))
     for warning in summary.warnings:
         warn(warning)
     if summary.undecodable:

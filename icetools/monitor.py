@@ -609,6 +609,8 @@ class Monitor:
         self.is_connected = False
         self.now = 0.0
         self._failed_for_rerun: dict[tuple[int | None, str], tuple[int, float]] = {}
+        #: The counts at the last connect (see carried_settled).
+        self._carried_mark: tuple[Any, ...] | None = None
         #: The slowest remote compiles so far, a min-heap of (real ms, job id, file, host name).
         self.slowest: list[tuple[int, int, str, str]] = []
         self._second = -1  # the whole second whose finished jobs are being counted, and how many
@@ -670,6 +672,45 @@ class Monitor:
         self.connected_since = t
         self.is_connected = True
         self.now = t
+        # What the file's carried frames (if any follow) will be measured against: see
+        # carried_settled. (Once a connection: a few counters per host name.)
+        tot = self.totals
+        self._carried_mark = (
+            tot.submitted, tot.local_started, tot.reruns, tot.first_host_seen,
+            {name: (c.submitted, c.local) for name, c in self.host_counters.items()},
+        )
+        for publisher in self.publishers:
+            mark = getattr(publisher, "carried_mark", None)
+            if mark is not None:
+                mark(t)
+
+    def carried_settled(self, t: float) -> None:
+        """A file's carried frames (format 2: the state the scheduler had given before the file
+        began, applied at the times they were really received) are all applied; ``t`` is the
+        file's first connect record. They are the state at the file's start, not events of the
+        file (docs/analysis.md, "Carried frames"): the requests and local jobs they repeat are not
+        counted again as jobs (totals and host counters go back to what they were at the
+        connect), the first host is seen no earlier than ``t``, and the publishers that measure
+        time (WhyAnalysis) count nothing before ``t``. The readers call it once, after the last
+        carried frame (pump's ``on_settled``; :func:`icetools.replay.replay`)."""
+        mark = self._carried_mark
+        if mark is None:
+            return
+        self._carried_mark = None
+        submitted, local, reruns, first, names = mark
+        tot = self.totals
+        tot.submitted, tot.local_started, tot.reruns = submitted, local, reruns
+        if first is None and tot.first_host_seen is not None and tot.first_host_seen < t:
+            tot.first_host_seen = t
+        for name, c in self.host_counters.items():
+            c.submitted, c.local = names.get(name, (0, 0))
+        for host in self.hosts.values():
+            if not host.name:  # (known by id only: all its counts came with the carried frames)
+                host.counters.submitted = host.counters.local = 0
+        for publisher in self.publishers:
+            settled = getattr(publisher, "carried_settled", None)
+            if settled is not None:
+                settled(t, self)
 
     def disconnected(self, t: float) -> None:
         self.is_connected = False

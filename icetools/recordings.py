@@ -345,16 +345,17 @@ class Recording:
         on_undecodable: Callable[[FrameRecord], object] | None = None,
         carried: bool = True,
         on_carried: Callable[[CarriedRecord], object] | None = None,
+        on_settled: Callable[[float], object] | None = None,
     ) -> PumpResult:
         """:meth:`CaptureReader.pump` over the files in order: the same arguments, results and
         state left behind; a :class:`GapRecord` goes to ``on_event`` between files that do
         not continue each other, and the carried frames of a file that continues the one
-        before are skipped (they were live there). ``stopped`` is "end" only at the end of the
+        before are skipped (they were live there: no ``on_settled`` for them). ``stopped`` is "end" only at the end of the
         last file."""
         if len(self.files) == 1:
             return self.files[0].reader.pump(
                 handlers, on_event, until=until, max_frames=max_frames, fields=fields,
-                on_undecodable=on_undecodable, carried=carried, on_carried=on_carried,
+                on_undecodable=on_undecodable, carried=carried, on_carried=on_carried, on_settled=on_settled,
             )
         frames = undecodable = 0
         last_t: float | None = None
@@ -371,6 +372,7 @@ class Recording:
             result = self.reader.pump(
                 handlers, on_event, until=until, max_frames=left, fields=fields, on_undecodable=on_undecodable,
                 carried=carried and not going_on, on_carried=None if going_on else on_carried,
+                on_settled=on_settled,
             )
             frames += result.frames
             undecodable += result.undecodable

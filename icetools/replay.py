@@ -111,12 +111,18 @@ def replay(
     one by one: for paced replays and anything that needs each record. (A whole file as fast
     as possible goes through :func:`replay_fast`.)"""
     result = ReplayResult()
+    carried_at: float | None = None  # the carried frames' time, until a record of another kind
     for record in records:
+        if carried_at is not None and type(record) is not CarriedRecord:
+            monitor.carried_settled(carried_at)  # (as pump's on_settled)
+            carried_at = None
         if until is not None and record.t > until:
             result.reached_until = True
             result.pending = record
             monitor.now = until
             break
+        if type(record) is CarriedRecord:
+            carried_at = record.t
         result.records += 1
         if type(record) is FrameRecord:
             result.frames += 1
@@ -124,6 +130,8 @@ def replay(
             result.undecodable += 1
         if on_record is not None:
             on_record(record)  # after the record was applied
+    if carried_at is not None and not result.reached_until:
+        monitor.carried_settled(carried_at)
     return result
 
 
@@ -155,7 +163,9 @@ def replay_fast(
 
     while True:
         # The Monitor's handlers read messages by position: plain field tuples will do.
-        pumped = reader.pump(handlers, on_event, until=until, max_frames=every, fields=True)
+        pumped = reader.pump(
+            handlers, on_event, until=until, max_frames=every, fields=True, on_settled=monitor.carried_settled,
+        )
         decoded = pumped.frames - pumped.undecodable
         result.frames += pumped.frames
         result.records += pumped.frames

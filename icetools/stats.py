@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .recordings import GapRecord, format_duration
+from .recordings import GapRecord, format_duration, gap_text
 from .jobs import host_name
 from .monitor import MAX_ACTIVE_JOBS, Event, EventKind, HostCounters, Job, JobState, Monitor, Publisher, Totals
 from .render import printable
@@ -125,8 +125,9 @@ def report_json(
     }
 
 
-def render_report(report: dict[str, Any]) -> str:
-    """The report as text for people; names and files escaped (see :func:`printable`)."""
+def render_report(report: dict[str, Any], start: float | None = None) -> str:
+    """The report as text for people; names and files escaped (see :func:`printable`).
+    ``start``: the recording's start (Unix time), for the gaps' wall-clock times."""
     jobs = report["jobs"]
     lines = [
         f"{report['duration']:.1f} s: {jobs['remote']} remote jobs ({jobs['failed']} failed, "
@@ -153,20 +154,25 @@ def render_report(report: dict[str, Any]) -> str:
     if "wait" in report:
         lines += render_why(report)
     if "gaps" in report:
-        lines += render_gaps(report)
+        lines += render_gaps(report, start)
     return "\n".join(lines)
 
 
-def render_gaps(report: dict[str, Any]) -> list[str]:
-    """The gaps between files (``stats`` over several files), as text."""
+def render_gaps(report: dict[str, Any], start: float | None = None) -> list[str]:
+    """The gaps between files (``stats`` over several files), as text: each as ``dump`` shows
+    it (icetools.recordings.gap_text: its length and wall-clock times, given ``start``), after
+    its seconds since the recording began."""
     gaps = report["gaps"]
     if not gaps:
         return ["", "gaps: none (the files follow one another)"]
     total = sum(g["seconds"] for g in gaps)
     lines = ["", f"gaps: {len(gaps)} without a recording, {format_duration(total)} in all"]
-    lines += [
-        f"  {g['t']:>12.3f} s to {g['until']:>12.3f} s  ({format_duration(g['seconds'])})" for g in gaps
-    ]
+    for g in gaps:
+        text = (
+            gap_text(GapRecord(g["t"], g["until"]), start) if start is not None
+            else f"--- no recording for {format_duration(g['seconds'])} ---"
+        )
+        lines.append(f"  {g['t']:>12.3f} s  {text}")
     return lines
 
 
@@ -416,6 +422,34 @@ class WhyAnalysis(Publisher):
         #: report named them (a format 2 file's carried frames come in the order received,
         #: so a running job's request comes before its host's latest report).
         self._unnamed_submitters: set[int] = set()
+        #: What was summed at the last connect, and the carried jobs that had begun before the
+        #: file did (their wait was in the file before: not counted here). See carried_settled.
+        self._mark: tuple[float, float, dict[str, tuple[float, float]]] = (0.0, 0.0, {})
+        self._no_wait: set[int] = set()
+
+    # -- a file's carried frames --------------------------------------------------------------
+
+    def carried_mark(self, t: float) -> None:
+        """A connect: what was summed so far (the carried frames that may follow add nothing)."""
+        self._mark = (self.held_s, self.saturated_s, {name: (u[0], u[1]) for name, u in self.use.items()})
+
+    def carried_settled(self, t: float, monitor: Monitor) -> None:
+        """The carried frames are applied (Monitor.carried_settled): they gave the state at the
+        file's start ``t``, so slot-seconds and waiting count from ``t`` (what the frames'
+        earlier times summed is taken back) and a carried job that had begun before ``t`` has
+        its wait counted in the file it began in, not here."""
+        held, saturated, use = self._mark
+        self.held_s, self.saturated_s = held, saturated
+        for name, u in self.use.items():
+            u[0], u[1] = use.get(name, (0.0, 0.0))
+        for h in self._hosts.values():
+            if h.last < t:
+                h.last = t
+        if self._last is not None and self._last < t:
+            self._last = t
+        for _held, _build, job in self._open.values():
+            if not job.local and job.started is not None:  # (a carried MON_JOB_BEGIN)
+                self._no_wait.add(job.id)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -697,7 +731,10 @@ class WhyAnalysis(Publisher):
                     sums[0] += 1
                     sums[1] += run_ms
                     sums[2] += real_msec
-            if requested is not None and started is not None:
+            no_wait = self._no_wait
+            if no_wait and job.id in no_wait:
+                no_wait.discard(job.id)  # (began before the file: waited in the one before)
+            elif requested is not None and started is not None:
                 waited = int(round((started - requested) * 1000, 3) + 0.5)  # (the row's wait_ms)
                 waits = build.waits if build is not None else self.unattributed_waits
                 assert waits is not None  # (a build with jobs in flight is open)

@@ -2,20 +2,20 @@
 
 What ``stats`` needs from a capture (the Monitor's aggregates and WhyAnalysis' figures, see
 icetools/stats.py) is kept as a :class:`Summary`: counts, histograms, per-host aggregates,
-slot-seconds, builds, transfer, the frame and decode counts, plus what the file's edges need
-so that summaries of consecutive files merge into exactly the figures of reading the files as
-one stream (docs/analysis.md, "Many files: cached summaries"):
+slot-seconds, builds, transfer, the frame and decode counts of the file read alone (its
+carried frames the state at its start, counting nothing: Monitor.carried_settled), plus what
+the file's edges need so that summaries of consecutive files merge into exactly the figures of
+reading the files as one recording with icetools.recordings (docs/analysis.md, "Many files:
+cached summaries"):
 
 * at the end: the jobs still in flight (their effect, as unfinished, is *pending*: applied
-  when the file is the last one or a gap follows, dropped when the next file continues it and
-  carries them), the slots each host offered and used then and whether jobs were waiting (a
-  gap extends them up to the next file's reconnect), each submitter's last build with its
-  waits (it may go on in the next file);
+  when the file is the last one or a gap follows, which forgets them at its start; when the
+  next file continues this one and carries them, only the wait of those that had begun here),
+  each submitter's last build with its waits (it may go on in the next file);
 * at the start: each submitter's first build with its waits, the counters a host had before
   its name was known (lost when the name was already counted before), the time of the first
-  connect record (where a gap's reconnect resets the model);
-* the times jobs finished (the peak second depends on where the next file's seconds fall);
-* what a file's carried frames (format 2) added, taken back when it continues the file before.
+  connect record, the jobs its carried frames gave;
+* the times jobs finished (the peak second depends on where the next file's seconds fall).
 
 :func:`summarise` reads one file; :meth:`Summary.merge` appends the next; :func:`report_from`
 gives what ``stats --json`` prints. :func:`summaries` finds them in icetools' cache (beside the
@@ -56,7 +56,7 @@ from .replay import apply_record, replay_file
 from .stats import DEFAULT_GAP, HostStats, Waits, WhyAnalysis, _Build, percentile, report_json, why_json
 
 #: Changes whenever what a summary holds does: a cached summary of another version is rebuilt.
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 SUMMARY_MAGIC = b"ICETSUM1"
 
 #: Totals fields that add up across files.
@@ -94,7 +94,8 @@ class _SummaryMonitor(Monitor):
         #: (submitter id, stem) so far, and its local jobs that matched no failure here but
         #: could match one of the file before (its first RERUN_WINDOW seconds, once per key).
         self._failed_for_rerun = _NotingDict()
-        self.rerun_from: float | None = None  # (set once the carried frames are applied)
+        self.rerun_from: float | None = None  # (set at the first connect)
+        self.carried_jobs: set[int] = set()  # the jobs the carried frames gave
         self.rerun_candidates: list[tuple[float, tuple[int | None, str]]] = []
         self._candidate_keys: set[tuple[int | None, str]] = set()
 
@@ -116,9 +117,23 @@ class _SummaryMonitor(Monitor):
 
 
     def connected(self, protocol: int, t: float) -> None:
-        if self.first_connect is None:
+        first = self.first_connect is None
+        if first:
             self.first_connect = t
         super().connected(protocol, t)
+        if first:
+            self.rerun_from = t
+
+    def carried_settled(self, t: float) -> None:
+        if t == self.first_connect and not self.carried_jobs:
+            self.carried_jobs = set(self.jobs)
+            # The names the carried frames gave were counted in the file before (what their
+            # hosts counted before being named came with the carried frames: taken back too).
+            self.adopted.clear()
+            # (their local jobs are no re-runs of anything in the file before)
+            self.rerun_candidates.clear()
+            self._candidate_keys.clear()
+        super().carried_settled(t)
 
     def _counters(self, host: Host) -> HostCounters:
         name = host.name
@@ -258,7 +273,7 @@ class Summary:
     part: int | None
     rotated: bool  # (of the first file) its first connect record continues the previous part
     end: float  # the Monitor's clock at the end (the last record)
-    first_connect: float  # the first connect record (where a gap before this file resets)
+    first_connect: float  # the first connect record (where its own time range begins)
     frames: int
     undecodable: int
     warnings: list[str]
@@ -272,8 +287,6 @@ class Summary:
     unnamed: list[tuple[int, HostCounters]]  # hosts known only by id at the end
     slowest: list[tuple[int, int, str, str]]
     use: dict[str, list[float]]
-    end_slots: dict[str, list[int]]  # host name -> [slots offered, slots busy] at the end
-    end_waiting: int  # 0: no job waiting at the end; 1: waiting with a slot free; 2: none free
     held_s: float
     saturated_s: float
     submitter_waits: dict[str, Waits]
@@ -281,8 +294,14 @@ class Summary:
     transfer: dict[str, list[float]]
     builds: list[_Build]
     pending: list[_Pending]
-    #: What the file's carried frames added (None without any): see _Carried.
-    carried: _Carried | None = None
+    #: The first file's carried frames (format 2): how many, and the jobs they carried (their
+    #: ids). They gave the state at its start and counted nothing (Monitor.carried_settled).
+    carried: int = 0
+    carried_jobs: set[int] = dataclasses.field(default_factory=set)
+    #: Read with salvage (a file after a gap is read again the same way: see merged()).
+    salvage: bool = False
+    #: Its carried frames' times were clamped to its first connect record (as after a gap).
+    clamped: bool = False
     #: Failed remote jobs at the end not re-run yet: (submitter id, stem) -> (job id, time);
     #: and local jobs of the first RERUN_WINDOW seconds that matched none here (time, key).
     #: When the next file continues this one, its local job may re-run a failure of this one.
@@ -302,21 +321,23 @@ class Summary:
     def merge(self, nxt: Summary, continues: bool) -> Summary:
         """Append the summary of the file that follows (``nxt`` is consumed). ``continues``:
         it continues this one (same series, next part, a rotated connect: its carried frames
-        were live here), else there is a gap and the Monitor starts over at its first connect,
-        as at a reconnect."""
+        were live here), else there is a gap (icetools.recordings, Monitor.gap): the model
+        forgets hosts and jobs where this file ends, counts nothing until the next file's first
+        connect, and counts no reconnect."""
         if nxt.gap != self.gap:
             raise ValueError("summaries made with different --gap values do not merge")
         o = _offset_us(self.start, nxt.start)
         if continues:
-            # One connection goes on: no reconnect. The jobs in flight here were carried into
-            # the next file and are counted there (their wait where they were requested, their
-            # run where they ended); those it did not carry stay in flight. What its carried
-            # frames added to its own figures was live here: it is taken back.
-            carried = nxt.carried
-            taken = carried.jobs if carried is not None else set()
-            self.pending = [p for p in self.pending if p.job.id not in taken]
-            if carried is not None:
-                _take_back(nxt, carried)
+            # One connection goes on: no reconnect. The next file's summary is its share alone
+            # (its carried frames gave its start state, counted nothing: Monitor.carried_settled).
+            # The jobs in flight here that it carried end there; of those, one that had begun
+            # here has its wait counted here (the next file leaves it out), the rest of it there.
+            # Those it did not carry stay in flight.
+            taken = nxt.carried_jobs
+            if taken:
+                waited = [p for p in self.pending if p.job.id in taken and p.job.started is not None]
+                self.pending = [p for p in self.pending if p.job.id not in taken]
+                self._count_waits(waited)
             # A local job of the next file may re-run a failure of this one (Monitor:
             # within RERUN_WINDOW seconds, the same submitter and file stem).
             for t, key in nxt.rerun_candidates:
@@ -327,22 +348,13 @@ class Summary:
                 self.reruns_open.pop(key, None)
             self.reruns_open.update({k: (j, _at(t, o)) for k, (j, t) in nxt.reruns_open.items()})
         else:
+            # A gap (icetools.recordings, Monitor.gap): the model forgets hosts and jobs where
+            # this file ends; the jobs in flight end there, unfinished; nothing is counted in
+            # the gap (no slot-seconds, no waiting) and it is no reconnect. The next file starts
+            # afresh at its connect record (its summary alone, its carried frames clamped to
+            # that record's time: see merged()).
             self.gaps.append((self.end, max(self.end, o / 1_000_000)))
-            reset_t = _at(nxt.first_connect, o)
-            # The gap: what was running and offered at the end goes on until the reconnect,
-            # which ends the jobs in flight, unfinished (WhyAnalysis._reset).
             self._apply_pending()
-            dt = reset_t - self.end
-            if dt > 0:
-                for name, (offered, busy) in self.end_slots.items():
-                    use = self.use.setdefault(name, [0.0, 0.0])
-                    use[0] += offered * dt
-                    use[1] += busy * dt
-                if self.end_waiting == 1:
-                    self.held_s += dt
-                elif self.end_waiting == 2:
-                    self.saturated_s += dt
-            self.totals.resets += 1  # the reconnect
             self.reruns_open = {k: (j, _at(t, o)) for k, (j, t) in nxt.reruns_open.items()}
         t, n = self.totals, nxt.totals
         for name in _ADDITIVE:
@@ -400,8 +412,6 @@ class Summary:
                     mine_t[i] += sums[i]
         self._merge_builds(nxt, o)
         self.end = _at(nxt.end, o)
-        self.end_slots = nxt.end_slots
-        self.end_waiting = nxt.end_waiting
         self.pending += nxt.pending
         self.netname, self.series, self.part = nxt.netname, nxt.series, nxt.part
         return self
@@ -456,6 +466,29 @@ class Summary:
             if p.build is not None:
                 p.build = where[p.build]
 
+    def _count_waits(self, begun: list[_Pending]) -> None:
+        """The waits of jobs that began in this file and end in the next one (which does not
+        count them): into their build's and submitter's waits, as WhyAnalysis._take would at
+        their end (only the wait: the rest of the job is counted in the next file)."""
+        for p in begun:
+            job = p.job
+            if p.requested is None or job.local or job.started is None:
+                continue
+            waits = Waits()
+            waits.add(int(round((job.started - p.requested) * 1000, 3) + 0.5))  # (the row's wait_ms)
+            if p.build is None:
+                self.unattributed_waits.merge(waits)
+                continue
+            build = self.builds[p.build]
+            kept = build.kept if build.kept is not None else Waits()
+            kept.merge(waits)
+            build.kept = kept
+            build.wait_p95 = percentile(kept.histogram, 95)
+            submitter = self.submitter_waits.get(build.submitter)
+            if submitter is None:
+                submitter = self.submitter_waits[build.submitter] = Waits()
+            submitter.merge(waits)
+
     def _apply_pending(self) -> None:
         """The jobs in flight at the end end there, unfinished (WhyAnalysis._end)."""
         if not self.pending:
@@ -501,25 +534,6 @@ def _shift(t: float, offset_us: int) -> int:
 def _at(t: float, offset_us: int) -> float:
     """A time of a file in seconds of the recording (see _offset_us)."""
     return _shift(t, offset_us) / 1_000_000
-
-
-def _take_back(s: Summary, carried: _Carried) -> None:
-    """Take what a file's carried frames added out of its summary's figures (see _Carried)."""
-    t = s.totals
-    for name in _ADDITIVE:
-        setattr(t, name, getattr(t, name) - getattr(carried.totals, name))
-    for name, counters in carried.counters.items():
-        mine = s.host_counters.get(name)
-        if mine is not None:
-            _add_counters(mine, counters, -1)
-        s.adopted.pop(name, None)  # (named by the carried frames: counted before, there)
-    for name, (offered, busy) in carried.use.items():
-        use = s.use.get(name)
-        if use is not None:
-            use[0] -= offered
-            use[1] -= busy
-    s.held_s -= carried.held_s
-    s.saturated_s -= carried.saturated_s
 
 
 def _first_builds(builds: list[_Build]) -> dict[str, int]:
@@ -595,16 +609,24 @@ def _merged_peak(parts: list[_Finishes]) -> tuple[int, int | None]:
 
 
 def summarise(path: Path, gap: float = DEFAULT_GAP, salvage: bool = False, *,
-              progress_stream: TextIO | None = None) -> Summary:
-    """Read one capture and return its summary (what ``stats`` needs from it)."""
+              progress_stream: TextIO | None = None, clamp_carried: bool = False) -> Summary:
+    """Read one capture and return its summary (what ``stats`` needs from it): the file alone,
+    its carried frames the state at its start (Monitor.carried_settled). ``clamp_carried``:
+    their times no earlier than the first connect record, as when the file follows a gap in a
+    recording of several (icetools.recordings)."""
     with CaptureReader(path, salvage=salvage) as reader:
+        reader.clamp_carried = clamp_carried
         why = WhyAnalysis(gap, keep_boundary_waits=True)
         finishes = _FinishTimes()
         monitor = _SummaryMonitor([why, finishes])
-        carried = _carried_phase(reader, monitor, why)
+        first = _first_record(reader)
+        monitor.rotated = type(first) is ConnectRecord and first.rotated
         result = replay_file(monitor, reader, progress_stream=progress_stream)
         summary = _summary_of(reader, monitor, why, finishes, result.undecodable)
-        summary.carried = carried
+        summary.carried = reader.carried
+        summary.carried_jobs = monitor.carried_jobs
+        summary.salvage = salvage
+        summary.clamped = clamp_carried
         summary.reruns_open = dict(monitor._failed_for_rerun)
         summary.rerun_candidates = monitor.rerun_candidates
         summary.rerun_failed = monitor._failed_for_rerun.noted
@@ -612,84 +634,24 @@ def summarise(path: Path, gap: float = DEFAULT_GAP, salvage: bool = False, *,
         return summary
 
 
-class _Carried:
-    """What a file's carried frames (format 2: the state before it began) added to its figures,
-    taken back when it is merged after the file it continues (where those frames were live):
-    the totals and the counters by host name as they stood after them, the host names they
-    named, the jobs they carried, and the slot-seconds and waiting time up to the file's start
-    (its first connect record)."""
-
-    __slots__ = ("totals", "counters", "names", "jobs", "use", "held_s", "saturated_s")
-
-    def __init__(self, monitor: _SummaryMonitor, why: WhyAnalysis, t0: float, jobs: set[int]) -> None:
-        self.totals = dataclasses.replace(monitor.totals)
-        self.counters = {name: _copy_counters(c) for name, c in monitor.host_counters.items()}
-        self.names = set(monitor.adopted)
-        self.jobs = jobs
-        # What WhyAnalysis would have summed by t0 (computed aside: the figures of the file
-        # alone are summed exactly as stats sums them).
-        self.use = {name: list(u) for name, u in why.use.items()}
-        for h in why._hosts.values():
-            dt = t0 - h.last
-            if dt > 0:
-                u = self.use[h.name]
-                u[0] += h.slots * dt
-                u[1] += (h.running if h.running < h.slots else h.slots) * dt
-        self.held_s, self.saturated_s = why.held_s, why.saturated_s
-        if why._waiting and why._last is not None and t0 > why._last:
-            if why._free:
-                self.held_s += t0 - why._last
-            else:
-                self.saturated_s += t0 - why._last
-
-
-_JOB_MESSAGES = (m.MonGetCS, m.MonJobBegin, m.MonLocalJobBegin)
-
-
-def _carried_phase(reader: CaptureReader, monitor: _SummaryMonitor, why: WhyAnalysis) -> _Carried | None:
-    """Apply the file's first connect record and its carried frames (as a replay does) and note
-    what they added; leave the reader at the first record after them. None without carried
-    frames."""
-    records = iter(reader)
-    first = next(records, None)
-    if type(first) is not ConnectRecord:
-        records.close()
-        reader.rewind()
-        return None
-    apply_record(monitor, first)
-    monitor.rotated = first.rotated
-    mark = (reader.position, reader.protocol, reader.frames)
-    jobs: set[int] = set()
-    for record in records:
-        if type(record) is not CarriedRecord:
-            break
-        apply_record(monitor, record)
+def _first_record(reader: CaptureReader) -> Any:
+    """The file's first record (only its block is read); the reader is left at its start."""
+    try:
+        records = iter(reader)
         try:
-            msg = m.decode(record.data, record.protocol, monitor=True)
-        except IcetoolsError:
-            msg = None
-        if isinstance(msg, _JOB_MESSAGES):
-            jobs.add(msg.job_id)
-        mark = (reader.position, reader.protocol, reader.frames)
-    records.close()
-    reader.seek(*mark)
-    monitor.rerun_from = first.t
-    if not reader.carried:
-        return None
-    return _Carried(monitor, why, first.t, jobs)
+            return next(records, None)
+        finally:
+            records.close()
+    except IcetoolsError:
+        return None  # (damage right at the start: the replay says so)
+    finally:
+        reader.rewind()
 
 
 def _summary_of(
     reader: CaptureReader, monitor: _SummaryMonitor, why: WhyAnalysis, finishes: _FinishTimes, undecodable: int
 ) -> Summary:
     t = monitor.now
-    # The slots offered and used at the end, and whether jobs waited: a gap extends them.
-    end_slots: dict[str, list[int]] = {}
-    for h in why._hosts.values():
-        s = end_slots.setdefault(h.name, [0, 0])
-        s[0] += h.slots
-        s[1] += h.running if h.running < h.slots else h.slots
-    end_waiting = (1 if why._free else 2) if why._waiting else 0
     # The jobs in flight stay open (pending): WhyAnalysis.finish would end them here.
     open_jobs = list(why._open.values())
     why._open.clear()
@@ -732,8 +694,6 @@ def _summary_of(
         unnamed=unnamed,
         slowest=sorted(monitor.slowest, reverse=True),
         use=why.use,
-        end_slots=end_slots,
-        end_waiting=end_waiting,
         held_s=why.held_s,
         saturated_s=why.saturated_s,
         submitter_waits=why.submitter_waits,
@@ -800,7 +760,6 @@ def summary_path(capture: Path, gap: float, salvage: bool) -> Path:
 #: What a cached summary may contain: icetools' own classes and plain builtins, nothing else.
 _ALLOWED = {
     ("icetools.summary", "Summary"), ("icetools.summary", "_Finishes"), ("icetools.summary", "_Pending"),
-    ("icetools.summary", "_Carried"),
     ("icetools.stats", "Waits"), ("icetools.stats", "_Build"), ("icetools.monitor", "HostCounters"),
     ("icetools.monitor", "Totals"), ("icetools.monitor", "Job"), ("icetools.monitor", "JobState"),
     ("builtins", "set"), ("builtins", "frozenset"), ("copyreg", "_reconstructor"), ("builtins", "object"),
@@ -954,5 +913,12 @@ def merged(summaries_: Sequence[Summary]) -> Summary:
     """The summaries of files in time order, merged into one (the first is consumed)."""
     first = summaries_[0]
     for nxt in summaries_[1:]:
-        first.merge(nxt, first.continued_by(nxt))
+        continues = first.continued_by(nxt)
+        if not continues and nxt.carried and not nxt.clamped:
+            # After a gap a file's carried frames come at its connect record, not before it
+            # (icetools.recordings clamps their times): their jobs' waits, run times and builds
+            # differ from the file read alone. Such a file (a part missing before it) is read
+            # again that way (not cached: it is rare).
+            nxt = summarise(Path(nxt.files[0]), nxt.gap, nxt.salvage, clamp_carried=True)
+        first.merge(nxt, continues)
     return first

@@ -258,7 +258,10 @@ def test_gaps_in_dump_and_stats(tmp_path: Path) -> None:
     stats = json.loads(icetools("stats", "--json", str(tmp_path)).stdout)
     assert stats["gaps"] == [{"t": round(end, 3), "until": round(until, 3), "seconds": round(until - end, 3)}]
     assert stats["reconnects"] == 0  # a gap is not a reconnect
-    assert "gaps: 1 without a recording, 3h 12m in all" in icetools("stats", str(tmp_path)).stdout
+    text = icetools("stats", str(tmp_path), env=env).stdout.splitlines()
+    assert "gaps: 1 without a recording, 3h 12m in all" in text
+    # Each gap as dump shows it (icetools.recordings.gap_text: its wall-clock times).
+    assert f"  {end:>12.3f} s  --- no recording for 3h 12m ({wall(end)} to {wall(until)}) ---" in text
     # One file: no gaps key (its output is what it always was).
     assert "gaps" not in json.loads(icetools("stats", "--json", str(source)).stdout)
 

@@ -1,6 +1,6 @@
 """Cached summaries (icetools/summary.py): one file's summary gives stats' own report; merged
-summaries of several files give exactly the report of reading them as one stream (with the
-Monitor starting over at each next file, as at a reconnect); the cache is used, and rebuilt
+summaries of several files give exactly the report of reading them as one recording
+(icetools.stats.analyse over icetools.recordings.open_recording: gaps, continuations); the cache is used, and rebuilt
 when it is damaged or foreign; `stats` over several files in parallel, with one clear line for
 an error or a stop."""
 
@@ -20,10 +20,9 @@ import pytest
 
 from icetools import messages as m
 from icetools import summary as summary_mod
-from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord
-from icetools.monitor import Monitor
-from icetools.replay import apply_event
-from icetools.stats import WhyAnalysis, report
+from icetools.capture import CaptureReader, CaptureWriter, FrameRecord
+from icetools.recordings import open_recording
+from icetools.stats import analyse, render_report
 from icetools.summary import SUMMARY_MAGIC, load, merged, report_from, save, summaries, summarise, summary_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,47 +38,13 @@ def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache / "icetools"
 
 
-def one_stream(paths: list[Path], gap: float = 30.0, *, continued: bool = False) -> dict[str, Any]:
-    """The reference: every file pumped into one Monitor and WhyAnalysis, times in seconds
-    since the first file's start (a file's own times plus its start minus the first start, in
-    whole µs as icetools.recordings adds them).
-    Each file's first connect record is a reconnect there: the Monitor starts over; or with
-    ``continued`` each file continues the one before: its first connect record and carried
-    frames are skipped (they were live in the file before)."""
-    why = WhyAnalysis(gap)
-    monitor = Monitor(publishers=[why])
-    start0 = None
-    gaps = []
-    for i, path in enumerate(paths):
-        with CaptureReader(path) as reader:
-            if start0 is None:
-                start0 = reader.header.start
-            # (icetools.recordings' times: the offset in whole µs, added before the division)
-            o = round((reader.header.start - start0) * 1_000_000)
-            if i and not continued:  # where nothing was recorded: the last record to the start
-                gaps.append({"t": round(monitor.now, 3), "until": round(max(monitor.now, o / 1e6), 3),
-                             "seconds": round(max(monitor.now, o / 1e6) - monitor.now, 3)})
-
-            def at(t: float, o: int = o) -> float:
-                return (round(t * 1_000_000) + o) / 1_000_000
-
-            handlers = {cls: (lambda h: lambda msg, t: h(msg, at(t)))(h) for cls, h in monitor.handlers.items()}
-            skip = [bool(i and continued)]
-
-            def on_event(record: Any) -> None:
-                if skip[0] and isinstance(record, ConnectRecord):
-                    skip[0] = False
-                    return
-                apply_event(monitor, record._replace(t=at(record.t)))
-
-            result = reader.pump(handlers, on_event, fields=True, carried=not (i and continued))
-            if result.last_t is not None:
-                monitor.now = at(result.last_t)
-    why.finish(monitor)
-    out = report(monitor, why)
-    if len(paths) > 1:
-        out["gaps"] = gaps
-    return out
+def one_stream(paths: list[Path], gap: float = 30.0) -> dict[str, Any]:
+    """The reference: the streaming read of the same files as one recording,
+    ``icetools.stats.analyse(open_recording(paths))`` (icetools.recordings: a file that does not
+    continue the one before follows a gap, where the Monitor forgets hosts and jobs; one that
+    continues it skips its connect record and carried frames)."""
+    with open_recording(paths) as recording:
+        return analyse(recording, gap=gap)[0]
 
 
 def with_start(source: Path, target: Path, start: float) -> Path:
@@ -154,8 +119,10 @@ def test_merged_summaries_equal_one_stream(tmp_path: Path, names: list[str], pau
     paths = one_after_another(tmp_path, names, pauses)
     expected = one_stream(paths)
     assert report_from(merged([summarise(p) for p in paths])) == expected
-    assert expected["reconnects"] == len(paths) - 1 + sum(json.loads(
+    # A gap is no reconnect (icetools.recordings): only each file's own reconnects count.
+    assert expected["reconnects"] == sum(json.loads(
         (RECORDINGS / f"{n}.stats.json").read_text())["reconnects"] for n in names)
+    assert len(expected["gaps"]) == len(paths) - 1
 
 
 def test_builds_go_on_across_a_short_pause_and_not_a_long_one(tmp_path: Path) -> None:
@@ -175,7 +142,7 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     first file named turns up in the second by id before its report names it (what it did
     before is not counted under the name, as in one stream); a job in flight at the end of the
     first file ends there, unfinished, in a build that goes on in the second; the slots the
-    host offered run on to the reconnect."""
+    host offered stop at the end of the first file (the gap's start: nothing counts in a gap)."""
     start = 1_800_000_000.0
     a = write(tmp_path / "a.icecap", start, [
         (0.0, m.MonStats(1, _host(1, 0))),
@@ -222,9 +189,10 @@ def test_the_edges_of_two_hand_made_files(tmp_path: Path) -> None:
     assert report_from(summarise(b))["hosts"][1]["compiled"] == 3  # (alone, node2 took them over)
     [build] = got["builds"]
     assert (build["start"], build["end"], build["jobs"], build["unfinished"]) == (1.0, 12.95, 7, 1)
-    # node2's 4 slots from 0 s to the reconnect at 9.95 s, then from its report at 10.95 s to
-    # the end at 13.95 s.
-    assert got["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(4 * 9.95 + 4 * 3.0)
+    # node2's 4 slots from 0 s to the end of the first file at 9.9 s (the gap starts there: the
+    # model forgot the hosts), then from its report at 10.95 s to the end at 13.95 s; no reconnect.
+    assert got["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(4 * 9.9 + 4 * 3.0)
+    assert got["reconnects"] == 0
 
 
 # ---- the cache ----------------------------------------------------------------------------------
@@ -309,13 +277,13 @@ def test_files_of_different_schedulers_are_refused(tmp_path: Path) -> None:
     b = write(tmp_path / "b.icecap", 1_800_000_010.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, scheduler="t:2")
     result = icetools("stats", str(b), str(a))
     assert result.returncode == 1
-    assert result.stderr == f"icetools: error: files from different schedulers: {a} (s:1), {b} (t:2)\n"
+    assert result.stderr == f"icetools: error: will not read as one recording files from different schedulers: {a} (s:1), {b} (t:2)\n"
     # The same address but another netname (when both files name one) is another scheduler.
     c = write(tmp_path / "c.icecap", 1_800_000_020.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="A")
     d = write(tmp_path / "d.icecap", 1_800_000_030.0, [(0.0, m.MonStats(1, _host(1, 1)))], end=1.0, netname="B")
     result = icetools("stats", str(c), str(d))
     assert result.returncode == 1
-    assert result.stderr == f"icetools: error: files from different schedulers: {c} (s:1), {d} (s:1)\n"
+    assert result.stderr == f"icetools: error: will not read as one recording files from different schedulers: {c} (s:1, netname A), {d} (s:1, netname B)\n"
     assert icetools("stats", str(a), str(c)).returncode == 0  # (one file names none)
 
 
@@ -458,14 +426,14 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
     duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
     whole, parts = rotated(source, tmp_path, [round(duration * f, 2) for f in (0.25, 0.5, 0.75)])
     summaries_ = [summarise(p) for p in parts]
-    assert summaries_[0].carried is None and summaries_[-1].carried is not None
+    assert summaries_[0].carried == 0 and summaries_[-1].carried > 0
     assert all(summaries_[k].continued_by(summaries_[k + 1]) for k in range(3))
     for p, s in zip(parts, summaries_):
         with CaptureReader(p) as reader:
-            from icetools.stats import analyse
+            from icetools.stats import analyse, render_report
 
             assert report_from(s) == analyse(reader)[0]  # (a part alone: stats' own answer)
-    expected = one_stream(parts, continued=True)
+    expected = one_stream(parts)
     got = report_from(merged(summaries_))
     assert _rounded(got) == _rounded(expected)
     assert _rounded(got) == _rounded(report_from(summarise(whole)))
@@ -507,7 +475,7 @@ def test_a_job_carried_before_its_submitter_s_report(tmp_path: Path) -> None:
     alone = report_from(summarise(parts[1]))
     assert [b["submitter"] for b in alone["builds"]] == ["node1"]
     got = report_from(merged([summarise(p) for p in parts]))
-    assert got == one_stream(parts, continued=True)
+    assert got == one_stream(parts)
     assert _rounded(got) == _rounded(report_from(summarise(whole)))
     [build] = got["builds"]
     assert (build["submitter"], build["jobs"], build["unfinished"], build["start"], build["end"]) == ("node1", 2, 0, 1.0, 5.0)
@@ -561,7 +529,7 @@ def test_stats_over_a_series_written_by_the_rotating_recorder(tmp_path: Path) ->
     assert len(parts) >= 4
     with_carried = [p for p in parts if CaptureReader(p).header.part and _carried_count(p)]
     assert len(with_carried) >= 3  # (jobs ran across the rotations)
-    expected = one_stream(parts, continued=True)
+    expected = one_stream(parts)
     result = icetools("stats", "--json", *map(str, parts))
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)
@@ -589,3 +557,160 @@ def test_one_file_to_read_pays_for_no_pool(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(summary_mod.concurrent.futures, "ProcessPoolExecutor", NoPool)
     got = summaries(paths)  # two cached, one to read: read here
     assert report_from(merged(got)) == one_stream(paths)
+
+
+# ---- a file's own time range; gaps with carried frames ----------------------------------------
+
+
+def _rotated_by_the_recorder(source: Path, folder: Path, seconds: float) -> tuple[Path, list[Path]]:
+    """``source``'s frames written by icetools.rotation.RotatingWriter rotating every
+    ``seconds`` (on a clock that follows the recording), and the same frames in one file."""
+    from icetools.rotation import RotatingWriter, Rotation
+
+    with CaptureReader(source) as reader:
+        header = reader.header
+        frames = [(r.t, r.data) for r in reader if isinstance(r, FrameRecord)]
+    now = [0.0]
+    start = 1_800_000_000.0
+    series = RotatingWriter(str(folder / "rotated" / "part-%H%M%S.icecap"), Rotation(seconds=seconds),
+                            clock=lambda: now[0], wall=lambda: start + now[0])
+    whole = CaptureWriter(folder / "whole.icecap")
+    whole.start = start
+    for sink in (series, whole):
+        sink.connected(header.protocol, header.peer_version, header.offered, header.scheduler, 0.0)
+    for t, data in frames:
+        now[0] = t
+        series.frames([data])
+        whole.frames([data], t=t)
+    now[0] = frames[-1][0] + 1.0
+    series.close("stopped")
+    whole.close("stopped", t=now[0])
+    parts = sorted((folder / "rotated").glob("*.icecap"), key=lambda p: CaptureReader(p).header.part)
+    return whole.path, parts
+
+
+def _alone(path: Path) -> dict[str, Any]:
+    with CaptureReader(path) as reader:
+        return analyse(reader)[0]
+
+
+def test_a_part_alone_reports_its_own_time_range(tmp_path: Path) -> None:
+    """demo rotated every 20 s: each part alone (carried frames going back before its start)
+    counts duration, slot-seconds and waiting from its first connect record, a carried job's
+    wait only if it starts in the part, and no carried request or local job as its own: its
+    summary and the streaming stats agree, and the parts' additive figures add up to the whole
+    (before: parts of 30-48 s and 3001 offered slot-seconds against 2319 for the whole)."""
+    whole_path, parts = _rotated_by_the_recorder(RECORDINGS / "demo.icecap", tmp_path, 20.0)
+    assert len(parts) >= 4
+    assert sum(1 for p in parts if _carried_count(p)) >= 3  # (jobs and hosts carried across)
+    whole = _alone(whole_path)
+    alone = []
+    for p in parts:
+        report = _alone(p)
+        assert report_from(summarise(p)) == report  # one mechanism: the summary is the stream's
+        with CaptureReader(p) as reader:
+            assert analyse(reader, fast=False)[0] == report  # (record by record: the same)
+        with CaptureReader(p) as reader:
+            records = list(reader)
+        # Its own time range: from its first connect record (time 0) to its last record.
+        assert report["duration"] <= round(records[-1].t - records[0].t, 3) + 0.001
+        alone.append(report)
+
+    def total(key: Any) -> float:
+        return round(sum(key(r) for r in alone), 3)
+
+    for key in ("remote", "local", "failed", "lost", "unseen"):
+        assert total(lambda r: r["jobs"][key]) == whole["jobs"][key], key
+    # (A local re-run of a compile that failed in the part before is seen only merged.)
+    assert total(lambda r: r["jobs"]["rerun_locally"]) < whole["jobs"]["rerun_locally"]
+    assert total(lambda r: r["duration"]) == pytest.approx(whole["duration"], abs=0.01)
+    for key in ("offered_slot_s", "busy_slot_s"):
+        assert total(lambda r: r["utilisation"]["cluster"][key]) == pytest.approx(
+            whole["utilisation"]["cluster"][key], abs=0.01), key
+    for key in ("waiting_with_free_slots_s", "saturated_s"):
+        assert total(lambda r: r[key]) == pytest.approx(whole[key], abs=0.01), key
+    assert sum(r["wait"]["cluster"]["count"] for r in alone) == whole["wait"]["cluster"]["count"]
+    for name in {h["name"] for h in whole["hosts"]}:
+        for key in ("compiled", "submitted", "local", "failed"):
+            assert sum(h[key] for r in alone for h in r["hosts"] if h["name"] == name) == next(
+                h[key] for h in whole["hosts"] if h["name"] == name), (name, key)
+    # And merged, the series is the whole recording, as the streaming read of the files says.
+    got = report_from(merged([summarise(p) for p in parts]))
+    assert got == one_stream(parts)
+    assert _rounded(got) == _rounded(whole)
+
+
+def test_a_missing_part_is_a_gap_and_the_next_part_starts_from_its_carried_state(tmp_path: Path) -> None:
+    """A rotated series with a part missing: the part after it follows a gap (its carried
+    frames clamped to its connect record, as icetools.recordings reads it). Its merged
+    summaries equal the streaming read key for key: the gap starts where the part before
+    ended, nothing counts in it, it is no reconnect; and `stats --json` over the files (the
+    cached summaries, a process per file) gives the same report, as does its text."""
+    source = RECORDINGS / "demo.icecap"
+    duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
+    at = [round(duration * f, 2) for f in (0.2, 0.4, 0.6, 0.8)]
+    _, parts = rotated(source, tmp_path, at)
+    kept = [parts[0], parts[1], parts[3], parts[4]]  # part 2 is missing
+    assert _carried_count(parts[3]) > 0
+    expected = one_stream(kept)
+    assert expected["gaps"] == [{"t": at[1], "until": at[2], "seconds": round(at[2] - at[1], 3)}]
+    assert expected["reconnects"] == 0
+    got = report_from(merged([summarise(p) for p in kept]))
+    assert got == expected
+    # Nothing counted in the gap: the slots offered are those of the two pieces around it.
+    pieces = one_stream(kept[:2])["utilisation"]["cluster"]["offered_slot_s"] + one_stream(kept[2:])["utilisation"]["cluster"]["offered_slot_s"]
+    assert expected["utilisation"]["cluster"]["offered_slot_s"] == pytest.approx(pieces, abs=0.002)
+    result = icetools("stats", "--json", *map(str, reversed(kept)))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
+    cached = icetools("stats", "--json", *map(str, kept))
+    assert json.loads(cached.stdout) == expected
+    text = icetools("stats", *map(str, kept))
+    with CaptureReader(kept[0]) as reader:
+        assert text.stdout == render_report(expected, reader.header.start) + "\n"
+
+
+@pytest.mark.parametrize("block", [55, 95, 209, 1045, 4096])  # (the first four end one right after it)
+def test_carried_frames_settle_wherever_the_read_blocks_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             block: int) -> None:
+    """pump() settles the carried frames once, after the last one, whether that one ends a
+    read block, straddles two or is followed by a record in the same block."""
+    from icetools import capture
+
+    source = RECORDINGS / "demo.icecap"
+    duration = json.loads(source.with_suffix(".stats.json").read_text())["duration"]
+    _, parts = rotated(source, tmp_path, [round(duration * 0.5, 2)])
+    expected = _alone(parts[1])
+    monkeypatch.setattr(capture, "READ_BLOCK", block)
+    assert _alone(parts[1]) == expected
+
+
+def test_a_job_carried_after_a_gap_waits_from_the_connect(tmp_path: Path) -> None:
+    """After a gap, a job requested before the part began (a carried request) and started in
+    it: the streaming read clamps its request to the part's connect record, so its wait and its
+    build start there; the merged summaries say the same (the part is read again clamped)."""
+    source = write(tmp_path / "source.icecap", 1_800_000_000.0, [
+        (0.0, m.MonStats(2, _host(2, 1))),
+        (0.5, m.MonStats(1, _host(1, 0))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.2, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.5, m.MonGetCS(filename="b.c", job_id=2, client_id=1)),  # waits: the slot is taken
+        (2.5, m.MonJobDone(job_id=1, exitcode=0, real_msec=1000)),
+        (3.0, m.MonGetCS(filename="c.c", job_id=3, client_id=1)),
+        (6.5, m.MonJobBegin(job_id=2, stime=0, host_id=2)),
+        (7.0, m.MonJobDone(job_id=2, exitcode=0, real_msec=400)),
+        (7.5, m.MonJobBegin(job_id=3, stime=0, host_id=2)),
+        (8.0, m.MonJobDone(job_id=3, exitcode=0, real_msec=400)),
+    ], end=9.0)
+    _, parts = rotated(source, tmp_path / "rotated", [2.0, 6.0], start=1_800_000_000.0)
+    kept = [parts[0], parts[2]]  # the part from 2 s to 6 s is missing
+    expected = one_stream(kept)
+    got = report_from(merged([summarise(p) for p in kept]))
+    assert got == expected
+    assert expected["gaps"] == [{"t": 2.0, "until": 6.0, "seconds": 4.0}]
+    # Jobs 2 and 3 (requested at 1.5 and 3.0 s) wait from the connect at 6.0 s: 500 and 1500 ms;
+    # job 1's wait (200 ms) in the first part.
+    assert expected["wait"]["cluster"] == {"count": 3, "p50_ms": 500, "p95_ms": 1500, "max_ms": 1500}
+    # Alone, the last part counts the waits from the requests (5000 and 4500 ms).
+    assert _alone(parts[2])["wait"]["cluster"]["max_ms"] == 5000
+    assert report_from(summarise(parts[2])) == _alone(parts[2])
