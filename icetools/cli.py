@@ -39,7 +39,7 @@ from .replay import replay as replay_records
 from .rotation import Rotation, RotatingWriter, is_pattern, output_pattern, parse_rotation
 from .index import recording_at
 from .recordings import Recording, open_recording, parse_time, to_seconds
-from .stats import DEFAULT_GAP, render_report
+from .stats import DEFAULT_GAP, analyse, render_report
 
 # The servers, the recorder and the stand-in (and with them asyncio and websockets) are imported
 # by the commands that use them: every command pays for what is imported here at start-up, and
@@ -762,13 +762,20 @@ def stats(files: tuple[Path, ...], as_json: bool, gap: float, salvage: bool) -> 
       icetools stats day.icecap --json | jq '.hosts[] | {name, failed}'
       icetools stats day.icecap --json --gap 60 | jq '.builds[] | {submitter, wall_s, parallelism}'
     """
-    from .summary import merged, report_from, summaries
-
     _text_output()
     # The files in time order, of one scheduler (their headers checked before any work);
     # then each file's summary, from the cache or read a process per core, merged in order.
     with _open_capture(files, salvage) as recording:
         paths = [f.path for f in recording.files]
+        if len(paths) == 1:
+            # One file: read it straight (a summary is only worth its cost, about a tenth more
+            # time, where it will be merged; the figures are the same: tests/test_summary.py).
+            report, result = analyse(recording, gap=gap, progress_stream=sys.stderr)
+            click.echo(json.dumps(report, indent=1) if as_json else render_report(report, recording.header.start))
+            _finish_reading(recording, result.undecodable)
+            return
+    from .summary import merged, report_from, summaries
+
     summary = merged(summaries(paths, gap, salvage, progress_stream=sys.stderr))
     report = report_from(summary)
     if as_json:
