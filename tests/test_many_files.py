@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, DisconnectRecord, EndRecord, FrameRecord
-from icetools.errors import CaptureError
 from icetools.index import open_at, recording_at
 from icetools.recordings import GapRecord, RecordingError, format_duration, open_recording
 from icetools.replay import render_state
+
+from .carried import CarriedFrames
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
 REAL = ["demo.icecap", "build.icecap", "builds.icecap", "daemon-dies.icecap", "layouts-28.icecap"]
@@ -523,15 +524,11 @@ def rotate(source: Path, outdir: Path, every: int, *, names: str = "rot-{:03d}.i
     a rotated connect record, the carried state: each online host's latest MON_STATS, the
     MON_GET_CS and MON_JOB_BEGIN of jobs not done, the MON_LOCAL_JOB_BEGIN of local jobs
     running); a reconnect carries nothing. Returns the parts in order."""
-    from icetools import messages as m
-
     with CaptureReader(source) as reader:
         header = reader.header
         records = list(reader)
     outdir.mkdir(exist_ok=True)
-    hosts: dict[int, tuple[int, float, bytes]] = {}
-    jobs: dict[int, list[tuple[int, float, bytes]]] = {}
-    local: dict[int, tuple[int, tuple[int, float, bytes]]] = {}
+    state = CarriedFrames()
     seq = 0
     paths = [outdir / names.format(0)]
     writer = CaptureWriter(paths[0])
@@ -550,45 +547,23 @@ def rotate(source: Path, outdir: Path, every: int, *, names: str = "rot-{:03d}.i
             writer.start = header.start + cut
             part_start, in_part = cut, 0
             writer.connected(*connection, t=0.0, rotated=True)
-            items = sorted([*hosts.values(), *(i for job in jobs.values() for i in job), *(i for _, i in local.values())])
-            writer.carried([(t - cut, frame) for _, t, frame in items])
+            writer.carried([(t - cut, frame) for _, t, frame in state.kept()])
         t = record.t - part_start
         if kind is ConnectRecord:
             connection = (record.protocol, record.peer_version, record.offered, record.scheduler)
             writer.connected(*connection, t=t)
-            hosts.clear(), jobs.clear(), local.clear()
+            state.clear()
         elif kind is DisconnectRecord:
             writer.disconnected(record.reason, t=t)
             connection = None
-            hosts.clear(), jobs.clear(), local.clear()
+            state.clear()
         elif kind is EndRecord:
             writer.close(record.reason, t=t)
         elif kind is FrameRecord:
             writer.frames([record.data], t=t)
             in_part += 1
             seq += 1
-            item = (seq, record.t, record.data)
-            try:
-                msg = m.decode(record.data, record.protocol, monitor=True)
-            except Exception:  # noqa: BLE001 - not carried, as the Monitor skips it
-                continue
-            if isinstance(msg, m.MonStats):
-                if msg.offline:
-                    hosts.pop(msg.host_id, None)
-                    for job_id in [j for j, (h, _) in local.items() if h == msg.host_id]:
-                        del local[job_id]
-                else:
-                    hosts[msg.host_id] = item
-            elif isinstance(msg, m.MonGetCS):
-                jobs[msg.job_id] = [item]
-            elif isinstance(msg, m.MonJobBegin):
-                jobs.setdefault(msg.job_id, []).append(item)
-            elif isinstance(msg, m.MonJobDone):
-                jobs.pop(msg.job_id, None)
-            elif isinstance(msg, m.MonLocalJobBegin):
-                local[msg.job_id] = (msg.host_id, item)
-            elif isinstance(msg, m.JobLocalDone):
-                local.pop(msg.job_id, None)
+            state.feed((seq, record.t, record.data), record.protocol)
     writer.close("signal")
     return paths
 

@@ -25,6 +25,8 @@ from icetools.recordings import open_recording
 from icetools.stats import analyse, render_report
 from icetools.summary import SUMMARY_MAGIC, load, merged, report_from, save, summaries, summarise, summary_path
 
+from .carried import CarriedFrames
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORDINGS = ROOT / "recordings"
 ALL = sorted(RECORDINGS.glob("*.icecap"))
@@ -356,33 +358,12 @@ def _carried(frames: list[tuple[float, bytes]], protocol: int, before: float) ->
     """What a rotation at ``before`` carries (docs/capture-format.md): each online host's latest
     MON_STATS, each job not done its MON_GET_CS and MON_JOB_BEGIN, each running local job its
     MON_LOCAL_JOB_BEGIN; in the order received."""
-    hosts: dict[int, tuple[int, float, bytes]] = {}
-    jobs: dict[int, list[tuple[int, float, bytes]]] = {}
-    local: dict[int, tuple[int, tuple[int, float, bytes]]] = {}
+    state = CarriedFrames()
     for seq, (t, data) in enumerate(frames):
         if t > before:
             break
-        msg = m.decode(data, protocol, monitor=True)
-        entry = (seq, t, data)
-        if isinstance(msg, m.MonStats):
-            if msg.offline:
-                hosts.pop(msg.host_id, None)
-                for job_id in [j for j, (h, _) in local.items() if h == msg.host_id]:
-                    del local[job_id]
-            else:
-                hosts[msg.host_id] = entry
-        elif isinstance(msg, m.MonGetCS):
-            jobs[msg.job_id] = [entry]
-        elif isinstance(msg, m.MonJobBegin):
-            jobs.setdefault(msg.job_id, []).append(entry)
-        elif isinstance(msg, m.MonJobDone):
-            jobs.pop(msg.job_id, None)
-        elif isinstance(msg, m.MonLocalJobBegin):
-            local[msg.job_id] = (msg.host_id, entry)
-        elif isinstance(msg, m.JobLocalDone):
-            local.pop(msg.job_id, None)
-    kept = [*hosts.values(), *(e for es in jobs.values() for e in es), *(e for _, e in local.values())]
-    return [(t - before, data) for _, t, data in sorted(kept)]
+        state.feed((seq, t, data), protocol)
+    return [(t - before, data) for _, t, data in state.kept()]
 
 
 def rotated(source: Path, folder: Path, at: list[float], start: float = 1795849595.25) -> tuple[Path, list[Path]]:
@@ -430,8 +411,6 @@ def test_a_rotated_series_merges_into_the_unrotated_recording(tmp_path: Path, na
     assert all(summaries_[k].continued_by(summaries_[k + 1]) for k in range(3))
     for p, s in zip(parts, summaries_):
         with CaptureReader(p) as reader:
-            from icetools.stats import analyse, render_report
-
             assert report_from(s) == analyse(reader)[0]  # (a part alone: stats' own answer)
     expected = one_stream(parts)
     got = report_from(merged(summaries_))
