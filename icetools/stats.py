@@ -132,7 +132,7 @@ def render_report(report: dict[str, Any], start: float | None = None) -> str:
     lines = [
         f"{report['duration']:.1f} s: {jobs['remote']} remote jobs ({jobs['failed']} failed, "
         f"{jobs['lost']} lost with their host), {jobs['local']} local jobs "
-        f"({jobs['rerun_locally']} re-runs of failed compiles)",
+        f"({jobs['rerun_locally']} re-runs of failed or lost compiles)",
         f"peak: {report['peak_jobs_per_second']} jobs finished in one second"
         + (f" (at {report['peak_second']} s)" if report["peak_second"] is not None else ""),
     ]
