@@ -44,15 +44,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
-from . import messages as m
-from .capture import CaptureReader, CarriedRecord, ConnectRecord
+from .capture import CaptureReader, ConnectRecord
 from .errors import IcetoolsError
 from .index import cache_dir
 from .jobs import host_name
 from .monitor import (
     RERUN_WINDOW, SLOWEST_JOBS, Event, EventKind, Host, HostCounters, Job, Monitor, Publisher, Totals, _stem,
 )
-from .replay import apply_record, replay_file
+from .replay import replay_file
 from .stats import DEFAULT_GAP, HostStats, Waits, WhyAnalysis, _Build, percentile, report_json, why_json
 
 #: Changes whenever what a summary holds does: a cached summary of another version is rebuilt.
@@ -480,14 +479,18 @@ class Summary:
                 self.unattributed_waits.merge(waits)
                 continue
             build = self.builds[p.build]
-            kept = build.kept if build.kept is not None else Waits()
-            kept.merge(waits)
-            build.kept = kept
-            build.wait_p95 = percentile(kept.histogram, 95)
-            submitter = self.submitter_waits.get(build.submitter)
-            if submitter is None:
-                submitter = self.submitter_waits[build.submitter] = Waits()
-            submitter.merge(waits)
+            self._keep_waits(build, waits)
+
+    def _keep_waits(self, build: Any, waits: Waits) -> None:
+        """Add ``waits`` (of jobs that ended late) to a build's kept waits and its submitter's."""
+        kept = build.kept if build.kept is not None else Waits()
+        kept.merge(waits)
+        build.kept = kept
+        build.wait_p95 = percentile(kept.histogram, 95)
+        submitter = self.submitter_waits.get(build.submitter)
+        if submitter is None:
+            submitter = self.submitter_waits[build.submitter] = Waits()
+        submitter.merge(waits)
 
     def _apply_pending(self) -> None:
         """The jobs in flight at the end end there, unfinished (WhyAnalysis._end)."""
@@ -508,14 +511,7 @@ class Summary:
         for bi, waits in touched.items():
             build = self.builds[bi]
             build.waits = None
-            kept = build.kept if build.kept is not None else Waits()
-            kept.merge(waits)
-            build.kept = kept
-            build.wait_p95 = percentile(kept.histogram, 95)
-            submitter = self.submitter_waits.get(build.submitter)
-            if submitter is None:
-                submitter = self.submitter_waits[build.submitter] = Waits()
-            submitter.merge(waits)
+            self._keep_waits(build, waits)
         self.pending = []
 
 
