@@ -1196,9 +1196,9 @@ def trace(files: tuple[Path, ...], output: Path, salvage: bool) -> None:
     _text_output()
     with _open_capture(files, salvage) as reader:
         if str(output) == "-":
-            _, result = write_trace(reader, sys.stdout, progress_stream=sys.stderr)
+            result = write_trace(reader, sys.stdout, progress_stream=sys.stderr)
         else:
-            _, result = write_trace_file(reader, output, progress_stream=sys.stderr)
+            result = write_trace_file(reader, output, progress_stream=sys.stderr)
         _finish_reading(reader, result.undecodable)
 
 

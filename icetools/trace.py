@@ -10,8 +10,9 @@ host's load. The mapping is documented in docs/analysis.md.
 Like ``jobs`` it reads the Monitor's change events and streams: each event is written when it
 is complete (a job's slice when the job ends), so memory holds only the jobs in flight and the
 lanes of each host. Events are therefore not in time order; the format does not ask for it.
-On two cores a big capture's text is made and written by a second process (see _Pipeline):
-this one replays and keeps the lanes and counters; the output is the same either way.
+A TraceFeed hands the events on as tuples, and a TraceBuilder keeps the lanes, flows and
+counters and writes the text: on two cores, for a big capture, in a second process (see
+_Pipeline), so that this one only replays; the output is the same either way.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Any, TextIO
 
 from .capture import CaptureReader
 from .errors import IcetoolsError
-from .jobs import _DONE, _FAILED, _LANGS, host_name, job_row, json_line
-from .monitor import Event, EventKind, Job, Monitor, Publisher
+from .jobs import _LANGS, job_row, json_line
+from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
 from .output import replaced, terminated_as_exit
 from .progress import Progress
 from .replay import ReplayResult, replay_fast
@@ -54,21 +55,46 @@ _JOB_FINISHED = EventKind.JOB_FINISHED
 #: The head of a flow arrow, on the job's slice (its tail is on the wait slice).
 _FLOW_IN = ',"bind_id":%d,"flow_in":true'
 
-# The publisher hands on an event either as its JSON text (the rare ones) or, for the frequent
-# ones, as a tuple of primitives tagged by its first item, which event_text() turns into the
-# text: so the text can be made in another process (see _Pipeline).
-#: A job's slice: (_JOB, kind, file, pid, tid, start, end, flow, id, lang, submitter, server,
-#: outcome, rerun_of, request_ts or None, real, user, sys, in_bytes, out_bytes, exit_code).
-_JOB = 0
-#: A wait slice: (_WAIT, file, pid, tid, start, end, flow, id, server or None).
-_WAIT = 1
-#: A host's load counter: (_LOAD, pid, ts, load).
-_LOAD = 2
-#: The cluster's counters: (_BUSY, ts, busy), (_WAITING, ts, waiting).
-_BUSY = 3
-_WAITING = 4
-#: What the publisher writes: an event's text, or one of the tuples above.
+# The trace is made in two parts, which a big capture runs in two processes (see _Pipeline):
+# TraceFeed, a publisher of the replaying Monitor, turns each event the trace needs into a tuple of
+# primitives (what marshal writes), tagged by its first item; TraceBuilder keeps the lanes, flows
+# and counters and turns the tuples into the events' JSON texts. Keeping the books where the text
+# is made leaves the replaying process little more to do than the replay itself.
+#
+# A job's tuple carries the job's fields as they stand after the event (the Monitor changes a job
+# only where it tells its publishers), so the builder knows what the job is without the Monitor:
+#: (_SUBMITTED, t, id, file, lang, client_id): a new job, requested at t (MON_GET_CS).
+_SUBMITTED = 0
+#: (_STARTED, t, id, file, lang, client_id, server_id, is_local_start, local, submitted,
+#: seen_submit, rerun_of): begun at t on server_id; is_local_start: a new local job
+#: (MON_LOCAL_JOB_BEGIN), else a compile (MON_JOB_BEGIN).
+_STARTED = 1
+#: (_FINISHED, t, id, file, lang, client_id, server_id, state (its value), local, started,
+#: seen_submit, rerun_of, exit_code, real_msec, user_msec, sys_msec, in_bytes, out_bytes, lost):
+#: ended at t.
+_FINISHED = 2
+#: (_HOST_ADDED or _HOST_CHANGED, t, host id, name, load): a host's report.
+_HOST_ADDED = 3
+_HOST_CHANGED = 4
+#: (_HOST_OFFLINE, t, host id).
+_HOST_OFFLINE = 5
+#: (_RESET, t): the Monitor forgot its hosts and jobs.
+_RESET = 6
+#: (_END, t): the end of the recording.
+_END = 7
+# The most frequent two in short, for the jobs the builder already knows (the feed leaves out
+# what the job's last tuple told, which is most of it; the builder fills it in):
+#: (_BEGUN, t, id, server_id): a compile's start, of the job last told under this id (one that
+#: was requested or started locally since the Monitor's start or its last reset).
+_BEGUN = 8
+#: (_ENDED, t, id, state (its value), exit_code, real_msec, user_msec, sys_msec, in_bytes,
+#: out_bytes, lost): the end of a job that had started.
+_ENDED = 9
+#: What the feed hands on: one of the tuples above, or an event's finished JSON text.
 Item = str | tuple[Any, ...]
+_LOCAL_START = JobState.LOCAL
+_DONE_VALUE = JobState.DONE.value
+_FAILED_VALUE = JobState.FAILED.value
 
 
 class _Texts(dict):  # type: ignore[type-arg]
@@ -151,12 +177,89 @@ class _Lanes:
         _heappush(self.free, lane)
 
 
+class TraceFeed(Publisher):
+    """The Monitor's events that the trace needs, handed to ``add`` as the tuples above: this
+    side of the trace does nothing else, so that the replay runs nearly as fast as without it.
+    Call :meth:`finish` after the last record."""
+
+    kinds = frozenset(EventKind)
+
+    def __init__(self, add: Callable[[Item], None]) -> None:
+        self._add = add
+
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        # A function per kind, ``add`` bound in it: they run for nearly every frame of a recording.
+        add = self._add
+
+        def submitted(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            _, t, _, job = event
+            add((_SUBMITTED, t, job.id, job.file, job.lang, job.client_id))  # type: ignore[union-attr]
+
+        def started(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            _, t, _, job = event
+            if job.state is not _LOCAL_START and job.seen_submit:  # type: ignore[union-attr]
+                add((_BEGUN, t, job.id, job.server_id))  # type: ignore[union-attr]
+                return
+            add((  # type: ignore[union-attr]
+                _STARTED, t, job.id, job.file, job.lang, job.client_id, job.server_id,  # type: ignore[union-attr]
+                job.state is _LOCAL_START, job.local, job.submitted, job.seen_submit, job.rerun_of,  # type: ignore[union-attr]
+            ))
+
+        def finished(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            _, t, _, job = event
+            if job.started is not None:  # type: ignore[union-attr]
+                add((  # type: ignore[union-attr]
+                    _ENDED, t, job.id, job.state._value_, job.exit_code, job.real_msec,  # type: ignore[union-attr]
+                    job.user_msec, job.sys_msec, job.in_uncompressed, job.out_uncompressed, job.lost,  # type: ignore[union-attr]
+                ))
+                return
+            add((  # type: ignore[union-attr]
+                _FINISHED, t, job.id, job.file, job.lang, job.client_id, job.server_id,  # type: ignore[union-attr]
+                job.state._value_, job.local, job.started, job.seen_submit, job.rerun_of,  # type: ignore[union-attr]
+                job.exit_code, job.real_msec, job.user_msec, job.sys_msec,  # type: ignore[union-attr]
+                job.in_uncompressed, job.out_uncompressed, job.lost,  # type: ignore[union-attr]
+            ))
+
+        def host_added(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            _, t, host, _ = event
+            # (host.load would apply the host's pending reports in full: see Host.report)
+            add((_HOST_ADDED, t, host.id, host.name, host.reported_load()))  # type: ignore[union-attr]
+
+        def host_changed(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            _, t, host, _ = event
+            add((_HOST_CHANGED, t, host.id, host.name, host.reported_load()))  # type: ignore[union-attr]
+
+        def offline(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            add((_HOST_OFFLINE, event.t, event.host.id))  # type: ignore[union-attr]
+
+        def reset(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
+            add((_RESET, event.t))
+
+        return {
+            _JOB_SUBMITTED: submitted,
+            _JOB_STARTED: started,
+            _JOB_FINISHED: finished,
+            EventKind.HOST_ADDED: host_added,
+            EventKind.HOST_CHANGED: host_changed,
+            EventKind.HOST_OFFLINE: offline,
+            EventKind.RESET: reset,
+        }[kind]
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        self.receiver(event.kind)(event, monitor)  # type: ignore[misc]
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording (the jobs still in flight end there, as unfinished)."""
+        self._add((_END, monitor.now))
+
+
 class _InFlight:
     """A job the trace has not written yet. Not slotted, on purpose (as Job): an instance sets
-    only its job and request time, the rest stays on the class until set, so making one per job
-    costs three stores rather than eleven."""
+    only its item and request time, the rest stays on the class until set, so making one per
+    job costs three stores rather than eleven."""
 
-    job: Job
+    #: The job's last tuple from the feed: its fields as they stand.
+    item: tuple[Any, ...]
     requested: float | None
     #: Host names as known while the job runs (a reset makes the Monitor forget them).
     submitter: str | None = None
@@ -166,26 +269,49 @@ class _InFlight:
     pid = 0  # the compile host's process and lane once started (0: not started)
     tid = 0
     flow = 0  # bind_id of the wait -> compile arrow (0: none)
-    #: _us(requested) (0 without one), and _us(job.started) once on a slot: each is the time of
+    #: _us(requested) (0 without one), and _us(started) once on a slot: each is the time of
     #: the event that set it, so computed once there.
     request_ts: int
     start_ts = 0
 
-    def __init__(self, job: Job, requested: float | None, request_ts: int) -> None:
-        self.job = job
+    def __init__(self, item: tuple[Any, ...], requested: float | None, request_ts: int) -> None:
+        self.item = item
         self.requested = requested
         self.request_ts = request_ts
 
 
-class TracePublisher(Publisher):
-    """Writes trace events for the Monitor's changes through ``write``: one event per call, as
-    its JSON text or as a tuple that :func:`event_text` makes into it (see _JOB). Call
-    :meth:`finish` after the last record."""
+def _job_of(item: tuple[Any, ...]) -> Job:
+    """The job a feed's tuple describes, as the Monitor had it (for its jobs row)."""
+    tag = item[0]
+    job = Job(item[2], item[3], item[4], item[5], item[1] if tag == _SUBMITTED else None)
+    if tag == _STARTED:
+        (_, t, _, _, _, _, job.server_id, is_local_start, job.local, job.submitted, job.seen_submit,
+         job.rerun_of) = item
+        job.state = _LOCAL_START if is_local_start else JobState.COMPILING
+        job.started = t
+    elif tag == _FINISHED:
+        (_, job.ended, _, _, _, _, job.server_id, state, job.local, job.started, job.seen_submit,
+         job.rerun_of, job.exit_code, job.real_msec, job.user_msec, job.sys_msec,
+         job.in_uncompressed, job.out_uncompressed, job.lost) = item
+        job.state = JobState(state)
+    return job
 
-    kinds = frozenset(EventKind)
 
-    def __init__(self, write: Callable[[Item], None]) -> None:
+def _started_of(item: tuple[Any, ...]) -> float | None:
+    tag = item[0]
+    return item[1] if tag == _STARTED else item[9] if tag == _FINISHED else None
+
+
+class TraceBuilder:
+    """Turns the feed's tuples into trace events, handing each event's JSON text to ``write``:
+    processes and lanes, slices, flows and counters. It knows the hosts' names as the Monitor
+    did at each event (the feed tells every change of them) and the jobs in flight from their
+    tuples. Events are written when they are complete (a job's slice when the job ends)."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
         self._write = write
+        self._names: dict[int, str] = {}  # host id -> its name, while the Monitor knows one
+        self._offline: set[int] = set()  # host ids the Monitor knows as offline
         self._pids: dict[str, int] = {}  # host name (or #id) -> pid
         self._pid_of_id: dict[int, int] = {}  # the Monitor's host id -> pid (until a reset)
         self._slots: dict[int, _Lanes] = {}
@@ -204,8 +330,30 @@ class TracePublisher(Publisher):
         #: job's times and durations are written from their microseconds (see _times).
         self._exact = True
         self.jobs = 0  # job slices written
+        self._takers: tuple[Callable[[tuple[Any, ...]], None], ...] = (
+            self._on_submitted, self._on_started, self._on_finished, self._on_host_added,
+            self._on_host_changed, self._on_offline, self._on_reset, self._on_end, self._on_begun,
+            self._on_ended,
+        )
         self._write(self._meta("process_name", CLUSTER_PID, 0, "cluster"))
         self._write(self._meta("process_sort_index", CLUSTER_PID, 0, None, sort_index=0))
+
+    def take(self, item: Item) -> None:
+        """One item of the feed."""
+        if item.__class__ is str:
+            self._write(item)  # type: ignore[arg-type]
+        else:
+            self._takers[item[0]](item)  # type: ignore[arg-type]
+
+    def take_all(self, items: list[Item]) -> None:
+        """The feed's items, in order."""
+        takers = self._takers
+        write = self._write
+        for item in items:
+            if item.__class__ is str:
+                write(item)  # type: ignore[arg-type]
+            else:
+                takers[item[0]](item)  # type: ignore[arg-type]
 
     # -- processes and threads ----------------------------------------------------------------
 
@@ -215,12 +363,12 @@ class TracePublisher(Publisher):
             args["name"] = value
         return _json({"ph": "M", "name": name, "pid": pid, "tid": tid, "args": args})
 
-    def _pid(self, monitor: Monitor, host_id: int) -> int:
+    def _pid(self, host_id: int) -> int:
         pid = self._pid_of_id.get(host_id)
         if pid is not None:
             return pid
         # Keyed by name: a daemon that logs in again (new id) stays one process.
-        key = host_name(monitor, host_id) or f"#{host_id}"
+        key = self._names.get(host_id) or f"#{host_id}"
         pid = self._pids.get(key)
         if pid is None:
             pid = self._pids[key] = len(self._pids) + 2
@@ -256,31 +404,14 @@ class TracePublisher(Publisher):
             ts = self._counter_ts
             before = self._counted or (-1, -1)  # (both are written at the first instant)
             if now[0] != before[0]:
-                self._write((_BUSY, ts, now[0]))
+                self._write(f'{{"ph":"C","name":"busy slots","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"busy":{now[0]}}}}}')
             if now[1] != before[1]:
-                self._write((_WAITING, ts, now[1]))
+                self._write(f'{{"ph":"C","name":"jobs waiting","pid":{CLUSTER_PID},"tid":0,"ts":{ts},"args":{{"waiting":{now[1]}}}}}')
             self._counted = now
-
-    # -- events -------------------------------------------------------------------------------
-
-    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
-        # A method per kind: they run for nearly every frame of a recording.
-        return {
-            _JOB_SUBMITTED: self._on_submitted,
-            _JOB_STARTED: self._on_started,
-            _JOB_FINISHED: self._on_finished,
-            EventKind.HOST_ADDED: self._on_host,
-            EventKind.HOST_CHANGED: self._on_host,
-            EventKind.HOST_OFFLINE: self._on_offline,
-            EventKind.RESET: self._on_reset,
-        }[kind]
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        self.receiver(event.kind)(event, monitor)  # type: ignore[misc]
 
     def _instant(self, t: float) -> int:
         """The event's time in microseconds; a new instant writes the counters of the last one
-        (see _at). The hot receivers inline its first test."""
+        (see _at). The hot takers inline its first test."""
         if t == self._t:
             return self._ts
         return self._new_instant(t)
@@ -295,156 +426,156 @@ class TracePublisher(Publisher):
             self._exact = False  # (see _times)
         return ts
 
-    def _on_submitted(self, event: Event, monitor: Monitor) -> None:
-        _, t, _, job = event
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def _on_submitted(self, item: tuple[Any, ...]) -> None:
+        _, t, job_id, _, _, client_id = item
         ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
-        job_id = job.id  # type: ignore[union-attr]
-        if job_id in self._open:
-            self._orphan(job, ts, monitor)  # type: ignore[arg-type]
-        flight = self._open[job_id] = _InFlight(job, job.submitted, ts)  # type: ignore[union-attr, arg-type]
-        client_id = job.client_id  # type: ignore[union-attr]
+        in_flight = self._open
+        if job_id in in_flight:
+            # An older job under this id (the Monitor lost track of it) ends here.
+            self._end(in_flight[job_id], ts)
+        flight = in_flight[job_id] = _InFlight(item, t, ts)
         if client_id is None:
             return
-        host = monitor.hosts.get(client_id)
-        if host is not None and host.name:
-            flight.submitter = host.name
-        pid = flight.wait_pid = self._pid_of_id.get(client_id) or self._pid(monitor, client_id)
+        name = self._names.get(client_id)
+        if name is not None:
+            flight.submitter = name
+        pid = flight.wait_pid = self._pid_of_id.get(client_id) or self._pid(client_id)
         lanes = self._waits[pid]
         flight.wait_tid = _heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "waiting")
         self._waiting += 1  # (while it holds a waiting lane)
 
-    def _on_started(self, event: Event, monitor: Monitor) -> None:
-        _, t, _, job = event
+    def _on_started(self, item: tuple[Any, ...]) -> None:
+        _, t, job_id, file, _, client_id, server_id, is_local_start, local, submitted, _, _ = item
         ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
-        flight = self._open.get(job.id)  # type: ignore[union-attr]
-        if flight is not None and flight.job is not job:
-            flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
-        hosts = monitor.hosts
-        server_id = job.server_id  # type: ignore[union-attr]
+        flight = self._open.get(job_id)
+        if flight is not None and is_local_start:
+            # A new local job under the id of one in flight (the Monitor lost track of that
+            # one): it ends here. (A compile's start is of the job in flight, or of one the
+            # Monitor dropped and met again: the same job either way.)
+            self._end(flight, ts)
+            flight = None
+        names = self._names
         # (the compile host's name as the Monitor knows it now: the wait slice names it too)
-        server = None if server_id is None or (host := hosts.get(server_id)) is None else host.name or None
+        server = None if server_id is None else names.get(server_id)
         if flight is None:
             # A local job, or a remote one requested before the recording began.
-            local = job.local  # type: ignore[union-attr]
-            flight = self._open[job.id] = _InFlight(job, job.submitted if local else None, ts if local else 0)  # type: ignore[union-attr, arg-type]
-        elif flight.wait_pid:
-            # The submitter waited from the request to now: its wait slice, with the arrow's
-            # tail (written here, in one text: nearly every remote job has one).
-            self._waiting -= 1
-            flow = flight.flow = self._flows = self._flows + 1
-            file = job.file  # type: ignore[union-attr]
-            start = flight.request_ts
-            wait_pid = flight.wait_pid
-            self._write((_WAIT, file, wait_pid, flight.wait_tid, start, ts, flow, job.id, server))  # type: ignore[union-attr]
-            _heappush(self._waits[wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
-            flight.wait_pid = flight.wait_tid = 0
-        elif flight.pid:
-            # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
-            self._slots[flight.pid].give(flight.tid)
-            self._busy -= 1
-            flight.pid = flight.tid = 0
-        if flight.submitter is None and (host := hosts.get(job.client_id)) is not None and host.name:  # type: ignore[union-attr]
-            flight.submitter = host.name
+            flight = self._open[job_id] = _InFlight(item, submitted if local else None, ts if local else 0)
+        else:
+            flight.item = item
+            if flight.wait_pid:
+                # The submitter waited from the request to now: its wait slice, with the
+                # arrow's tail (nearly every remote job has one).
+                self._waiting -= 1
+                flow = flight.flow = self._flows = self._flows + 1
+                start = flight.request_ts
+                wait_pid = flight.wait_pid
+                self._write(
+                    f'{{"ph":"X","cat":"wait","name":{_titles[file]},"pid":{wait_pid},"tid":{flight.wait_tid},'
+                    f'"ts":{start},"dur":{ts - start},"bind_id":{flow},"flow_out":true,"args":{{"id":{job_id},'
+                    f'"file":{_strings[file]},"server":{"null" if server is None else _strings[server]}}}}}'
+                )
+                _heappush(self._waits[wait_pid].free, flight.wait_tid)  # (_Lanes.give, inlined)
+                flight.wait_pid = flight.wait_tid = 0
+            elif flight.pid:
+                # Begun again (the scheduler moved it): its slice starts anew, as job.started does.
+                self._slots[flight.pid].give(flight.tid)
+                self._busy -= 1
+                flight.pid = flight.tid = 0
+        if flight.submitter is None and client_id is not None and (name := names.get(client_id)) is not None:
+            flight.submitter = name
         flight.server = server
         if server_id is None:
             return
-        pid = flight.pid = self._pid_of_id.get(server_id) or self._pid(monitor, server_id)
+        pid = flight.pid = self._pid_of_id.get(server_id) or self._pid(server_id)
         lanes = self._slots[pid]
         flight.tid = _heappop(lanes.free) if lanes.free else self._lane(pid, lanes, "slot")
-        flight.start_ts = ts  # (job.started is this event's time)
+        flight.start_ts = ts  # (the job's start is this event's time)
         self._busy += 1
 
-    def _on_finished(self, event: Event, monitor: Monitor) -> None:
-        _, t, _, job = event
-        ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
-        job_id = job.id  # type: ignore[union-attr]
+    def _on_begun(self, item: tuple[Any, ...]) -> None:
+        """A compile's start as _BEGUN tells it: the job's other fields from its last tuple."""
+        _, t, job_id, server_id = item
         flight = self._open.get(job_id)
-        state = job.state  # type: ignore[union-attr]
+        last = (_SUBMITTED, t, job_id, "", None, None) if flight is None else flight.item  # (the former: not from a feed)
+        if last[0] == _SUBMITTED:
+            self._on_started((_STARTED, t, job_id, last[3], last[4], last[5], server_id, False, False, last[1], True, None))
+        else:
+            self._on_started((_STARTED, t, job_id, last[3], last[4], last[5], server_id, False, *last[8:12]))
+
+    def _on_ended(self, item: tuple[Any, ...]) -> None:
+        """A job's end as _ENDED tells it: its other fields from its last tuple."""
+        _, t, job_id, *end = item
+        flight = self._open.get(job_id)
+        last = None if flight is None else flight.item
+        if last is not None and last[0] == _STARTED:
+            # file, lang, client_id, server_id; local, started, seen_submit, rerun_of
+            self._on_finished((_FINISHED, t, job_id, *last[3:7], end[0], last[8], last[1], *last[10:12], *end[1:]))
+        elif last is not None:  # (not from a feed: the job had started)
+            self._on_finished((_FINISHED, t, job_id, *last[3:6], None, end[0], False, None, True, None, *end[1:]))
+        else:
+            self._on_finished((_FINISHED, t, job_id, "", None, None, None, end[0], False, None, False, None, *end[1:]))
+
+    def _on_finished(self, item: tuple[Any, ...]) -> None:
+        (_, t, job_id, file, lang, _, _, state, local, started, seen_submit, rerun_of, exit_code,
+         real, user, sys_, in_bytes, out_bytes, lost) = item
+        ts = self._ts if t == self._t else self._new_instant(t)  # (self._instant, inlined)
+        in_flight = self._open
+        flight = in_flight.get(job_id)
         if (
-            flight is None or flight.job is not job or not flight.pid or not self._exact
-            or (state is not _DONE and state is not _FAILED)
+            # (a job never seen before its end is one the Monitor met only there, not the one
+            # in flight under its id, which the Monitor had dropped)
+            flight is None or (not seen_submit and started is None) or not flight.pid or not self._exact
+            or (state != _DONE_VALUE and state != _FAILED_VALUE)
             or (submitter := flight.submitter) is None or (server := flight.server) is None
         ):
-            if flight is not None and flight.job is not job:
-                flight = self._orphan(job, ts, monitor)  # type: ignore[arg-type]
             if flight is None:
-                flight = _InFlight(job, None, 0)  # type: ignore[arg-type]  # only its end was seen
+                flight = _InFlight(item, None, 0)  # only its end was seen
             else:
-                del self._open[job_id]
-            self._end(flight, ts, monitor)
+                del in_flight[job_id]
+                flight.item = item
+            self._end(flight, ts)
             return
         # Nearly every job: a remote one that ran on a slot and ended with a MON_JOB_DONE, its
-        # hosts named. Its slice with its args (its jobs row, in json_line's words) in one text,
-        # straight from the job's fields (no row in between; _end writes the others).
-        del self._open[job_id]
-        pid, tid, start = flight.pid, flight.tid, flight.start_ts  # (it ran: start_ts is job.started's)
+        # hosts named. Its slice with its args (its jobs row, in json_line's words; see _times
+        # for the times) in one text, straight from its fields (_end writes the others).
+        del in_flight[job_id]
+        pid, tid, start = flight.pid, flight.tid, flight.start_ts  # (it ran: start_ts is its start's)
         _heappush(self._slots[pid].free, tid)  # (_Lanes.give, inlined)
         self._busy -= 1
         flow = flight.flow
-        file = job.file  # type: ignore[union-attr]
-        self._write((
-            _JOB, "local" if job.local else "remote", file, pid, tid, start, ts, flow, job_id,  # type: ignore[union-attr]
-            job.lang, submitter, server,  # type: ignore[union-attr]
-            "ok" if state is _DONE else "lost" if job.lost else "failed",  # type: ignore[union-attr]
-            job.rerun_of, None if flight.requested is None else flight.request_ts,  # type: ignore[union-attr]
-            job.real_msec, job.user_msec, job.sys_msec, job.in_uncompressed,  # type: ignore[union-attr]
-            job.out_uncompressed, job.exit_code,  # type: ignore[union-attr]
-        ))
+        kind = "local" if local else "remote"
+        request_ts = None if flight.requested is None else flight.request_ts
+        self._write(
+            f'{{"ph":"X","cat":"{kind}","name":{_titles[file]},"pid":{pid},"tid":{tid},"ts":{start},'
+            f'"dur":{ts - start if ts > start else 0}{_FLOW_IN % flow if flow else ""},"args":{{'
+            f'"id": {job_id}, "file": {_strings[file]}, "lang": {_langs[lang]}, '
+            f'"submitter": {_strings[submitter]}, "server": {_strings[server]}, "kind": "{kind}", '
+            f'"outcome": "{"ok" if state == _DONE_VALUE else "lost" if lost else "failed"}", '
+            f'"rerun_of": {"null" if rerun_of is None else rerun_of}, '
+            f'"requested": {"null" if request_ts is None else _times[request_ts]}, '
+            f'"started": {_times[start]}, "ended": {_times[ts]}, '
+            f'"wait_ms": {"null" if request_ts is None else _millis[start - request_ts]}, '
+            f'"run_ms": {_millis[ts - start]}, "real_msec": {real}, "user_msec": {user}, '
+            f'"sys_msec": {sys_}, "in_bytes": {in_bytes}, "out_bytes": {out_bytes}, "exit_code": {exit_code}}}}}'
+        )
         self.jobs += 1
 
-    def _on_host(self, event: Event, monitor: Monitor) -> None:
-        _, t, host, _ = event
-        if t == self._t:  # (self._instant, inlined: a report comes every few frames)
-            ts = self._ts
-        else:
-            ts = self._instant(t)
-        host_id = host.id  # type: ignore[union-attr]
-        pid = self._pid_of_id.get(host_id) or self._pid(monitor, host_id)
-        # (host.load would apply the host's pending reports in full: see Host.report)
-        load = host.reported_load()  # type: ignore[union-attr]
-        if self._loads.get(pid) != load:
-            self._loads[pid] = load
-            self._write((_LOAD, pid, ts, load))
-
-    def _on_offline(self, event: Event, monitor: Monitor) -> None:
-        _, t, host, _ = event
-        ts = self._instant(t)
-        pid = self._pid(monitor, host.id)  # type: ignore[union-attr]
-        self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
-
-    def _on_reset(self, event: Event, monitor: Monitor) -> None:
-        ts = self._instant(event.t)
-        # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
-        for flight in list(self._open.values()):
-            self._end(flight, ts, monitor)
-        self._open.clear()
-        self._pid_of_id.clear()
-
-    def _orphan(self, job: Job, ts: int, monitor: Monitor) -> _InFlight | None:
-        """The job in flight under this id, if it is this job; an older job under the same id
-        (the Monitor lost track of it) is ended here."""
-        flight = self._open.get(job.id)
-        if flight is not None and flight.job is not job:
-            if not job.seen_submit:
-                flight.job = job  # the Monitor dropped it and met it again: the same job
-                return flight
-            self._end(flight, ts, monitor)
-            return None
-        return flight
-
-    def _end(self, flight: _InFlight, end: int, monitor: Monitor) -> None:
+    def _end(self, flight: _InFlight, end: int) -> None:
         """Write the job's slice, ending at ``end``, and free its lanes (the few jobs that
         _on_finished does not write itself: its args are its jobs row as json_line writes it)."""
-        job = flight.job
+        job = _job_of(flight.item)
+        names = self._names
         args = json_line(job_row(
             job, flight.requested,
-            flight.submitter or host_name(monitor, job.client_id),
-            flight.server or host_name(monitor, job.server_id),
+            flight.submitter or (None if job.client_id is None else names.get(job.client_id)),
+            flight.server or (None if job.server_id is None else names.get(job.server_id)),
         ))[:-1]
         flow = ""
         if flight.pid:  # it ran: on its compile host's slot
             pid, tid = flight.pid, flight.tid
-            # (start_ts is _us(job.started), set with it; a job the Monitor dropped and met again
+            # (start_ts is _us(started), set with it; a job the Monitor dropped and met again
             # only at its end has none)
             start = flight.start_ts if job.started is not None else end
             _heappush(self._slots[pid].free, tid)  # (_Lanes.give, inlined)
@@ -469,70 +600,94 @@ class TracePublisher(Publisher):
         )
         self.jobs += 1
 
-    def finish(self, monitor: Monitor) -> None:
+    # -- hosts --------------------------------------------------------------------------------
+
+    def _on_host_added(self, item: tuple[Any, ...]) -> None:
+        _, t, host_id, name, load = item
+        ts = self._instant(t)
+        names, offline = self._names, self._offline
+        if name and offline:
+            # A daemon that logged in again gets a new id: the Monitor forgets its old, offline
+            # one (as Monitor._on_stats does).
+            for old in [i for i in offline if names.get(i) == name]:
+                del names[old]
+                offline.discard(old)
+        self._host(ts, host_id, name, load)
+
+    def _on_host_changed(self, item: tuple[Any, ...]) -> None:
+        _, t, host_id, name, load = item
+        self._host(self._ts if t == self._t else self._new_instant(t), host_id, name, load)  # (a report comes every few frames)
+
+    def _host(self, ts: int, host_id: int, name: str, load: int) -> None:
+        if name:
+            self._names[host_id] = name
+        elif host_id in self._names:
+            del self._names[host_id]
+        if self._offline:
+            self._offline.discard(host_id)  # (a report: it is online)
+        pid = self._pid_of_id.get(host_id) or self._pid(host_id)
+        if self._loads.get(pid) != load:
+            self._loads[pid] = load
+            self._write(f'{{"ph":"C","name":"load","pid":{pid},"tid":0,"ts":{ts},"args":{{"load":{load}}}}}')
+
+    def _on_offline(self, item: tuple[Any, ...]) -> None:
+        _, t, host_id = item
+        ts = self._instant(t)
+        self._offline.add(host_id)
+        pid = self._pid(host_id)
+        self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
+
+    def _on_reset(self, item: tuple[Any, ...]) -> None:
+        ts = self._instant(item[1])
+        # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
+        self._names.clear()
+        self._offline.clear()
+        for flight in list(self._open.values()):
+            self._end(flight, ts)
+        self._open.clear()
+        self._pid_of_id.clear()
+
+    def _on_end(self, item: tuple[Any, ...]) -> None:
         """The end of the recording: the jobs still in flight end there, as unfinished."""
-        ts = _us(monitor.now)
+        ts = _us(item[1])
         self._at(ts)
         self._t = None
         for flight in list(self._open.values()):
-            self._end(flight, max(ts, _us(flight.job.started or flight.requested or 0.0)), monitor)
+            self._end(flight, max(ts, _us(_started_of(flight.item) or flight.requested or 0.0)))
         self._open.clear()
         self._flush_counters()
+
+
+class TracePublisher(Publisher):
+    """The whole trace in one publisher: :class:`TraceFeed` handing each event straight to a
+    :class:`TraceBuilder`, which writes each trace event's JSON text through ``write`` as soon
+    as it is complete. Call :meth:`finish` after the last record."""
+
+    kinds = frozenset(EventKind)
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.builder = TraceBuilder(write)
+        self._feed = TraceFeed(self.builder.take)
+
+    @property
+    def jobs(self) -> int:
+        """Job slices written."""
+        return self.builder.jobs
+
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        return self._feed.receiver(kind)
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        self._feed.publish(event, monitor)
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: the jobs still in flight end there, as unfinished."""
+        self._feed.finish(monitor)
 
 
 def _short(path: str) -> str:
     """A slice's title: the file name without its folders (the whole path is in args)."""
     return path.rsplit("/", 1)[-1] or "(no file)"
-
-
-# ---- the text of the events --------------------------------------------------------------
-
-
-def event_texts(items: list[Item]) -> list[str]:
-    """The JSON texts of the publisher's items, in their order (the same in either process)."""
-    texts: list[str] = []
-    add = texts.append
-    titles, strings, times, millis, langs = _titles, _strings, _times, _millis, _langs
-    for item in items:
-        if item.__class__ is str:
-            add(item)  # type: ignore[arg-type]
-            continue
-        tag = item[0]
-        if tag == _JOB:
-            (_, kind, file, pid, tid, start, end, flow, job_id, lang, submitter, server, outcome,
-             rerun_of, request_ts, real, user, sys_, in_bytes, out_bytes, exit_code) = item
-            # (the args are the job's jobs row, in json_line's words; see _times for the times)
-            add(
-                f'{{"ph":"X","cat":"{kind}","name":{titles[file]},"pid":{pid},"tid":{tid},"ts":{start},'
-                f'"dur":{end - start if end > start else 0}{_FLOW_IN % flow if flow else ""},"args":{{'
-                f'"id": {job_id}, "file": {strings[file]}, "lang": {langs[lang]}, '
-                f'"submitter": {strings[submitter]}, "server": {strings[server]}, "kind": "{kind}", '
-                f'"outcome": "{outcome}", "rerun_of": {"null" if rerun_of is None else rerun_of}, '
-                f'"requested": {"null" if request_ts is None else times[request_ts]}, '
-                f'"started": {times[start]}, "ended": {times[end]}, '
-                f'"wait_ms": {"null" if request_ts is None else millis[start - request_ts]}, '
-                f'"run_ms": {millis[end - start]}, "real_msec": {real}, "user_msec": {user}, '
-                f'"sys_msec": {sys_}, "in_bytes": {in_bytes}, "out_bytes": {out_bytes}, "exit_code": {exit_code}}}}}'
-            )
-        elif tag == _LOAD:
-            add(f'{{"ph":"C","name":"load","pid":{item[1]},"tid":0,"ts":{item[2]},"args":{{"load":{item[3]}}}}}')
-        elif tag == _WAIT:
-            _, file, pid, tid, start, end, flow, job_id, server = item
-            add(
-                f'{{"ph":"X","cat":"wait","name":{titles[file]},"pid":{pid},"tid":{tid},'
-                f'"ts":{start},"dur":{end - start},"bind_id":{flow},"flow_out":true,"args":{{"id":{job_id},'
-                f'"file":{strings[file]},"server":{"null" if server is None else strings[server]}}}}}'
-            )
-        elif tag == _BUSY:
-            add(f'{{"ph":"C","name":"busy slots","pid":{CLUSTER_PID},"tid":0,"ts":{item[1]},"args":{{"busy":{item[2]}}}}}')
-        else:
-            add(f'{{"ph":"C","name":"jobs waiting","pid":{CLUSTER_PID},"tid":0,"ts":{item[1]},"args":{{"waiting":{item[2]}}}}}')
-    return texts
-
-
-def event_text(item: Item) -> str:
-    """The JSON text of one item of the publisher."""
-    return event_texts([item])[0]
 
 
 # ---- writing the file -----------------------------------------------------------------------
@@ -547,23 +702,40 @@ class _TraceText:
         self.first = True
         out.write('{"displayTimeUnit":"ms","traceEvents":[\n')
 
-    def write(self, items: list[Item]) -> None:
-        if items:
+    def write(self, texts: list[str]) -> None:
+        if texts:
             if not self.first:
                 self.out.write(",\n")
             self.first = False
-            self.out.write(",\n".join(event_texts(items)))
+            self.out.write(",\n".join(texts))
 
     def close(self) -> None:
         self.out.write("\n]}\n")
 
 
+class _Here:
+    """The trace made from the feed's batches in this process, written to ``out``."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._texts: list[str] = []
+        self._builder = TraceBuilder(self._texts.append)
+        self._text = _TraceText(out)
+
+    def write(self, items: list[Item]) -> None:
+        self._builder.take_all(items)
+        self._text.write(self._texts)
+        self._texts.clear()
+
+    def finish(self) -> None:
+        self._text.close()
+
+
 class _Pipeline:
-    """The text of the events made and written by a second process (the formatter), while this
-    one replays and keeps the lanes and counters: turning events into text is nearly half of
+    """The trace made and written by a second process (the formatter: a TraceBuilder), while
+    this one replays with a TraceFeed: the builder's books and text are more than half of
     trace's own time, so on two cores the two halves overlap.
 
-    Batches of items go down a pipe marshalled (items are tuples of numbers and strings, which
+    Batches of the feed's items go down a pipe marshalled (tuples of numbers and strings, which
     marshal writes a little faster than pickle and reads back in two thirds of its time; a file
     name repeated in a batch is written once); an empty message ends the trace, and the
     formatter answers with None or the exception it met. Closing the pipe without that end
@@ -656,10 +828,10 @@ def _formatter(out: TextIO, receive: Any, send: Any, answer: Any) -> None:
     send.close()  # (else the end of the pipe would never be seen)
     loads = marshal.loads
     try:
-        text = _TraceText(out)
+        here = _Here(out)
         while data := receive.recv_bytes():
-            text.write(loads(data))
-        text.close()
+            here.write(loads(data))
+        here.finish()
         out.flush()
     except EOFError:  # the replay stopped: write no more
         os._exit(1)
@@ -718,7 +890,7 @@ def write_trace(
     *,
     progress_stream: TextIO | None = None,
     pipeline: bool | None = None,
-) -> tuple[TracePublisher, ReplayResult]:
+) -> ReplayResult:
     """Replay the capture as fast as possible and write its trace to ``out``: with a formatter
     process (see _Pipeline) if ``pipeline`` (by default: when it pays, see _pipelined); the
     text is the same either way."""
@@ -728,20 +900,18 @@ def write_trace(
         return _write_trace(reader, out, progress_stream, pipeline)
 
 
-def _write_trace(
-    reader: CaptureReader, out: TextIO, progress_stream: TextIO | None, pipeline: bool
-) -> tuple[TracePublisher, ReplayResult]:
-    sink: _TraceText | _Pipeline = _Pipeline(out) if pipeline else _TraceText(out)
+def _write_trace(reader: CaptureReader, out: TextIO, progress_stream: TextIO | None, pipeline: bool) -> ReplayResult:
+    sink: _Here | _Pipeline = _Pipeline(out) if pipeline else _Here(out)
     try:
         items: list[Item] = []
 
         def flush() -> None:
             if items:
-                sink.write(items[:])
+                sink.write(items)
                 items.clear()
 
-        publisher = TracePublisher(items.append)
-        monitor = Monitor(publishers=[publisher])
+        feed = TraceFeed(items.append)
+        monitor = Monitor(publishers=[feed])
         if progress_stream is None:
             result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=flush)
         else:
@@ -752,24 +922,18 @@ def _write_trace(
                     progress.update()
 
                 result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
-        publisher.finish(monitor)
+        feed.finish(monitor)
         _write_gaps(items, getattr(reader, "gaps", ()))
         flush()
-        if isinstance(sink, _Pipeline):
-            sink.finish()
-        else:
-            sink.close()
+        sink.finish()
     finally:
         if isinstance(sink, _Pipeline):
             sink.close()
-    return publisher, result
+    return result
 
 
-def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: TextIO | None = None) -> tuple[TracePublisher, ReplayResult]:
+def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: TextIO | None = None) -> ReplayResult:
     """:func:`write_trace` into ``target``, replaced atomically: a damaged capture or a failure
     leaves no half-written trace (and any previous file as it was)."""
     with replaced(target, errors=_UNPAIRED) as out:
-        done = write_trace(reader, out, progress_stream=progress_stream)
-    return done
-
-
+        return write_trace(reader, out, progress_stream=progress_stream)

@@ -7,6 +7,7 @@ import collections
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import pytest
 from icetools import messages as m
 from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord, Record
 from icetools.jobs import JobsPublisher, json_line
-from icetools.monitor import Monitor
+from icetools.monitor import Event, EventKind, Monitor, Publisher
 from icetools.replay import replay
-from icetools.trace import TracePublisher, _pipelined, event_text, write_trace
+from icetools.trace import TracePublisher, _pipelined, write_trace
 
 from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
@@ -184,7 +185,7 @@ def _stream(frames: list[tuple[float, m.Message]], reconnect_at: float) -> list[
 def traced(frames: list[tuple[float, m.Message]], *, reconnect_at: float) -> list[dict[str, Any]]:
     """The trace events of a scripted stream (checked against the format)."""
     events: list[dict[str, Any]] = []
-    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
     monitor = Monitor(publishers=[publisher])
     replay(monitor, _stream(frames, reconnect_at=reconnect_at))
     publisher.finish(monitor)
@@ -326,12 +327,100 @@ def test_a_job_the_monitor_dropped_and_met_again_at_its_end(monkeypatch: pytest.
     assert (done["ts"], done["dur"], done["args"]["started"]) == (3_000_000, 0, None)
 
 
+def _random_stream(rng: random.Random) -> list[tuple[float, m.Message | None]]:
+    """Messages in any order a scheduler could send them, or not: hosts that are named, renamed,
+    unnamed, go offline and log in again under a new id; jobs requested, begun (again), done,
+    failed or lost with or without a start, local jobs and their re-runs; None: a reset."""
+    hosts = rng.randint(1, 5)
+    names = [f"n{i}" for i in range(hosts)] + [""]
+    t = 0.0
+    stream: list[tuple[float, m.Message | None]] = []
+    for _ in range(rng.randint(5, 150)):
+        t += rng.choice([0.0, 0.0, 0.001, 0.5, 0.123457])  # (the last: times no capture stores)
+        host, job, r = rng.randint(1, hosts + 1), rng.randint(1, 12), rng.random()
+        message: m.Message | None
+        if r < 0.07:
+            message = m.MonStats(host, "State:Offline\n")
+        elif r < 0.15:
+            name, load = rng.choice(names), rng.choice(["0", "500", "x"])
+            message = m.MonStats(host, f"Name:{name}\nIP:10.0.0.{host}\nMaxJobs:4\nLoad:{load}\n" if name else f"Load:{load}\n")
+        elif r < 0.35:
+            message = m.MonGetCS(filename=rng.choice(["a.c", "src/b.cpp", "", "/"]), job_id=job, client_id=host, lang=rng.choice([0, 1, 7]))
+        elif r < 0.55:
+            message = m.MonJobBegin(job_id=job, stime=0, host_id=host)
+        elif r < 0.75:
+            message = m.MonJobDone(job_id=job, exitcode=rng.choice([0, 0, 1, 255]), real_msec=rng.choice([0, 5]), in_uncompressed=rng.choice([0, 10]))
+        elif r < 0.85:
+            message = m.MonLocalJobBegin(host_id=host, job_id=job, stime=0, file=rng.choice(["a.c", "b.c"]))
+        elif r < 0.95:
+            message = m.JobLocalDone(job_id=job)
+        else:
+            message = None
+        stream.append((t, message))
+    return stream
+
+
+_JOB_FIELDS = (
+    "id", "file", "lang", "client_id", "server_id", "state", "local", "started", "ended", "seen_submit",
+    "rerun_of", "exit_code", "real_msec", "user_msec", "sys_msec", "in_uncompressed", "out_uncompressed", "lost",
+)
+
+
+@pytest.mark.parametrize("max_active", [2, 100_000])
+def test_the_builder_knows_what_the_monitor_knows(max_active: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trace is built from the feed's tuples alone, possibly in another process: after every
+    # event the builder must know each host's name and whether it is online, and each job in
+    # flight as the Monitor has it (whatever the stream; with max_active=2 the Monitor drops jobs).
+    from icetools.trace import _job_of
+
+    monkeypatch.setattr("icetools.monitor.MAX_ACTIVE_JOBS", max_active)
+    checked = 0
+
+    class Checker(Publisher):
+        def publish(self, event: Event, monitor: Monitor) -> None:
+            nonlocal checked
+            builder = publisher.builder
+            assert builder._names == {h.id: h.name for h in monitor.hosts.values() if h.name}
+            for job in monitor.jobs.values():
+                told = _job_of(builder._open[job.id].item)
+                assert [getattr(told, f) for f in _JOB_FIELDS] == [getattr(job, f) for f in _JOB_FIELDS]
+                checked += 1
+            job = event.job
+            if job is not None and event.kind is EventKind.JOB_FINISHED:
+                # Its slice is written now, from what the builder was told.
+                written = json.loads(texts[-1])
+                assert written["ph"] == "X" and written["args"]["id"] == job.id and job.id not in builder._open
+                args = written["args"]
+                assert (args["file"], args["kind"], args["started"], args["ended"], args["exit_code"], args["rerun_of"]) == (
+                    job.file, "local" if job.local else "remote", job.started, job.ended, job.exit_code, job.rerun_of,
+                )
+
+    rng = random.Random(11)
+    for _ in range(300):
+        texts: list[str] = []
+        publisher = TracePublisher(texts.append)
+        monitor = Monitor(publishers=[publisher, Checker()])
+        monitor.connected(43, 0.0)
+        for t, message in _random_stream(rng):
+            monitor.now = t
+            if message is None:
+                monitor.reset(t)
+            else:
+                monitor.feed(message, t)
+            # (the Monitor tells of a host going offline after it has ended the host's local jobs)
+            assert publisher.builder._offline == {h.id for h in monitor.hosts.values() if not h.online}
+        monitor.now += 1
+        publisher.finish(monitor)
+        assert all(json.loads(text)["ph"] in REQUIRED for text in texts) and publisher.builder._open == {}
+    assert checked > 2000
+
+
 def traced_with_rows(frames: list[tuple[float, m.Message]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The trace events of a scripted stream, and the jobs rows (as ``jobs --json`` writes
     them) of the same replay."""
     events: list[dict[str, Any]] = []
     rows: list[tuple[Any, ...]] = []
-    publisher = TracePublisher(lambda item: events.append(json.loads(event_text(item))))
+    publisher = TracePublisher(lambda text: events.append(json.loads(text)))
     jobs = JobsPublisher(rows.append)
     monitor = Monitor(publishers=[publisher, jobs])
     replay(monitor, _stream(frames, reconnect_at=99.0))
@@ -544,7 +633,7 @@ def test_a_failing_formatter_is_one_error(grown: Path, tmp_path: Path, monkeypat
     from icetools import trace
     from icetools.errors import IcetoolsError
 
-    def broken(self: Any, items: list[Any]) -> None:
+    def broken(self: Any, texts: list[str]) -> None:
         raise RuntimeError("boom")
 
     def our_children() -> set[int]:
