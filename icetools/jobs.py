@@ -52,7 +52,7 @@ _LOCAL_DONE = JobState.LOCAL_DONE
 class _Pending:
     """A job between its first event and its row."""
 
-    __slots__ = ("seq", "job", "requested", "submitter", "server", "done", "selected", "late")
+    __slots__ = ("seq", "job", "requested", "submitter", "server", "server_id", "done", "selected", "late")
 
     def __init__(self, seq: int, job: Job, requested: float | None, selected: bool) -> None:
         self.seq = seq
@@ -60,6 +60,7 @@ class _Pending:
         self.requested = requested
         self.submitter: str | None = None
         self.server: str | None = None
+        self.server_id: int | None = None  # the host ``server`` names
         self.done = False
         self.selected = selected
         self.late = False  # stepped out of the order (see the module docstring)
@@ -143,8 +144,13 @@ class JobsPublisher(Publisher):
             pending = self._adopt(job, event[1], pending, monitor)  # type: ignore[arg-type]
         if pending.submitter is None and (host := monitor.hosts.get(job.client_id)) is not None:  # type: ignore[union-attr]
             pending.submitter = host.name or None
-        if pending.server is None and job.server_id is not None and (host := monitor.hosts.get(job.server_id)) is not None:  # type: ignore[union-attr]
-            pending.server = host.name or None
+        server_id = job.server_id  # type: ignore[union-attr]
+        if server_id is not None and (pending.server is None or server_id != pending.server_id):
+            # (a job begun again on another host, the scheduler having moved it, is named
+            # after the host it began on last, as its server_id is)
+            host = monitor.hosts.get(server_id)
+            pending.server = None if host is None else host.name or None
+            pending.server_id = server_id
         return pending
 
     def _on_finished(self, event: Event, monitor: Monitor) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from icetools import messages as m
 from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord, Record
-from icetools.jobs import COLUMNS, JobsPublisher, RowWriter
+from icetools.jobs import COLUMNS, JobsPublisher, RowWriter, json_line
 from icetools.monitor import Monitor
 from icetools.replay import replay
 
@@ -274,6 +274,29 @@ def test_rows_come_in_order_of_request_though_jobs_end_in_any_order() -> None:
     assert written == [1, 2]
     publisher.finish(monitor)
     assert written == [1, 2, 3]
+
+
+def test_a_job_begun_again_elsewhere_names_its_last_host() -> None:
+    # The scheduler moved it: its row (and its trace slice) name the host it compiled on last.
+    from icetools.trace import TracePublisher
+
+    frames: list[tuple[float, m.Message]] = [
+        (0.0, m.MonStats(1, NODE.format(1, 1))),
+        (0.0, m.MonStats(2, NODE.format(2, 2))),
+        (0.0, m.MonStats(3, NODE.format(3, 3))),
+        (1.0, m.MonGetCS(filename="a.c", job_id=1, client_id=1)),
+        (1.1, m.MonJobBegin(job_id=1, stime=0, host_id=2)),
+        (1.5, m.MonJobBegin(job_id=1, stime=0, host_id=3)),
+        (2.0, m.MonJobDone(job_id=1, exitcode=0, real_msec=5)),
+    ]
+    rows, _ = _run(_stream(frames))
+    assert (_col(rows, "server"), _col(rows, "started")) == (["node3"], [1.5])
+    texts: list[str] = []
+    trace = TracePublisher(texts.append)
+    monitor = Monitor(publishers=[trace])
+    replay(monitor, _stream(frames))
+    (args,) = [e["args"] for e in map(json.loads, texts) if e["ph"] == "X" and e["cat"] == "remote"]
+    assert args == json.loads(json_line(rows[0]))
 
 
 def test_a_job_that_never_ends_does_not_hold_back_the_rest() -> None:
