@@ -76,7 +76,22 @@ def _text_output() -> None:
         reconfigure(errors="backslashreplace")
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class _ReaderGone(Exception):
+    """The reader of standard output went away (``icetools jobs x | head``)."""
+
+
+class _Commands(click.Group):
+    """icetools' commands: a reader of the output going away ends a command quietly, as
+    main() says, rather than with click's own exit status 1 for it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as e:
+            raise _ReaderGone() from e
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "-V", "--version", prog_name="icetools")
 def cli() -> None:
     """Record, decode, replay and watch icecream (icecc) build clusters.
@@ -1160,7 +1175,7 @@ def jobs(files: tuple[Path, ...], as_json: bool, as_csv: bool, since: Any, until
     with _open_capture(files, salvage) as reader:
         since_s, until_s = _moment(since, reader, "--since"), _moment(until, reader, "--until")
         _time_window(since_s, until_s)
-        _, result = write_jobs(reader, sys.stdout, form, since=since_s, until=until_s, progress_stream=sys.stderr)
+        result = write_jobs(reader, sys.stdout, form, since=since_s, until=until_s, progress_stream=sys.stderr)
         _finish_reading(reader, result.undecodable)
 
 
@@ -1254,7 +1269,7 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    except BrokenPipeError:
+    except (BrokenPipeError, _ReaderGone):
         # `icetools dump x | head`: the reader went away; that is not an error. Point stdout at
         # /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

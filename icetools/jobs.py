@@ -1,8 +1,10 @@
 """``icetools jobs``: one row per job of a recording, remote and local, in order of request.
 
-The rows come from the Monitor's change events (a :class:`JobsPublisher` on a Monitor that
-replays the capture), not from a model of their own: the Monitor decides what a job is, when it
-ends, whether it was lost with its host and which failed compile a local job re-runs.
+The rows come from the Monitor's change events, not from a model of their own: the Monitor
+decides what a job is, when it ends, whether it was lost with its host and which failed compile
+a local job re-runs. A :class:`~icetools.feed.Feed` on the replaying Monitor hands the events on
+as tuples and a :class:`JobsBuilder` makes the rows of them: for a big capture on two cores in
+a second process, as ``trace`` does (see icetools.feed), so that this one only replays.
 
 It streams: a row is written when its job ends, so memory holds only the jobs in flight and a
 reorder buffer. Rows come out in order of request although jobs end in any order: a finished
@@ -26,9 +28,10 @@ from typing import Any, TextIO
 
 from . import messages as m
 from .capture import CaptureReader
+from .feed import Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, write_fed
 from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
 from .render import printable
-from .replay import ReplayResult, replay_file
+from .replay import ReplayResult
 
 #: The columns of a row, in order (the CSV header and the JSON keys).
 COLUMNS = (
@@ -42,8 +45,6 @@ REORDER_LIMIT = 10_000
 
 Row = tuple[Any, ...]
 
-_JOB_FINISHED = EventKind.JOB_FINISHED
-_RESET = EventKind.RESET
 _DONE = JobState.DONE
 _FAILED = JobState.FAILED
 _LOCAL_DONE = JobState.LOCAL_DONE
@@ -52,11 +53,11 @@ _LOCAL_DONE = JobState.LOCAL_DONE
 class _Pending:
     """A job between its first event and its row."""
 
-    __slots__ = ("seq", "job", "requested", "submitter", "server", "server_id", "done", "selected", "late")
+    __slots__ = ("seq", "item", "requested", "submitter", "server", "server_id", "done", "selected", "late")
 
-    def __init__(self, seq: int, job: Job, requested: float | None, selected: bool) -> None:
+    def __init__(self, seq: int, item: tuple[Any, ...], requested: float | None, selected: bool) -> None:
         self.seq = seq
-        self.job = job
+        self.item = item  # the job's last tuple from the feed (in full): its fields as they stand
         self.requested = requested
         self.submitter: str | None = None
         self.server: str | None = None
@@ -78,17 +79,15 @@ def _ms(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round((b - a) * 1000, 3)
 
 
-class JobsPublisher(Publisher):
-    """Turns the Monitor's job events into rows, in order of request (see the module docstring),
-    handing each to ``emit``. Call :meth:`finish` after the last record: it writes the rows of
-    the jobs still running as ``unfinished``.
+class JobsBuilder:
+    """Turns a :class:`~icetools.feed.Feed`'s tuples into rows, in order of request (see the
+    module docstring), handing each to ``emit``; the jobs' hosts are named as the Monitor knew
+    them while the job ran (the feed tells every change of a name).
 
     ``since``/``until`` select jobs by request time (seconds since the recording started, both
     ends included): the time of their MON_GET_CS (MON_LOCAL_JOB_BEGIN for a local job), or for
     a job whose request the recording did not see, the time of its first event.
     """
-
-    kinds = frozenset({EventKind.JOB_SUBMITTED, EventKind.JOB_STARTED, EventKind.JOB_FINISHED, EventKind.RESET})
 
     def __init__(
         self,
@@ -102,6 +101,8 @@ class JobsPublisher(Publisher):
         self.since = since
         self.until = until
         self.reorder_limit = reorder_limit
+        self.hosts = HostNames()
+        self._names = self.hosts.names
         self._seq = 0
         #: Jobs in flight by id (the Monitor's ids; they start over after a reset).
         self._open: dict[int, _Pending] = {}
@@ -109,80 +110,94 @@ class JobsPublisher(Publisher):
         self._queue: deque[_Pending] = deque()
         self.rows = 0
         self.late_rows = 0
+        self._takers: tuple[Callable[[tuple[Any, ...]], None], ...] = (
+            self._on_submitted, self._on_started, self._on_finished, self._on_host_added,
+            self._on_host_changed, self._on_offline, self._on_reset, self._on_end, self._on_begun,
+            self._on_ended,
+        )
 
-    # -- events ---------------------------------------------------------------------------
+    def take(self, item: tuple[Any, ...]) -> None:
+        """One item of the feed."""
+        self._takers[item[0]](item)
 
-    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
-        # A method per kind: they run for nearly every frame of a busy recording.
-        if kind is _JOB_FINISHED:
-            return self._on_finished
-        if kind is _RESET:
-            return self._on_reset
-        return self._on_job if kind in self.kinds else None
+    def take_all(self, items: list[tuple[Any, ...]]) -> None:
+        """The feed's items, in order."""
+        takers = self._takers
+        for item in items:
+            takers[item[0]](item)
 
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        receiver = self.receiver(event.kind)
-        if receiver is not None:
-            receiver(event, monitor)
+    # -- jobs -------------------------------------------------------------------------------
 
-    def _on_reset(self, event: Event, monitor: Monitor) -> None:
-        # The Monitor forgot its jobs: those in flight never end.
-        for pending in self._open.values():
-            self._end(pending, monitor)
-        self._open.clear()
-        self._flush(monitor)
+    def _on_submitted(self, item: tuple[Any, ...]) -> None:
+        job_id = item[2]
+        old = self._open.get(job_id)
+        if old is not None:
+            # The id was reused without the old job ending: that one is over, unseen.
+            self._end(old)
+        pending = self._start(item, item[1], item[1])
+        client_id = item[5]
+        if client_id is not None:
+            pending.submitter = self._names.get(client_id)
 
-    def _on_job(self, event: Event, monitor: Monitor) -> _Pending:
-        """A job's request or start (and, through _on_finished, its end): its pending row,
-        with the host names as the Monitor knows them while it runs (a reset makes it forget
-        them)."""
-        job = event[3]
-        pending = self._open.get(job.id)  # type: ignore[union-attr]
+    def _on_started(self, item: tuple[Any, ...]) -> None:
+        _, t, job_id, _, _, client_id, server_id, is_local_start, _, submitted, seen_submit, _ = item
+        pending = self._open.get(job_id)
+        if pending is not None and is_local_start and seen_submit:
+            # A new local job under the id of one in flight: that one is over, unseen. (A
+            # compile's start is of the job in flight, or of one the Monitor dropped and met
+            # again: the same job either way.)
+            self._end(pending)
+            pending = None
         if pending is None:
-            pending = self._start(job, event[1])  # type: ignore[arg-type]
-        elif pending.job is not job:
-            pending = self._adopt(job, event[1], pending, monitor)  # type: ignore[arg-type]
-        if pending.submitter is None and (host := monitor.hosts.get(job.client_id)) is not None:  # type: ignore[union-attr]
-            pending.submitter = host.name or None
-        server_id = job.server_id  # type: ignore[union-attr]
+            # A local job, or a remote one whose request the recording did not see.
+            requested = submitted if seen_submit else None
+            pending = self._start(item, requested, t if requested is None else requested)
+        else:
+            pending.item = item
+        self._name(pending, client_id, server_id)
+
+    def _on_begun(self, item: tuple[Any, ...]) -> None:
+        pending = self._open.get(item[2])
+        self._on_started(begun_in_full(item, None if pending is None else pending.item))
+
+    def _on_finished(self, item: tuple[Any, ...]) -> None:
+        job_id = item[2]
+        pending = self._open.pop(job_id, None)
+        if pending is None:
+            # Met only at its end (a job the Monitor met again there has its request unseen).
+            pending = self._start(item, None, item[1])
+            del self._open[job_id]
+        else:
+            pending.item = item
+        self._name(pending, item[5], item[6])
+        pending.done = True
+        if pending.late:
+            self._write(pending, self._names)
+        queue = self._queue
+        if queue and queue[0].done:
+            self._flush(self._names)
+
+    def _on_ended(self, item: tuple[Any, ...]) -> None:
+        pending = self._open.get(item[2])
+        self._on_finished(ended_in_full(item, None if pending is None else pending.item))
+
+    def _name(self, pending: _Pending, client_id: int | None, server_id: int | None) -> None:
+        """The job's hosts as the Monitor names them now, where not named yet."""
+        names = self._names
+        if pending.submitter is None and client_id is not None:
+            pending.submitter = names.get(client_id)
         if server_id is not None and (pending.server is None or server_id != pending.server_id):
             # (a job begun again on another host, the scheduler having moved it, is named
             # after the host it began on last, as its server_id is)
-            host = monitor.hosts.get(server_id)
-            pending.server = None if host is None else host.name or None
+            pending.server = names.get(server_id)
             pending.server_id = server_id
-        return pending
 
-    def _on_finished(self, event: Event, monitor: Monitor) -> None:
-        pending = self._on_job(event, monitor)
-        del self._open[pending.job.id]
-        pending.done = True
-        if pending.late:
-            self._write(pending, monitor)
-        queue = self._queue
-        if queue and queue[0].done:
-            self._flush(monitor)
-
-    def _adopt(self, job: Job, t: float, pending: _Pending | None, monitor: Monitor) -> _Pending:
-        """The pending row for a job the publisher meets for the first time under its id."""
-        if pending is not None:
-            if not job.seen_submit:
-                # The Monitor dropped the job (too many in flight) and met it again: same job.
-                pending.job = job
-                return pending
-            # The id was reused without the old job ending: that one is over, unseen.
-            self._end(pending, monitor)
-        return self._start(job, t)
-
-    def _start(self, job: Job, t: float) -> _Pending:
-        # A remote job's request is its MON_GET_CS, a local job's its MON_LOCAL_JOB_BEGIN (both
-        # set job.submitted); a job already running when the recording began has none.
-        requested = job.submitted if job.seen_submit else None
-        at = requested if requested is not None else t
+    def _start(self, item: tuple[Any, ...], requested: float | None, at: float) -> _Pending:
+        # A remote job's request is its MON_GET_CS, a local job's its MON_LOCAL_JOB_BEGIN; a
+        # job already running when the recording began has none.
         selected = (self.since is None or at >= self.since) and (self.until is None or at <= self.until)
         self._seq += 1
-        pending = _Pending(self._seq, job, requested, selected)
-        self._open[job.id] = pending
+        pending = self._open[item[2]] = _Pending(self._seq, item, requested, selected)
         if selected:
             queue = self._queue
             queue.append(pending)
@@ -195,49 +210,110 @@ class JobsPublisher(Publisher):
                     self.late_rows += 1
         return pending
 
-    def _end(self, pending: _Pending, monitor: Monitor) -> None:
+    def _end(self, pending: _Pending) -> None:
         """The job's row is complete: a late one is written at once, others when their turn
         comes in the queue."""
         pending.done = True
         if pending.late:
-            self._write(pending, monitor)
+            self._write(pending, self._names)
 
-    def _flush(self, monitor: Monitor | None) -> None:
+    def _flush(self, names: dict[int, str] | None) -> None:
         queue = self._queue
         emit = self._emit_row
         while queue and queue[0].done:
             pending = queue.popleft()
             if pending.selected:  # (always, in the queue: inlined _write)
                 self.rows += 1
-                emit(self.row(pending, monitor))
+                emit(self.row(pending, names))
 
-    def finish(self, monitor: Monitor) -> None:
-        """The end of the recording: every row not written yet, in order of request."""
+    # -- hosts ------------------------------------------------------------------------------
+
+    def _on_host_added(self, item: tuple[Any, ...]) -> None:
+        self.hosts.added(item[2], item[3])
+
+    def _on_host_changed(self, item: tuple[Any, ...]) -> None:
+        self.hosts.changed(item[2], item[3])
+
+    def _on_offline(self, item: tuple[Any, ...]) -> None:
+        self.hosts.went_offline(item[2])
+
+    def _on_reset(self, item: tuple[Any, ...]) -> None:
+        # The Monitor forgot its hosts and jobs: those in flight never end.
+        self.hosts.reset()
+        for pending in self._open.values():
+            self._end(pending)
+        self._open.clear()
+        self._flush(self._names)
+
+    def _on_end(self, item: tuple[Any, ...]) -> None:
+        """The end of the recording: every row not written yet, in order of request (the jobs
+        still running as ``unfinished``)."""
         rest = [p for p in self._open.values() if p.late and p.selected]
         rest += self._queue
         self._queue.clear()
         self._open.clear()
         for pending in sorted(rest, key=lambda p: p.seq):
-            self._write(pending, monitor)
+            self._write(pending, self._names)
 
-    # -- rows -----------------------------------------------------------------------------
+    # -- rows -------------------------------------------------------------------------------
 
-    def _write(self, pending: _Pending, monitor: Monitor | None) -> None:
+    def _write(self, pending: _Pending, names: dict[int, str] | None) -> None:
         if not pending.selected:
             return
         self.rows += 1
-        self._emit_row(self.row(pending, monitor))
+        self._emit_row(self.row(pending, names))
 
     @staticmethod
-    def row(pending: _Pending, monitor: Monitor | None) -> Row:
-        job = pending.job
+    def row(pending: _Pending, names: dict[int, str] | None) -> Row:
+        """The pending job's row; hosts it has no name for named as ``names`` has them now
+        (if given)."""
+        job = job_of(pending.item)
         submitter, server = pending.submitter, pending.server
-        if monitor is not None:
-            if submitter is None:
-                submitter = host_name(monitor, job.client_id)
-            if server is None:
-                server = host_name(monitor, job.server_id)
+        if names is not None:
+            if submitter is None and job.client_id is not None:
+                submitter = names.get(job.client_id)
+            if server is None and job.server_id is not None:
+                server = names.get(job.server_id)
         return job_row(job, pending.requested, submitter, server)
+
+
+class JobsPublisher(Publisher):
+    """The rows of a replay in one publisher: a :class:`~icetools.feed.Feed` handing each
+    event straight to a :class:`JobsBuilder` (see there). Call :meth:`finish` after the last
+    record: it writes the rows of the jobs still running as ``unfinished``."""
+
+    kinds = frozenset(EventKind)
+
+    def __init__(
+        self,
+        emit: Callable[[Row], None],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        reorder_limit: int = REORDER_LIMIT,
+    ) -> None:
+        self.builder = JobsBuilder(emit, since=since, until=until, reorder_limit=reorder_limit)
+        self._feed = Feed(self.builder.take)  # type: ignore[arg-type]
+
+    @property
+    def rows(self) -> int:
+        """Rows written."""
+        return self.builder.rows
+
+    @property
+    def late_rows(self) -> int:
+        """Rows that stepped out of the order of request (see the module docstring)."""
+        return self.builder.late_rows
+
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        return self._feed.receiver(kind)
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        self._feed.publish(event, monitor)
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: every row not written yet, in order of request."""
+        self._feed.finish(monitor)
 
 
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
@@ -409,6 +485,20 @@ def _text_line(row: Row) -> str:
     )
 
 
+class _JobsSink:
+    """The rows made from a feed's batches (a JobsBuilder), written to ``out`` by a RowWriter."""
+
+    def __init__(self, out: TextIO, form: str, since: float | None, until: float | None) -> None:
+        self._writer = RowWriter(out, form)
+        self._builder = JobsBuilder(self._writer.write, since=since, until=until)
+
+    def write(self, items: list[Item]) -> None:
+        self._builder.take_all(items)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        self._writer.flush()
+
+
 def write_jobs(
     reader: CaptureReader,
     out: TextIO,
@@ -417,15 +507,15 @@ def write_jobs(
     since: float | None = None,
     until: float | None = None,
     progress_stream: TextIO | None = None,
-) -> tuple[JobsPublisher, ReplayResult]:
+    pipeline: bool | None = None,
+) -> ReplayResult:
     """Replay the capture as fast as possible and write its job rows to ``out`` (``form``:
-    ``csv``, ``json`` or ``text``). Rows written before a damaged record stay written."""
-    writer = RowWriter(out, form)
-    publisher = JobsPublisher(writer.write, since=since, until=until)
-    monitor = Monitor(publishers=[publisher])
-    try:
-        result = replay_file(monitor, reader, progress_stream=progress_stream)
-        publisher.finish(monitor)
-    finally:
-        writer.flush()
-    return publisher, result
+    ``csv``, ``json`` or ``text``): with a formatter process if ``pipeline`` (by default: when
+    it pays, see icetools.feed.pipelined); the text is the same either way. Rows written before
+    a damaged record stay written."""
+    if form not in ("csv", "json", "text"):
+        raise ValueError(f"unknown form {form!r}")
+    return write_fed(
+        reader, out, lambda out: _JobsSink(out, form, since, until), "jobs",
+        progress_stream=progress_stream, pipeline=pipeline, keep_on_error=True,
+    )

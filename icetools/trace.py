@@ -10,30 +10,25 @@ host's load. The mapping is documented in docs/analysis.md.
 Like ``jobs`` it reads the Monitor's change events and streams: each event is written when it
 is complete (a job's slice when the job ends), so memory holds only the jobs in flight and the
 lanes of each host. Events are therefore not in time order; the format does not ask for it.
-A TraceFeed hands the events on as tuples, and a TraceBuilder keeps the lanes, flows and
-counters and writes the text: on two cores, for a big capture, in a second process (see
-_Pipeline), so that this one only replays; the output is the same either way.
+A Feed (icetools.feed) hands the events on as tuples, and a TraceBuilder keeps the lanes,
+flows and counters and writes the text: on two cores, for a big capture, in a second process
+(see icetools.feed), so that this one only replays; the output is the same either way.
 """
 
 from __future__ import annotations
 
 import heapq
-import io
 import json
-import marshal
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .errors import IcetoolsError
+from .feed import Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, started_of, write_fed
 from .jobs import _LANGS, job_row, json_line
-from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
-from .output import replaced, terminated_as_exit
-from .progress import Progress
-from .replay import ReplayResult, replay_fast
+from .monitor import Event, EventKind, JobState, Monitor, Publisher
+from .output import replaced
+from .replay import ReplayResult
 
 #: The process that holds the cluster-wide counters.
 CLUSTER_PID = 1
@@ -49,50 +44,9 @@ _UNPAIRED = "backslashreplace"
 _str = json.encoder.encode_basestring  # type: ignore[attr-defined]
 _heappush = heapq.heappush
 _heappop = heapq.heappop
-_JOB_SUBMITTED = EventKind.JOB_SUBMITTED
-_JOB_STARTED = EventKind.JOB_STARTED
-_JOB_FINISHED = EventKind.JOB_FINISHED
 #: The head of a flow arrow, on the job's slice (its tail is on the wait slice).
 _FLOW_IN = ',"bind_id":%d,"flow_in":true'
 
-# The trace is made in two parts, which a big capture runs in two processes (see _Pipeline):
-# TraceFeed, a publisher of the replaying Monitor, turns each event the trace needs into a tuple of
-# primitives (what marshal writes), tagged by its first item; TraceBuilder keeps the lanes, flows
-# and counters and turns the tuples into the events' JSON texts. Keeping the books where the text
-# is made leaves the replaying process little more to do than the replay itself.
-#
-# A job's tuple carries the job's fields as they stand after the event (the Monitor changes a job
-# only where it tells its publishers), so the builder knows what the job is without the Monitor:
-#: (_SUBMITTED, t, id, file, lang, client_id): a new job, requested at t (MON_GET_CS).
-_SUBMITTED = 0
-#: (_STARTED, t, id, file, lang, client_id, server_id, is_local_start, local, submitted,
-#: seen_submit, rerun_of): begun at t on server_id; is_local_start: a new local job
-#: (MON_LOCAL_JOB_BEGIN), else a compile (MON_JOB_BEGIN).
-_STARTED = 1
-#: (_FINISHED, t, id, file, lang, client_id, server_id, state (its value), local, started,
-#: seen_submit, rerun_of, exit_code, real_msec, user_msec, sys_msec, in_bytes, out_bytes, lost):
-#: ended at t.
-_FINISHED = 2
-#: (_HOST_ADDED or _HOST_CHANGED, t, host id, name, load): a host's report.
-_HOST_ADDED = 3
-_HOST_CHANGED = 4
-#: (_HOST_OFFLINE, t, host id).
-_HOST_OFFLINE = 5
-#: (_RESET, t): the Monitor forgot its hosts and jobs.
-_RESET = 6
-#: (_END, t): the end of the recording.
-_END = 7
-# The most frequent two in short, for the jobs the builder already knows (the feed leaves out
-# what the job's last tuple told, which is most of it; the builder fills it in):
-#: (_BEGUN, t, id, server_id): a compile's start, of the job last told under this id (one that
-#: was requested or started locally since the Monitor's start or its last reset).
-_BEGUN = 8
-#: (_ENDED, t, id, state (its value), exit_code, real_msec, user_msec, sys_msec, in_bytes,
-#: out_bytes, lost): the end of a job that had started.
-_ENDED = 9
-#: What the feed hands on: one of the tuples above, or an event's finished JSON text.
-Item = str | tuple[Any, ...]
-_LOCAL_START = JobState.LOCAL
 _DONE_VALUE = JobState.DONE.value
 _FAILED_VALUE = JobState.FAILED.value
 
@@ -177,82 +131,6 @@ class _Lanes:
         _heappush(self.free, lane)
 
 
-class TraceFeed(Publisher):
-    """The Monitor's events that the trace needs, handed to ``add`` as the tuples above: this
-    side of the trace does nothing else, so that the replay runs nearly as fast as without it.
-    Call :meth:`finish` after the last record."""
-
-    kinds = frozenset(EventKind)
-
-    def __init__(self, add: Callable[[Item], None]) -> None:
-        self._add = add
-
-    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
-        # A function per kind, ``add`` bound in it: they run for nearly every frame of a recording.
-        add = self._add
-
-        def submitted(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            _, t, _, job = event
-            add((_SUBMITTED, t, job.id, job.file, job.lang, job.client_id))  # type: ignore[union-attr]
-
-        def started(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            _, t, _, job = event
-            if job.state is not _LOCAL_START and job.seen_submit:  # type: ignore[union-attr]
-                add((_BEGUN, t, job.id, job.server_id))  # type: ignore[union-attr]
-                return
-            add((  # type: ignore[union-attr]
-                _STARTED, t, job.id, job.file, job.lang, job.client_id, job.server_id,  # type: ignore[union-attr]
-                job.state is _LOCAL_START, job.local, job.submitted, job.seen_submit, job.rerun_of,  # type: ignore[union-attr]
-            ))
-
-        def finished(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            _, t, _, job = event
-            if job.started is not None:  # type: ignore[union-attr]
-                add((  # type: ignore[union-attr]
-                    _ENDED, t, job.id, job.state._value_, job.exit_code, job.real_msec,  # type: ignore[union-attr]
-                    job.user_msec, job.sys_msec, job.in_uncompressed, job.out_uncompressed, job.lost,  # type: ignore[union-attr]
-                ))
-                return
-            add((  # type: ignore[union-attr]
-                _FINISHED, t, job.id, job.file, job.lang, job.client_id, job.server_id,  # type: ignore[union-attr]
-                job.state._value_, job.local, job.started, job.seen_submit, job.rerun_of,  # type: ignore[union-attr]
-                job.exit_code, job.real_msec, job.user_msec, job.sys_msec,  # type: ignore[union-attr]
-                job.in_uncompressed, job.out_uncompressed, job.lost,  # type: ignore[union-attr]
-            ))
-
-        def host_added(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            _, t, host, _ = event
-            # (host.load would apply the host's pending reports in full: see Host.report)
-            add((_HOST_ADDED, t, host.id, host.name, host.reported_load()))  # type: ignore[union-attr]
-
-        def host_changed(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            _, t, host, _ = event
-            add((_HOST_CHANGED, t, host.id, host.name, host.reported_load()))  # type: ignore[union-attr]
-
-        def offline(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            add((_HOST_OFFLINE, event.t, event.host.id))  # type: ignore[union-attr]
-
-        def reset(event: Event, monitor: Monitor, add: Callable[[Item], None] = add) -> None:
-            add((_RESET, event.t))
-
-        return {
-            _JOB_SUBMITTED: submitted,
-            _JOB_STARTED: started,
-            _JOB_FINISHED: finished,
-            EventKind.HOST_ADDED: host_added,
-            EventKind.HOST_CHANGED: host_changed,
-            EventKind.HOST_OFFLINE: offline,
-            EventKind.RESET: reset,
-        }[kind]
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        self.receiver(event.kind)(event, monitor)  # type: ignore[misc]
-
-    def finish(self, monitor: Monitor) -> None:
-        """The end of the recording (the jobs still in flight end there, as unfinished)."""
-        self._add((_END, monitor.now))
-
-
 class _InFlight:
     """A job the trace has not written yet. Not slotted, on purpose (as Job): an instance sets
     only its item and request time, the rest stays on the class until set, so making one per
@@ -280,28 +158,6 @@ class _InFlight:
         self.request_ts = request_ts
 
 
-def _job_of(item: tuple[Any, ...]) -> Job:
-    """The job a feed's tuple describes, as the Monitor had it (for its jobs row)."""
-    tag = item[0]
-    job = Job(item[2], item[3], item[4], item[5], item[1] if tag == _SUBMITTED else None)
-    if tag == _STARTED:
-        (_, t, _, _, _, _, job.server_id, is_local_start, job.local, job.submitted, job.seen_submit,
-         job.rerun_of) = item
-        job.state = _LOCAL_START if is_local_start else JobState.COMPILING
-        job.started = t
-    elif tag == _FINISHED:
-        (_, job.ended, _, _, _, _, job.server_id, state, job.local, job.started, job.seen_submit,
-         job.rerun_of, job.exit_code, job.real_msec, job.user_msec, job.sys_msec,
-         job.in_uncompressed, job.out_uncompressed, job.lost) = item
-        job.state = JobState(state)
-    return job
-
-
-def _started_of(item: tuple[Any, ...]) -> float | None:
-    tag = item[0]
-    return item[1] if tag == _STARTED else item[9] if tag == _FINISHED else None
-
-
 class TraceBuilder:
     """Turns the feed's tuples into trace events, handing each event's JSON text to ``write``:
     processes and lanes, slices, flows and counters. It knows the hosts' names as the Monitor
@@ -310,8 +166,8 @@ class TraceBuilder:
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self._write = write
-        self._names: dict[int, str] = {}  # host id -> its name, while the Monitor knows one
-        self._offline: set[int] = set()  # host ids the Monitor knows as offline
+        self.hosts = HostNames()
+        self._names = self.hosts.names  # host id -> its name, while the Monitor knows one
         self._pids: dict[str, int] = {}  # host name (or #id) -> pid
         self._pid_of_id: dict[int, int] = {}  # the Monitor's host id -> pid (until a reset)
         self._slots: dict[int, _Lanes] = {}
@@ -495,27 +351,14 @@ class TraceBuilder:
         self._busy += 1
 
     def _on_begun(self, item: tuple[Any, ...]) -> None:
-        """A compile's start as _BEGUN tells it: the job's other fields from its last tuple."""
-        _, t, job_id, server_id = item
-        flight = self._open.get(job_id)
-        last = (_SUBMITTED, t, job_id, "", None, None) if flight is None else flight.item  # (the former: not from a feed)
-        if last[0] == _SUBMITTED:
-            self._on_started((_STARTED, t, job_id, last[3], last[4], last[5], server_id, False, False, last[1], True, None))
-        else:
-            self._on_started((_STARTED, t, job_id, last[3], last[4], last[5], server_id, False, *last[8:12]))
+        """A compile's start as BEGUN tells it: the job's other fields from its last tuple."""
+        flight = self._open.get(item[2])
+        self._on_started(begun_in_full(item, None if flight is None else flight.item))
 
     def _on_ended(self, item: tuple[Any, ...]) -> None:
-        """A job's end as _ENDED tells it: its other fields from its last tuple."""
-        _, t, job_id, *end = item
-        flight = self._open.get(job_id)
-        last = None if flight is None else flight.item
-        if last is not None and last[0] == _STARTED:
-            # file, lang, client_id, server_id; local, started, seen_submit, rerun_of
-            self._on_finished((_FINISHED, t, job_id, *last[3:7], end[0], last[8], last[1], *last[10:12], *end[1:]))
-        elif last is not None:  # (not from a feed: the job had started)
-            self._on_finished((_FINISHED, t, job_id, *last[3:6], None, end[0], False, None, True, None, *end[1:]))
-        else:
-            self._on_finished((_FINISHED, t, job_id, "", None, None, None, end[0], False, None, False, None, *end[1:]))
+        """A job's end as ENDED tells it: its other fields from its last tuple."""
+        flight = self._open.get(item[2])
+        self._on_finished(ended_in_full(item, None if flight is None else flight.item))
 
     def _on_finished(self, item: tuple[Any, ...]) -> None:
         (_, t, job_id, file, lang, _, _, state, local, started, seen_submit, rerun_of, exit_code,
@@ -565,7 +408,7 @@ class TraceBuilder:
     def _end(self, flight: _InFlight, end: int) -> None:
         """Write the job's slice, ending at ``end``, and free its lanes (the few jobs that
         _on_finished does not write itself: its args are its jobs row as json_line writes it)."""
-        job = _job_of(flight.item)
+        job = job_of(flight.item)
         names = self._names
         args = json_line(job_row(
             job, flight.requested,
@@ -605,26 +448,16 @@ class TraceBuilder:
     def _on_host_added(self, item: tuple[Any, ...]) -> None:
         _, t, host_id, name, load = item
         ts = self._instant(t)
-        names, offline = self._names, self._offline
-        if name and offline:
-            # A daemon that logged in again gets a new id: the Monitor forgets its old, offline
-            # one (as Monitor._on_stats does).
-            for old in [i for i in offline if names.get(i) == name]:
-                del names[old]
-                offline.discard(old)
-        self._host(ts, host_id, name, load)
+        self.hosts.added(host_id, name)
+        self._load(ts, host_id, load)
 
     def _on_host_changed(self, item: tuple[Any, ...]) -> None:
         _, t, host_id, name, load = item
-        self._host(self._ts if t == self._t else self._new_instant(t), host_id, name, load)  # (a report comes every few frames)
+        ts = self._ts if t == self._t else self._new_instant(t)  # (a report comes every few frames)
+        self.hosts.changed(host_id, name)
+        self._load(ts, host_id, load)
 
-    def _host(self, ts: int, host_id: int, name: str, load: int) -> None:
-        if name:
-            self._names[host_id] = name
-        elif host_id in self._names:
-            del self._names[host_id]
-        if self._offline:
-            self._offline.discard(host_id)  # (a report: it is online)
+    def _load(self, ts: int, host_id: int, load: int) -> None:
         pid = self._pid_of_id.get(host_id) or self._pid(host_id)
         if self._loads.get(pid) != load:
             self._loads[pid] = load
@@ -633,15 +466,14 @@ class TraceBuilder:
     def _on_offline(self, item: tuple[Any, ...]) -> None:
         _, t, host_id = item
         ts = self._instant(t)
-        self._offline.add(host_id)
+        self.hosts.went_offline(host_id)
         pid = self._pid(host_id)
         self._write(f'{{"ph":"i","name":"offline","s":"p","pid":{pid},"tid":0,"ts":{ts}}}')
 
     def _on_reset(self, item: tuple[Any, ...]) -> None:
         ts = self._instant(item[1])
         # The Monitor forgot hosts and jobs: what was in flight ends here, unseen.
-        self._names.clear()
-        self._offline.clear()
+        self.hosts.reset()
         for flight in list(self._open.values()):
             self._end(flight, ts)
         self._open.clear()
@@ -653,13 +485,13 @@ class TraceBuilder:
         self._at(ts)
         self._t = None
         for flight in list(self._open.values()):
-            self._end(flight, max(ts, _us(_started_of(flight.item) or flight.requested or 0.0)))
+            self._end(flight, max(ts, _us(started_of(flight.item) or flight.requested or 0.0)))
         self._open.clear()
         self._flush_counters()
 
 
 class TracePublisher(Publisher):
-    """The whole trace in one publisher: :class:`TraceFeed` handing each event straight to a
+    """The whole trace in one publisher: a :class:`~icetools.feed.Feed` handing each event straight to a
     :class:`TraceBuilder`, which writes each trace event's JSON text through ``write`` as soon
     as it is complete. Call :meth:`finish` after the last record."""
 
@@ -667,7 +499,7 @@ class TracePublisher(Publisher):
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.builder = TraceBuilder(write)
-        self._feed = TraceFeed(self.builder.take)
+        self._feed = Feed(self.builder.take)
 
     @property
     def jobs(self) -> int:
@@ -713,8 +545,8 @@ class _TraceText:
         self.out.write("\n]}\n")
 
 
-class _Here:
-    """The trace made from the feed's batches in this process, written to ``out``."""
+class _TraceSink:
+    """The trace made from the feed's batches (a TraceBuilder), written to ``out``."""
 
     def __init__(self, out: TextIO) -> None:
         self._texts: list[str] = []
@@ -728,143 +560,6 @@ class _Here:
 
     def finish(self) -> None:
         self._text.close()
-
-
-class _Pipeline:
-    """The trace made and written by a second process (the formatter: a TraceBuilder), while
-    this one replays with a TraceFeed: the builder's books and text are more than half of
-    trace's own time, so on two cores the two halves overlap.
-
-    Batches of the feed's items go down a pipe marshalled (tuples of numbers and strings, which
-    marshal writes a little faster than pickle and reads back in two thirds of its time; a file
-    name repeated in a batch is written once); an empty message ends the trace, and the
-    formatter answers with None or the exception it met. Closing the pipe without that end
-    (an error or an interrupt here) makes it stop without writing the rest, and it is killed in
-    any case before this process goes on, so no formatter outlives the command and the atomic
-    writer (output.py) can remove its temporary file.
-
-    The formatter is forked: it needs nothing but this module's functions and ``out``'s file
-    descriptor, which a fork gives it at no cost, where forkserver or spawn would start a new
-    interpreter and import icetools (about 0.1 s, an eighth of the time saved on 1M frames) and
-    would have to be handed the descriptor. The command has no other thread at that point (the
-    replay has not begun), which is what makes a fork safe."""
-
-    def __init__(self, out: TextIO) -> None:
-        import multiprocessing
-
-        # Nothing buffered may be left to be written twice (by both processes).
-        for stream in (out, sys.stdout, sys.stderr):
-            stream.flush()
-        context = multiprocessing.get_context("fork")
-        receive, self._send = context.Pipe(duplex=False)
-        _widen(self._send.fileno())
-        self._answer, answer = context.Pipe(duplex=False)
-        self.process = context.Process(
-            target=_formatter, args=(out, receive, self._send, answer), name="icetools trace formatter", daemon=True
-        )
-        self.process.start()
-        receive.close()
-        answer.close()
-
-    def write(self, items: list[Item]) -> None:
-        try:
-            self._send.send_bytes(marshal.dumps(items))
-        except OSError:  # (the formatter is gone: finish() says why)
-            self.finish()
-            raise TraceFormatterError("the trace's formatter process stopped early") from None
-
-    def finish(self) -> None:
-        """Wait for the formatter to write the end of the trace; its failure raised here."""
-        try:
-            self._send.send_bytes(b"")
-        except OSError:
-            pass
-        try:
-            error = self._answer.recv()
-        except (EOFError, OSError):
-            self.process.join()
-            raise TraceFormatterError(f"the trace's formatter process died (exit code {self.process.exitcode})") from None
-        finally:
-            self.close()
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        """Stop the formatter (if it still runs) and wait for it to be gone."""
-        self._send.close()
-        self._answer.close()
-        if self.process.exitcode is None:
-            self.process.kill()
-        self.process.join()
-
-
-#: Bytes a pipe to the formatter holds (Linux' default limit for a user): a batch is
-#: about 100 kB, more than a pipe's default 64 kB, so without it this process would wait for the
-#: formatter to finish the batch before at every send instead of running ahead.
-_PIPE_BYTES = 1 << 20
-
-
-def _widen(fd: int) -> None:
-    """Make the pipe hold _PIPE_BYTES if the system lets it (Linux; elsewhere it stays as is)."""
-    import fcntl
-
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        except OSError:
-            pass
-
-
-class TraceFormatterError(IcetoolsError):
-    """The formatter process failed in a way that is not a problem with the output file."""
-
-
-def _formatter(out: TextIO, receive: Any, send: Any, answer: Any) -> None:
-    """The formatter process: the trace's text from the batches, into ``out``."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (Ctrl-C reaches both: the replay's side stops it)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # (not terminated_as_exit's: just end)
-    send.close()  # (else the end of the pipe would never be seen)
-    loads = marshal.loads
-    try:
-        here = _Here(out)
-        while data := receive.recv_bytes():
-            here.write(loads(data))
-        here.finish()
-        out.flush()
-    except EOFError:  # the replay stopped: write no more
-        os._exit(1)
-    except BaseException as e:  # noqa: BLE001 - handed to the replay's side, which raises it
-        if not isinstance(e, OSError):
-            e = TraceFormatterError(f"the trace's formatter failed: {type(e).__name__}: {e}")
-        try:
-            answer.send(e)
-        except BaseException:  # noqa: BLE001
-            os._exit(1)
-        os._exit(1)
-    answer.send(None)
-
-
-#: Frames replayed between two batches of a trace's events: about 1,500 events.
-TRACE_FRAMES = 2048
-#: Captures from this size on (bytes, about 30k frames) are traced with a formatter process when
-#: there are two cores: below it, starting the process costs about what it saves.
-PIPELINE_FROM = 2_000_000
-
-
-def _pipelined(reader: CaptureReader, out: TextIO) -> bool:
-    """Whether to make the text in a formatter process: two cores, a system that forks, a big
-    capture, and an output with a file descriptor the formatter can write to."""
-    if (os.cpu_count() or 1) < 2 or not hasattr(os, "fork"):  # (one core, or Windows)
-        return False
-    try:
-        out.fileno()
-        # (several files read as one: their sizes together)
-        size = sum(os.path.getsize(path) for path in getattr(reader, "paths", [reader.path]))
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return False
-    return size >= PIPELINE_FROM
 
 
 #: The cluster process's lane for the gaps between files read as one recording.
@@ -892,44 +587,12 @@ def write_trace(
     pipeline: bool | None = None,
 ) -> ReplayResult:
     """Replay the capture as fast as possible and write its trace to ``out``: with a formatter
-    process (see _Pipeline) if ``pipeline`` (by default: when it pays, see _pipelined); the
-    text is the same either way."""
-    if pipeline is None:
-        pipeline = _pipelined(reader, out)
-    with terminated_as_exit():  # (standard output: the formatter is stopped on SIGTERM too)
-        return _write_trace(reader, out, progress_stream, pipeline)
-
-
-def _write_trace(reader: CaptureReader, out: TextIO, progress_stream: TextIO | None, pipeline: bool) -> ReplayResult:
-    sink: _Here | _Pipeline = _Pipeline(out) if pipeline else _Here(out)
-    try:
-        items: list[Item] = []
-
-        def flush() -> None:
-            if items:
-                sink.write(items)
-                items.clear()
-
-        feed = TraceFeed(items.append)
-        monitor = Monitor(publishers=[feed])
-        if progress_stream is None:
-            result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=flush)
-        else:
-            with Progress(reader, progress_stream) as progress:  # (as replay_file shows it)
-
-                def between() -> None:
-                    flush()
-                    progress.update()
-
-                result = replay_fast(monitor, reader, every=TRACE_FRAMES, between=between)
-        feed.finish(monitor)
-        _write_gaps(items, getattr(reader, "gaps", ()))
-        flush()
-        sink.finish()
-    finally:
-        if isinstance(sink, _Pipeline):
-            sink.close()
-    return result
+    process if ``pipeline`` (by default: when it pays, see icetools.feed.pipelined); the text
+    is the same either way."""
+    return write_fed(
+        reader, out, _TraceSink, "trace", progress_stream=progress_stream, pipeline=pipeline,
+        last=lambda items: _write_gaps(items, getattr(reader, "gaps", ())),
+    )
 
 
 def write_trace_file(reader: CaptureReader, target: Path, *, progress_stream: TextIO | None = None) -> ReplayResult:

@@ -7,8 +7,12 @@ import csv
 import difflib
 import io
 import json
+import random
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,13 @@ import pytest
 
 from icetools import messages as m
 from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameRecord, Record
-from icetools.jobs import COLUMNS, JobsPublisher, RowWriter, json_line
+from icetools.errors import IcetoolsError
+from icetools.feed import pipelined
+from icetools.jobs import COLUMNS, JobsPublisher, RowWriter, json_line, write_jobs
 from icetools.monitor import Monitor
 from icetools.replay import replay
 
+from .formatter import children, evil_capture, processes_naming
 from .golden import golden_lines, jobs_csv, memory_growth
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
@@ -316,7 +323,7 @@ def test_a_job_that_never_ends_does_not_hold_back_the_rest() -> None:
     replay(monitor, _stream(frames))
     # Job 1 stepped out of the order once 3 jobs waited behind it; the others flow.
     assert written[:8] == list(range(2, 10))
-    assert len(publisher._queue) <= 3 and publisher.late_rows == 1
+    assert len(publisher.builder._queue) <= 3 and publisher.late_rows == 1
     publisher.finish(monitor)
     assert sorted(written) == list(range(1, 12)) and written.count(1) == 1
     assert publisher.rows == 11
@@ -448,3 +455,164 @@ def test_json_lines_are_what_json_dumps_would_write() -> None:
     ]
     for row in rows + rows:
         assert json_line(row) == json.dumps(dict(zip(COLUMNS, row)), ensure_ascii=False) + "\n"
+
+
+# ---- the formatter process (icetools.feed): a big capture's rows are made in a second process
+
+
+def _rows_bytes(path: Path, out: Path, form: str, *, pipeline: bool) -> bytes:
+    with CaptureReader(path) as reader, open(out, "w", encoding="utf-8", errors="backslashreplace") as f:
+        write_jobs(reader, f, form, pipeline=pipeline)
+    return out.read_bytes()
+
+
+def test_the_formatter_process_writes_the_same_rows(grown: Path, tmp_path: Path) -> None:
+    for path in [*CAPTURES, evil_capture(tmp_path / "evil.icecap"), grown]:
+        for form in ("json", "csv", "text"):
+            alone = _rows_bytes(path, tmp_path / "alone", form, pipeline=False)
+            assert _rows_bytes(path, tmp_path / "piped", form, pipeline=True) == alone, (path.name, form)
+    # (the last: the grown capture's text table, a line per job and the header)
+    assert alone.count(b"\n") > 100_000
+    json_rows = _rows_bytes(grown, tmp_path / "alone", "json", pipeline=False)
+    with CaptureReader(grown) as reader, open(tmp_path / "x", "w") as f:
+        assert pipelined(reader, f)
+    to_stdout = subprocess.run([sys.executable, "-m", "icetools", "jobs", "--json", str(grown)], capture_output=True, timeout=120)
+    assert to_stdout.returncode == 0 and not to_stdout.stderr and to_stdout.stdout == json_rows
+
+
+def _damaged(grown: Path, path: Path) -> Path:
+    data = bytearray(grown.read_bytes())
+    middle = len(data) * 6 // 10
+    data[middle : middle + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_big_capture_keeps_the_rows_before_the_damage(grown: Path, tmp_path: Path) -> None:
+    capture = _damaged(grown, tmp_path / "damaged-big.icecap")
+    written = []
+    for pipeline in (False, True):
+        out = tmp_path / f"rows-{pipeline}.csv"
+        with CaptureReader(capture) as reader, open(out, "w") as f:
+            with pytest.raises(IcetoolsError, match="corrupt capture"):
+                write_jobs(reader, f, "csv", pipeline=pipeline)
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+    result = icetools("jobs", "--csv", str(capture))
+    assert_one_line_error(result, "corrupt capture")
+    assert result.stdout.encode() == written[0]
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    whole = _rows_bytes(grown, tmp_path / "whole.csv", "csv", pipeline=False).decode()
+    assert 10_000 < len(rows) < whole.count("\n") * 0.7 and whole.startswith(result.stdout)
+    assert processes_naming(str(capture)) == []
+
+
+def test_a_full_disk_is_the_same_error_with_and_without_the_formatter(grown: Path) -> None:
+    for capture in (RECORDINGS / "demo.icecap", grown):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "icetools", "jobs", "--json", str(capture)],
+                stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+            )
+        assert (result.returncode, result.stderr) == (1, "icetools: error: cannot write the output: No space left on device\n")
+    assert processes_naming(str(grown)) == []
+
+
+def test_a_reader_that_goes_away_is_not_an_error(grown: Path) -> None:
+    # `icetools jobs big.icecap --json | head`: both processes end, quietly.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "icetools", "jobs", "--json", str(grown)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=60)
+    assert json.loads(first)["id"] >= 1
+    assert (process.returncode, stderr) == (0, b"")
+    assert processes_naming(str(grown)) == []
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C", "formatter killed"])
+def test_stopped_half_way_writes_whole_rows_and_leaves_no_process(how: str, grown: Path, tmp_path: Path) -> None:
+    capture = tmp_path / "stopped.icecap"
+    capture.symlink_to(grown)
+    out = tmp_path / "rows.json"
+    with open(out, "w") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "icetools", "jobs", "--json", str(capture)],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while not (children(process.pid) and out.stat().st_size > 1_000_000):
+        assert time.monotonic() < deadline and process.poll() is None, "no formatter at work"
+        time.sleep(0.005)
+    (formatter,) = children(process.pid)
+    if how == "SIGTERM":
+        os.kill(process.pid, signal.SIGTERM)
+    elif how == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # (a terminal sends it to both processes)
+    else:
+        os.kill(formatter, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    if how == "SIGTERM":
+        assert (process.returncode, stderr) == (143, "")
+    elif how == "Ctrl-C":
+        assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
+    else:
+        assert process.returncode == 1
+        assert stderr.splitlines() == ["icetools: error: the jobs formatter process died (exit code -9)"]
+    assert not Path(f"/proc/{formatter}").exists() and processes_naming(str(capture)) == []
+    # What was written is the rows up to some job, whole (a killed formatter may leave its
+    # last batch cut short: at most one line).
+    text = out.read_text()
+    whole = _rows_bytes(grown, tmp_path / "whole.json", "json", pipeline=False).decode()
+    assert whole.startswith(text) and len(text) < len(whole)
+    lines = text.split("\n")
+    if how != "formatter killed":
+        assert lines[-1] == ""
+    assert all(json.loads(line) for line in lines[:-1])
+
+
+@pytest.mark.parametrize("max_active", [2, 100_000])
+def test_every_finished_job_has_its_row_as_the_monitor_ended_it(max_active: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rows are made from the feed's tuples alone (in another process for a big capture):
+    # whatever the stream, each job the Monitor ends has one row with the job's fields as the
+    # Monitor had them at its end (with max_active=2 the Monitor drops jobs and meets them again).
+    from collections import Counter
+
+    from icetools.jobs import job_row
+    from icetools.monitor import Event, EventKind, Publisher
+
+    from .test_trace import _random_stream
+
+    monkeypatch.setattr("icetools.monitor.MAX_ACTIVE_JOBS", max_active)
+    # (id, file, lang, kind, outcome, rerun_of, started, ended, run_ms, the host's figures)
+    facts = (0, 1, 2, 5, 6, 7, 9, 10, 12, 13, 14, 15, 16, 17, 18)
+
+    class Ended(Publisher):
+        def publish(self, event: Event, monitor: Monitor) -> None:
+            if event.kind is EventKind.JOB_FINISHED:
+                ended.append(job_row(event.job, None, None, None))  # type: ignore[arg-type]
+
+    rng = random.Random(12)
+    compared = 0
+    for _ in range(300):
+        rows: list[tuple[Any, ...]] = []
+        ended: list[tuple[Any, ...]] = []
+        publisher = JobsPublisher(rows.append)
+        monitor = Monitor(publishers=[publisher, Ended()])
+        monitor.connected(43, 0.0)
+        for t, message in _random_stream(rng):
+            monitor.now = t
+            if message is None:
+                monitor.reset(t)
+            else:
+                monitor.feed(message, t)
+        monitor.now += 1
+        publisher.finish(monitor)
+        finished = Counter(tuple(row[i] for i in facts) for row in rows if row[6] != "unfinished")
+        assert finished == Counter(tuple(row[i] for i in facts) for row in ended)
+        assert publisher.rows == len(rows) and all(row[0] is not None for row in rows)
+        compared += len(ended)
+    assert compared > 3000

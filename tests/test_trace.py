@@ -22,8 +22,12 @@ from icetools.capture import CaptureReader, CaptureWriter, ConnectRecord, FrameR
 from icetools.jobs import JobsPublisher, json_line
 from icetools.monitor import Event, EventKind, Monitor, Publisher
 from icetools.replay import replay
-from icetools.trace import TracePublisher, _pipelined, write_trace
+from icetools.feed import pipelined as _pipelined
+from icetools.trace import TracePublisher, write_trace
 
+from .formatter import children as _children
+from .formatter import evil_capture as _evil_capture
+from .formatter import processes_naming as _processes_naming
 from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
 
@@ -371,7 +375,7 @@ def test_the_builder_knows_what_the_monitor_knows(max_active: int, monkeypatch: 
     # The trace is built from the feed's tuples alone, possibly in another process: after every
     # event the builder must know each host's name and whether it is online, and each job in
     # flight as the Monitor has it (whatever the stream; with max_active=2 the Monitor drops jobs).
-    from icetools.trace import _job_of
+    from icetools.feed import job_of as _job_of
 
     monkeypatch.setattr("icetools.monitor.MAX_ACTIVE_JOBS", max_active)
     checked = 0
@@ -408,7 +412,7 @@ def test_the_builder_knows_what_the_monitor_knows(max_active: int, monkeypatch: 
             else:
                 monitor.feed(message, t)
             # (the Monitor tells of a host going offline after it has ended the host's local jobs)
-            assert publisher.builder._offline == {h.id for h in monitor.hosts.values() if not h.online}
+            assert publisher.builder.hosts.offline == {h.id for h in monitor.hosts.values() if not h.online}
         monitor.now += 1
         publisher.finish(monitor)
         assert all(json.loads(text)["ph"] in REQUIRED for text in texts) and publisher.builder._open == {}
@@ -482,30 +486,6 @@ def test_names_in_a_remote_jobs_args_are_exact() -> None:
 # ---- the formatter process (the text made by a second process on big captures) ---------------
 
 
-@pytest.fixture(scope="module")
-def grown(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 400k-frame capture grown from demo: big enough for the formatter process and for a run
-    that a signal can reach half-way (about 1.5 s)."""
-    from bench.grow import grow
-
-    path = tmp_path_factory.mktemp("grown") / "grown-400k.icecap"
-    grow(RECORDINGS / "demo.icecap", path, 400_000)
-    return path
-
-
-def _evil_capture(path: Path) -> Path:
-    """A capture whose names hold terminal escapes, quotes and an undecodable byte."""
-    evil = "evil\x1b]0;pwned\x07\"\\"
-    with CaptureWriter(path) as writer:
-        writer.connected(43, 43, 44, "x:1")
-        writer.frames([m.encode(m.MonStats(1, f"Name:{evil}1\nIP:10.0.0.1\nMaxJobs:4\n"), 43)], 0.0)
-        writer.frames([m.encode(m.MonStats(2, f"Name:{evil}\udcff2\nIP:10.0.0.2\nMaxJobs:4\n"), 43)], 0.0)
-        for i, file in enumerate([f"src/{evil}\na\udcff.c", f"{evil}/\x01\t.c", "/"] * 2):
-            for t, msg in _remote_job(float(i + 1), i + 1, file):
-                writer.frames([m.encode(msg, 43)], round(t, 6))
-    return path
-
-
 def _trace_bytes(path: Path, out: Path, *, pipeline: bool) -> bytes:
     with CaptureReader(path) as reader, open(out, "w", encoding="utf-8", errors="backslashreplace") as f:
         write_trace(reader, f, pipeline=pipeline)
@@ -533,26 +513,6 @@ def test_small_outputs_and_streams_without_a_descriptor_stay_in_one_process(grow
         assert not _pipelined(reader, f)
     with CaptureReader(grown) as reader:
         assert not _pipelined(reader, io.StringIO())
-
-
-def _processes_naming(marker: str) -> list[int]:
-    """Processes whose command line holds ``marker`` (a path unique to the test)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def _trace_until_half_way(capture: Path, out: Path) -> tuple[subprocess.Popen[str], int]:
@@ -601,7 +561,7 @@ def test_stopped_half_way_leaves_no_file_and_no_process(how: str, grown: Path, t
         assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
     else:
         assert process.returncode == 1
-        assert stderr.splitlines() == ["icetools: error: the trace's formatter process died (exit code -9)"]
+        assert stderr.splitlines() == ["icetools: error: the trace formatter process died (exit code -9)"]
     _assert_nothing_left(out, formatter, str(capture))
 
 
@@ -643,6 +603,6 @@ def test_a_failing_formatter_is_one_error(grown: Path, tmp_path: Path, monkeypat
     before = our_children()
     monkeypatch.setattr(trace._TraceText, "write", broken)  # (the forked formatter has it too)
     with CaptureReader(grown) as reader, open(tmp_path / "t.json", "w") as out:
-        with pytest.raises(IcetoolsError, match=r"^the trace's formatter failed: RuntimeError: boom$"):
+        with pytest.raises(IcetoolsError, match=r"^the trace formatter failed: RuntimeError: boom$"):
             write_trace(reader, out, pipeline=True)
     assert _processes_naming(str(grown)) == [] and our_children() <= before  # the formatter is gone
