@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from . import messages as m
 from .capture import CaptureReader
-from .feed import Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, write_fed
+from .feed import FINISHED, Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, write_fed
 from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
 from .render import printable
 from .replay import ReplayResult
@@ -45,9 +45,9 @@ REORDER_LIMIT = 10_000
 
 Row = tuple[Any, ...]
 
-_DONE = JobState.DONE
-_FAILED = JobState.FAILED
-_LOCAL_DONE = JobState.LOCAL_DONE
+_DONE_VALUE = JobState.DONE.value
+_FAILED_VALUE = JobState.FAILED.value
+_LOCAL_DONE_VALUE = JobState.LOCAL_DONE.value
 
 
 class _Pending:
@@ -267,8 +267,21 @@ class JobsBuilder:
     def row(pending: _Pending, names: dict[int, str] | None) -> Row:
         """The pending job's row; hosts it has no name for named as ``names`` has them now
         (if given)."""
-        job = job_of(pending.item)
+        item = pending.item
         submitter, server = pending.submitter, pending.server
+        if item[0] == FINISHED:  # (nearly every row)
+            (_, ended, job_id, file, lang, client_id, server_id, state, local, started, _, rerun_of,
+             exit_code, real, user, sys_, in_bytes, out_bytes, lost) = item
+            if names is not None:
+                if submitter is None and client_id is not None:
+                    submitter = names.get(client_id)
+                if server is None and server_id is not None:
+                    server = names.get(server_id)
+            return _row(
+                job_id, file, lang, client_id, server_id, state, local, rerun_of, started, ended, lost,
+                exit_code, real, user, sys_, in_bytes, out_bytes, pending.requested, submitter, server,
+            )
+        job = job_of(item)
         if names is not None:
             if submitter is None and job.client_id is not None:
                 submitter = names.get(job.client_id)
@@ -319,35 +332,45 @@ class JobsPublisher(Publisher):
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:
     """The row of a job as it stands (see COLUMNS): ``requested`` as seen (None if the recording
     did not see the request), host names where known (else ``#ID``). (stats.WhyAnalysis._take
-    computes the fields it needs the same way, and trace.TracePublisher._on_finished writes the
+    computes the fields it needs the same way, and trace.TraceBuilder._on_finished writes the
     row of a finished remote job as json_line would: change them together.)"""
-    if submitter is None and job.client_id is not None:
-        submitter = f"#{job.client_id}"
-    if server is None and job.server_id is not None:
-        server = f"#{job.server_id}"
-    state = job.state
-    started = job.started
-    if state is _DONE or state is _FAILED:  # a MON_JOB_DONE was seen: what the host measured
-        outcome = ("lost" if job.lost else "failed") if state is _FAILED else "ok"
-        ended = job.ended
+    return _row(
+        job.id, job.file, job.lang, job.client_id, job.server_id, job.state._value_, job.local, job.rerun_of,
+        job.started, job.ended, job.lost, job.exit_code, job.real_msec, job.user_msec, job.sys_msec,
+        job.in_uncompressed, job.out_uncompressed, requested, submitter, server,
+    )
+
+
+def _row(
+    job_id: int, file: str, lang: int | None, client_id: int | None, server_id: int | None, state: str,
+    local: bool, rerun_of: int | None, started: float | None, ended: float | None, lost: bool,
+    exit_code: int, real_msec: int, user_msec: int, sys_msec: int, in_bytes: int, out_bytes: int,
+    requested: float | None, submitter: str | None, server: str | None,
+) -> Row:
+    """job_row from the job's fields (``state``: its JobState's value), as a FINISHED tuple of
+    the feed holds them."""
+    if submitter is None and client_id is not None:
+        submitter = f"#{client_id}"
+    if server is None and server_id is not None:
+        server = f"#{server_id}"
+    if state == _DONE_VALUE or state == _FAILED_VALUE:  # a MON_JOB_DONE was seen: what the host measured
+        outcome = ("lost" if lost else "failed") if state == _FAILED_VALUE else "ok"
         return (
-            job.id, job.file, _LANGS[job.lang] if job.lang in _LANGS else str(job.lang), submitter, server,
-            "local" if job.local else "remote", outcome, job.rerun_of,
+            job_id, file, _LANGS[lang] if lang in _LANGS else str(lang), submitter, server,
+            "local" if local else "remote", outcome, rerun_of,
             requested, started, ended,
             None if requested is None or started is None else round((started - requested) * 1000, 3),
             None if started is None or ended is None else round((ended - started) * 1000, 3),
-            job.real_msec, job.user_msec, job.sys_msec, job.in_uncompressed, job.out_uncompressed,
-            job.exit_code,
+            real_msec, user_msec, sys_msec, in_bytes, out_bytes, exit_code,
         )
-    if state is _LOCAL_DONE:
-        outcome = "lost" if job.lost else "ok"
-        ended = job.ended
+    if state == _LOCAL_DONE_VALUE:
+        outcome = "lost" if lost else "ok"
     else:
         outcome = "unfinished"
         ended = None
     return (
-        job.id, job.file, _LANGS[job.lang] if job.lang in _LANGS else str(job.lang), submitter, server,
-        "local" if job.local else "remote", outcome, job.rerun_of,
+        job_id, file, _LANGS[lang] if lang in _LANGS else str(lang), submitter, server,
+        "local" if local else "remote", outcome, rerun_of,
         requested, started, ended, _ms(requested, started), _ms(started, ended),
         None, None, None, None, None, None,
     )
