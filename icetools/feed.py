@@ -144,6 +144,27 @@ class Feed(Publisher):
         self._add((END, monitor.now))
 
 
+class FedPublisher(Publisher):
+    """A builder of a feed's tuples as one publisher of the Monitor (per event, in this
+    process): a :class:`Feed` handing each event straight to ``take``. Call :meth:`finish`
+    after the last record."""
+
+    kinds = frozenset(EventKind)
+
+    def __init__(self, take: Callable[[Any], None]) -> None:
+        self._feed = Feed(take)
+
+    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
+        return self._feed.receiver(kind)
+
+    def publish(self, event: Event, monitor: Monitor) -> None:
+        self._feed.publish(event, monitor)
+
+    def finish(self, monitor: Monitor) -> None:
+        """The end of the recording: the builder ends the jobs still in flight."""
+        self._feed.finish(monitor)
+
+
 # ---- what a builder makes of the tuples -----------------------------------------------------
 
 

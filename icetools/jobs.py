@@ -28,8 +28,8 @@ from typing import Any, TextIO
 
 from . import messages as m
 from .capture import CaptureReader
-from .feed import FINISHED, Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, write_fed
-from .monitor import Event, EventKind, Job, JobState, Monitor, Publisher
+from .feed import FINISHED, FedPublisher, HostNames, Item, begun_in_full, ended_in_full, job_of, write_fed
+from .monitor import Job, JobState, Monitor
 from .render import printable
 from .replay import ReplayResult
 
@@ -290,12 +290,10 @@ class JobsBuilder:
         return job_row(job, pending.requested, submitter, server)
 
 
-class JobsPublisher(Publisher):
+class JobsPublisher(FedPublisher):
     """The rows of a replay in one publisher: a :class:`~icetools.feed.Feed` handing each
     event straight to a :class:`JobsBuilder` (see there). Call :meth:`finish` after the last
     record: it writes the rows of the jobs still running as ``unfinished``."""
-
-    kinds = frozenset(EventKind)
 
     def __init__(
         self,
@@ -306,7 +304,7 @@ class JobsPublisher(Publisher):
         reorder_limit: int = REORDER_LIMIT,
     ) -> None:
         self.builder = JobsBuilder(emit, since=since, until=until, reorder_limit=reorder_limit)
-        self._feed = Feed(self.builder.take)  # type: ignore[arg-type]
+        super().__init__(self.builder.take)
 
     @property
     def rows(self) -> int:
@@ -317,16 +315,6 @@ class JobsPublisher(Publisher):
     def late_rows(self) -> int:
         """Rows that stepped out of the order of request (see the module docstring)."""
         return self.builder.late_rows
-
-    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
-        return self._feed.receiver(kind)
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        self._feed.publish(event, monitor)
-
-    def finish(self, monitor: Monitor) -> None:
-        """The end of the recording: every row not written yet, in order of request."""
-        self._feed.finish(monitor)
 
 
 def job_row(job: Job, requested: float | None, submitter: str | None, server: str | None) -> Row:

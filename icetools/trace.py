@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import CaptureReader
-from .feed import Feed, HostNames, Item, begun_in_full, ended_in_full, job_of, started_of, write_fed
+from .feed import FedPublisher, HostNames, Item, begun_in_full, ended_in_full, job_of, started_of, write_fed
 from .jobs import _LANGS, job_row, json_line
-from .monitor import Event, EventKind, JobState, Monitor, Publisher
+from .monitor import JobState
 from .output import replaced
 from .replay import ReplayResult
 
@@ -490,31 +490,20 @@ class TraceBuilder:
         self._flush_counters()
 
 
-class TracePublisher(Publisher):
-    """The whole trace in one publisher: a :class:`~icetools.feed.Feed` handing each event straight to a
-    :class:`TraceBuilder`, which writes each trace event's JSON text through ``write`` as soon
-    as it is complete. Call :meth:`finish` after the last record."""
-
-    kinds = frozenset(EventKind)
+class TracePublisher(FedPublisher):
+    """The whole trace in one publisher: a :class:`~icetools.feed.Feed` handing each event
+    straight to a :class:`TraceBuilder`, which writes each trace event's JSON text through
+    ``write`` as soon as it is complete. Call :meth:`finish` after the last record: the jobs
+    still in flight end there, as unfinished."""
 
     def __init__(self, write: Callable[[str], None]) -> None:
         self.builder = TraceBuilder(write)
-        self._feed = Feed(self.builder.take)
+        super().__init__(self.builder.take)
 
     @property
     def jobs(self) -> int:
         """Job slices written."""
         return self.builder.jobs
-
-    def receiver(self, kind: EventKind) -> Callable[[Event, Monitor], None] | None:
-        return self._feed.receiver(kind)
-
-    def publish(self, event: Event, monitor: Monitor) -> None:
-        self._feed.publish(event, monitor)
-
-    def finish(self, monitor: Monitor) -> None:
-        """The end of the recording: the jobs still in flight end there, as unfinished."""
-        self._feed.finish(monitor)
 
 
 def _short(path: str) -> str:

@@ -3,6 +3,9 @@ see icetools.feed): a capture with hostile names, and the processes a command le
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from icetools import messages as m
@@ -46,3 +49,25 @@ def children(pid: int) -> list[int]:
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+
+
+def stop_and_check(process: subprocess.Popen[str], formatter: int, how: str, what: str) -> None:
+    """Stop a command whose formatter process is at work, ``how`` a user or the system would
+    (SIGTERM to the command, Ctrl-C to both from a terminal, the formatter killed), and check
+    that it ends as it should: its exit status, one line or nothing on stderr, the formatter gone."""
+    if how == "SIGTERM":
+        os.kill(process.pid, signal.SIGTERM)
+    elif how == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # (a terminal sends it to both processes)
+    else:
+        os.kill(formatter, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert "Traceback" not in stderr
+    if how == "SIGTERM":
+        assert (process.returncode, stderr) == (143, "")
+    elif how == "Ctrl-C":
+        assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
+    else:
+        assert process.returncode == 1
+        assert stderr.splitlines() == [f"icetools: error: the {what} formatter process died (exit code -9)"]
+    assert not Path(f"/proc/{formatter}").exists()

@@ -8,8 +8,6 @@ import difflib
 import io
 import json
 import random
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from icetools.jobs import COLUMNS, JobsPublisher, RowWriter, json_line, write_jo
 from icetools.monitor import Monitor
 from icetools.replay import replay
 
-from .formatter import children, evil_capture, processes_naming
+from .formatter import children, evil_capture, processes_naming, stop_and_check
 from .golden import golden_lines, jobs_csv, memory_growth
 
 RECORDINGS = Path(__file__).resolve().parent.parent / "recordings"
@@ -547,22 +545,8 @@ def test_stopped_half_way_writes_whole_rows_and_leaves_no_process(how: str, grow
         assert time.monotonic() < deadline and process.poll() is None, "no formatter at work"
         time.sleep(0.005)
     (formatter,) = children(process.pid)
-    if how == "SIGTERM":
-        os.kill(process.pid, signal.SIGTERM)
-    elif how == "Ctrl-C":
-        os.killpg(process.pid, signal.SIGINT)  # (a terminal sends it to both processes)
-    else:
-        os.kill(formatter, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=60)
-    assert "Traceback" not in stderr
-    if how == "SIGTERM":
-        assert (process.returncode, stderr) == (143, "")
-    elif how == "Ctrl-C":
-        assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
-    else:
-        assert process.returncode == 1
-        assert stderr.splitlines() == ["icetools: error: the jobs formatter process died (exit code -9)"]
-    assert not Path(f"/proc/{formatter}").exists() and processes_naming(str(capture)) == []
+    stop_and_check(process, formatter, how, "jobs")
+    assert processes_naming(str(capture)) == []
     # What was written is the rows up to some job, whole (a killed formatter may leave its
     # last batch cut short: at most one line).
     text = out.read_text()

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from icetools.trace import TracePublisher, write_trace
 from .formatter import children as _children
 from .formatter import evil_capture as _evil_capture
 from .formatter import processes_naming as _processes_naming
+from .formatter import stop_and_check
 from .golden import memory_growth
 from .test_jobs import CAPTURES, RECORDINGS, assert_one_line_error, dumped, icetools, jobs_json
 
@@ -547,21 +547,7 @@ def test_stopped_half_way_leaves_no_file_and_no_process(how: str, grown: Path, t
     out = tmp_path / "t.json"
     out.write_text("previous")
     process, formatter = _trace_until_half_way(capture, out)
-    if how == "SIGTERM":
-        os.kill(process.pid, signal.SIGTERM)
-    elif how == "Ctrl-C":
-        os.killpg(process.pid, signal.SIGINT)  # (a terminal sends it to both processes)
-    else:
-        os.kill(formatter, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=60)
-    assert "Traceback" not in stderr
-    if how == "SIGTERM":
-        assert (process.returncode, stderr) == (143, "")
-    elif how == "Ctrl-C":
-        assert (process.returncode, stderr.strip()) == (130, "icetools: aborted")
-    else:
-        assert process.returncode == 1
-        assert stderr.splitlines() == ["icetools: error: the trace formatter process died (exit code -9)"]
+    stop_and_check(process, formatter, how, "trace")
     _assert_nothing_left(out, formatter, str(capture))
 
 
