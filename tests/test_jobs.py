@@ -568,7 +568,7 @@ def test_every_finished_job_has_its_row_as_the_monitor_ended_it(max_active: int,
     from icetools.jobs import job_row
     from icetools.monitor import Event, EventKind, Publisher
 
-    from .test_trace import _random_stream
+    from .test_trace import _random_stream, play_random
 
     monkeypatch.setattr("icetools.monitor.MAX_ACTIVE_JOBS", max_active)
     # (id, file, lang, kind, outcome, rerun_of, started, ended, run_ms, the host's figures)
@@ -587,13 +587,7 @@ def test_every_finished_job_has_its_row_as_the_monitor_ended_it(max_active: int,
         publisher = JobsPublisher(rows.append)
         monitor = Monitor(publishers=[publisher, Ended()])
         monitor.connected(43, 0.0)
-        for t, message in _random_stream(rng):
-            monitor.now = t
-            if message is None:
-                monitor.reset(t)
-            else:
-                monitor.feed(message, t)
-        monitor.now += 1
+        play_random(monitor, _random_stream(rng))
         publisher.finish(monitor)
         finished = Counter(tuple(row[i] for i in facts) for row in rows if row[6] != "unfinished")
         assert finished == Counter(tuple(row[i] for i in facts) for row in ended)

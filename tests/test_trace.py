@@ -364,6 +364,20 @@ def _random_stream(rng: random.Random) -> list[tuple[float, m.Message | None]]:
     return stream
 
 
+def play_random(monitor: Monitor, stream: list[tuple[float, m.Message | None]], after: Any = None) -> None:
+    """Feed a _random_stream to a connected Monitor (None: a reset), calling ``after()`` after
+    each message, and move its clock past the last one."""
+    for t, message in stream:
+        monitor.now = t
+        if message is None:
+            monitor.reset(t)
+        else:
+            monitor.feed(message, t)
+        if after is not None:
+            after()
+    monitor.now += 1
+
+
 _JOB_FIELDS = (
     "id", "file", "lang", "client_id", "server_id", "state", "local", "started", "ended", "seen_submit",
     "rerun_of", "exit_code", "real_msec", "user_msec", "sys_msec", "in_uncompressed", "out_uncompressed", "lost",
@@ -405,15 +419,12 @@ def test_the_builder_knows_what_the_monitor_knows(max_active: int, monkeypatch: 
         publisher = TracePublisher(texts.append)
         monitor = Monitor(publishers=[publisher, Checker()])
         monitor.connected(43, 0.0)
-        for t, message in _random_stream(rng):
-            monitor.now = t
-            if message is None:
-                monitor.reset(t)
-            else:
-                monitor.feed(message, t)
+
+        def offline_as_the_monitor_has_it() -> None:
             # (the Monitor tells of a host going offline after it has ended the host's local jobs)
             assert publisher.builder.hosts.offline == {h.id for h in monitor.hosts.values() if not h.online}
-        monitor.now += 1
+
+        play_random(monitor, _random_stream(rng), offline_as_the_monitor_has_it)
         publisher.finish(monitor)
         assert all(json.loads(text)["ph"] in REQUIRED for text in texts) and publisher.builder._open == {}
     assert checked > 2000
